@@ -1,0 +1,7 @@
+//! Domain vocabulary: identifiers, registrations, instances, events and queries.
+
+pub mod event;
+pub mod ids;
+pub mod instance;
+pub mod query;
+pub mod registration;

@@ -1,0 +1,279 @@
+//! Inputs of reads and heartbeats: `ListQuery` with its `ListCursor`, and `Heartbeat` with its metrics.
+
+use crate::error::ValidationError;
+
+use super::ids::{InstanceId, ServiceName};
+use super::instance::HealthStatus;
+
+/// Default page size of a list.
+pub const DEFAULT_LIST_LIMIT: usize = 1000;
+/// Largest page size of a list.
+pub const MAX_LIST_LIMIT: usize = 10_000;
+
+/// Where the next page of a list starts: just after this (service, instance).
+///
+/// On the wire it is an opaque string; clients pass back what they were given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListCursor {
+    service_name: ServiceName,
+    instance_id: InstanceId,
+}
+
+impl ListCursor {
+    /// The cursor that continues after this instance.
+    pub fn after(service_name: ServiceName, instance_id: InstanceId) -> Self {
+        Self {
+            service_name,
+            instance_id,
+        }
+    }
+
+    /// Last service name of the previous page.
+    pub fn service_name(&self) -> &ServiceName {
+        &self.service_name
+    }
+
+    /// Last instance id of the previous page.
+    pub fn instance_id(&self) -> &InstanceId {
+        &self.instance_id
+    }
+
+    /// The opaque wire form: hex of `service/instance` (neither may contain `/`).
+    pub fn encode(&self) -> String {
+        let raw = format!("{}/{}", self.service_name, self.instance_id);
+        raw.bytes().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses what [`ListCursor::encode`] produced.
+    pub fn decode(wire: &str) -> Result<Self, ValidationError> {
+        let invalid = || ValidationError::new("cursor", "is not a cursor returned by this API");
+        if wire.len() % 2 != 0 || wire.len() > 2 * (ServiceName::MAX_LEN + InstanceId::MAX_LEN + 1)
+        {
+            return Err(invalid());
+        }
+        let bytes = (0..wire.len())
+            .step_by(2)
+            .map(|i| {
+                wire.get(i..i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(invalid)?;
+        let raw = String::from_utf8(bytes).map_err(|_| invalid())?;
+        let (service, instance) = raw.split_once('/').ok_or_else(invalid)?;
+        Ok(Self {
+            service_name: ServiceName::parse(service).map_err(|_| invalid())?,
+            instance_id: InstanceId::parse(instance).map_err(|_| invalid())?,
+        })
+    }
+}
+
+/// Filters and paging of a list. Results are ordered by service name, then
+/// instance id, so paging is stable while the registry changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListQuery {
+    service_name: Option<ServiceName>,
+    tags: Vec<String>,
+    status: Option<HealthStatus>,
+    limit: usize,
+    after: Option<ListCursor>,
+}
+
+impl Default for ListQuery {
+    fn default() -> Self {
+        Self {
+            service_name: None,
+            tags: Vec::new(),
+            status: None,
+            limit: DEFAULT_LIST_LIMIT,
+            after: None,
+        }
+    }
+}
+
+impl ListQuery {
+    /// A query; `limit` must be 1-10000 (default 1000 when `None`).
+    pub fn new(
+        service_name: Option<ServiceName>,
+        tags: Vec<String>,
+        status: Option<HealthStatus>,
+        limit: Option<i64>,
+        after: Option<ListCursor>,
+    ) -> Result<Self, ValidationError> {
+        let limit = match limit {
+            None => DEFAULT_LIST_LIMIT,
+            Some(n) => usize::try_from(n)
+                .ok()
+                .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    ValidationError::new(
+                        "limit",
+                        format!("must be between 1 and {MAX_LIST_LIMIT} (got {n})"),
+                    )
+                })?,
+        };
+        Ok(Self {
+            service_name,
+            tags,
+            status,
+            limit,
+            after,
+        })
+    }
+
+    /// Only this service.
+    pub fn service_name(&self) -> Option<&ServiceName> {
+        self.service_name.as_ref()
+    }
+    /// Only instances carrying all these tags.
+    pub fn tags(&self) -> &[String] {
+        &self.tags
+    }
+    /// Only instances in this status.
+    pub fn status(&self) -> Option<HealthStatus> {
+        self.status
+    }
+    /// Page size.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+    /// Continue after this position.
+    pub fn after(&self) -> Option<&ListCursor> {
+        self.after.as_ref()
+    }
+}
+
+/// Resource figures an instance may report with its heartbeat (stored as
+/// health metrics by stores that keep history).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct HeartbeatMetrics {
+    response_time_ms: Option<f64>,
+    cpu_usage: Option<f64>,
+    memory_usage: Option<f64>,
+    error_rate: Option<f64>,
+}
+
+impl HeartbeatMetrics {
+    /// Validates: every figure is finite; `response_time_ms` and `memory_usage`
+    /// are non-negative; `cpu_usage` is a percentage (0-100, per core summed
+    /// values above 100 are not accepted); `error_rate` is a fraction (0-1).
+    pub fn new(
+        response_time_ms: Option<f64>,
+        cpu_usage: Option<f64>,
+        memory_usage: Option<f64>,
+        error_rate: Option<f64>,
+    ) -> Result<Self, ValidationError> {
+        fn check(
+            field: &'static str,
+            v: Option<f64>,
+            max: f64,
+            what: &str,
+        ) -> Result<(), ValidationError> {
+            match v {
+                Some(x) if !x.is_finite() || x < 0.0 || x > max => Err(ValidationError::new(
+                    format!("metrics.{field}"),
+                    format!("must be {what} (got {x})"),
+                )),
+                _ => Ok(()),
+            }
+        }
+        check("response_time_ms", response_time_ms, f64::MAX, "a non-negative number")?;
+        check("cpu_usage", cpu_usage, 100.0, "a percentage between 0 and 100")?;
+        check("memory_usage", memory_usage, f64::MAX, "a non-negative number")?;
+        check("error_rate", error_rate, 1.0, "a fraction between 0 and 1")?;
+        Ok(Self {
+            response_time_ms,
+            cpu_usage,
+            memory_usage,
+            error_rate,
+        })
+    }
+
+    /// Milliseconds the instance took to answer its own health check.
+    pub fn response_time_ms(&self) -> Option<f64> {
+        self.response_time_ms
+    }
+    /// CPU usage, percent.
+    pub fn cpu_usage(&self) -> Option<f64> {
+        self.cpu_usage
+    }
+    /// Memory usage as reported (the unit is the instance's).
+    pub fn memory_usage(&self) -> Option<f64> {
+        self.memory_usage
+    }
+    /// Fraction of failed requests.
+    pub fn error_rate(&self) -> Option<f64> {
+        self.error_rate
+    }
+}
+
+/// A heartbeat: the status the instance reports (passing unless it says
+/// otherwise, like a Consul TTL check) and optional metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heartbeat {
+    status: HealthStatus,
+    metrics: Option<HeartbeatMetrics>,
+}
+
+impl Heartbeat {
+    /// A heartbeat reporting `status`.
+    pub fn new(status: HealthStatus, metrics: Option<HeartbeatMetrics>) -> Self {
+        Self { status, metrics }
+    }
+    /// Reported status.
+    pub fn status(&self) -> HealthStatus {
+        self.status
+    }
+    /// Reported metrics.
+    pub fn metrics(&self) -> Option<&HeartbeatMetrics> {
+        self.metrics.as_ref()
+    }
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self::new(HealthStatus::Passing, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let c = ListCursor::after(
+            ServiceName::parse("svc.a").unwrap(),
+            InstanceId::parse("10.0.0.1:80").unwrap(),
+        );
+        assert_eq!(ListCursor::decode(&c.encode()).unwrap(), c);
+        for bad in ["", "zz", "abc", "2f", "612f", "61", &"61".repeat(400), "é1"] {
+            assert_eq!(ListCursor::decode(bad).unwrap_err().field(), "cursor", "{bad}");
+        }
+    }
+
+    #[test]
+    fn limit_bounds() {
+        assert_eq!(ListQuery::new(None, vec![], None, None, None).unwrap().limit(), 1000);
+        assert_eq!(ListQuery::new(None, vec![], None, Some(10_000), None).unwrap().limit(), 10_000);
+        for bad in [0, -1, 10_001] {
+            assert_eq!(
+                ListQuery::new(None, vec![], None, Some(bad), None).unwrap_err().field(),
+                "limit"
+            );
+        }
+    }
+
+    #[test]
+    fn metric_ranges() {
+        assert!(HeartbeatMetrics::new(Some(12.5), Some(99.0), Some(1e9), Some(0.01)).is_ok());
+        for (m, field) in [
+            (HeartbeatMetrics::new(Some(-1.0), None, None, None), "metrics.response_time_ms"),
+            (HeartbeatMetrics::new(None, Some(100.5), None, None), "metrics.cpu_usage"),
+            (HeartbeatMetrics::new(None, None, Some(f64::NAN), None), "metrics.memory_usage"),
+            (HeartbeatMetrics::new(None, None, None, Some(1.5)), "metrics.error_rate"),
+        ] {
+            assert_eq!(m.unwrap_err().field(), field);
+        }
+    }
+}

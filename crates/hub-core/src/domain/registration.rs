@@ -1,0 +1,534 @@
+//! `Registration`: a validated request to register one service instance, and its parts.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::ids::{InstanceId, ServiceName};
+use crate::error::ValidationError;
+
+/// Longest host name accepted (the DNS limit).
+pub const MAX_HOST_LEN: usize = 255;
+/// Largest metadata object accepted, measured as compact JSON.
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+/// Most tags one instance may carry.
+pub const MAX_TAGS: usize = 64;
+/// Longest tag.
+pub const MAX_TAG_LEN: usize = 128;
+/// Longest version string.
+pub const MAX_VERSION_LEN: usize = 64;
+/// Longest health endpoint path.
+pub const MAX_HEALTH_ENDPOINT_LEN: usize = 255;
+/// Lease length bounds and default, in seconds.
+pub const TTL_MIN_SECONDS: u32 = 5;
+/// See [`TTL_MIN_SECONDS`].
+pub const TTL_MAX_SECONDS: u32 = 3600;
+/// See [`TTL_MIN_SECONDS`].
+pub const TTL_DEFAULT_SECONDS: u32 = 30;
+/// An expired instance is removed after it has been expired this many lease lengths.
+pub const DEREGISTER_AFTER_TTLS: u32 = 3;
+
+/// How callers reach the instance; part of its URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// `http://`, the default.
+    #[default]
+    Http,
+    /// `https://`
+    Https,
+    /// `grpc://`
+    Grpc,
+    /// `tcp://`
+    Tcp,
+    /// `ws://`
+    Ws,
+    /// `wss://`
+    Wss,
+}
+
+impl Protocol {
+    /// Every protocol, in documentation order.
+    pub const ALL: [Protocol; 6] = [
+        Protocol::Http,
+        Protocol::Https,
+        Protocol::Grpc,
+        Protocol::Tcp,
+        Protocol::Ws,
+        Protocol::Wss,
+    ];
+
+    /// The URL scheme.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Https => "https",
+            Protocol::Grpc => "grpc",
+            Protocol::Tcp => "tcp",
+            Protocol::Ws => "ws",
+            Protocol::Wss => "wss",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Protocol::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                ValidationError::new(
+                    "protocol",
+                    format!("{s:?} is not one of http, https, grpc, tcp, ws, wss"),
+                )
+            })
+    }
+}
+
+/// A host name or IP address: an IPv4 or IPv6 literal, or DNS labels of
+/// `[A-Za-z0-9_-]` (1-63 characters, not starting or ending with `-`), at most
+/// 255 characters in all.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Host(String);
+
+impl Host {
+    /// Validates a host.
+    pub fn parse(value: impl Into<String>) -> Result<Self, ValidationError> {
+        let value = value.into();
+        let err = |m: String| Err(ValidationError::new("host", m));
+        if value.is_empty() {
+            return err("must not be empty".into());
+        }
+        if value.len() > MAX_HOST_LEN {
+            return err(format!(
+                "must be at most {MAX_HOST_LEN} characters (got {})",
+                value.len()
+            ));
+        }
+        if IpAddr::from_str(&value).is_ok() {
+            return Ok(Self(value));
+        }
+        let labels: Vec<&str> = value.split('.').collect();
+        for label in &labels {
+            let valid = !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && !label.starts_with('-')
+                && !label.ends_with('-');
+            if !valid {
+                return err(format!(
+                    "{value:?} is neither an IP address nor a host name (labels of 1-63 letters, digits, '-' or '_', separated by dots)"
+                ));
+            }
+        }
+        if labels
+            .iter()
+            .all(|l| l.chars().all(|c| c.is_ascii_digit()))
+        {
+            return err(format!("{value:?} is not a valid IP address"));
+        }
+        Ok(Self(value))
+    }
+
+    /// The host as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The host as it appears in a URL (IPv6 literals in brackets).
+    pub fn url_form(&self) -> String {
+        if self.0.contains(':') {
+            format!("[{}]", self.0)
+        } else {
+            self.0.clone()
+        }
+    }
+}
+
+/// The unvalidated fields of a registration, as an embedder or the HTTP layer
+/// received them. Turn it into a [`Registration`] with `Registration::try_from`.
+///
+/// Numbers are wide (`i64`) so that out-of-range input such as `-1` or `65536`
+/// is reported as a rule violation rather than a type error.
+#[derive(Debug, Clone, Default)]
+pub struct RegistrationInput {
+    /// Required.
+    pub service_name: String,
+    /// Defaults to the service name.
+    pub instance_id: Option<String>,
+    /// Required: host name or IP.
+    pub host: String,
+    /// Required: 1-65535.
+    pub port: i64,
+    /// Defaults to `http`.
+    pub protocol: Option<String>,
+    /// Defaults to `/health`.
+    pub health_endpoint: Option<String>,
+    /// Free text, at most 64 characters.
+    pub version: Option<String>,
+    /// At most 64 tags of 1-128 characters.
+    pub tags: Vec<String>,
+    /// A JSON object of at most 16 KiB.
+    pub metadata: Option<Value>,
+    /// Lease length, 5-3600 seconds, default 30.
+    pub ttl_seconds: Option<i64>,
+}
+
+/// A validated registration: every value here obeys the domain rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registration {
+    service_name: ServiceName,
+    instance_id: InstanceId,
+    host: Host,
+    port: u16,
+    protocol: Protocol,
+    health_endpoint: String,
+    version: Option<String>,
+    tags: Vec<String>,
+    metadata: Map<String, Value>,
+    ttl_seconds: u32,
+}
+
+fn printable(s: &str) -> bool {
+    !s.chars().any(char::is_control)
+}
+
+impl TryFrom<RegistrationInput> for Registration {
+    type Error = ValidationError;
+
+    fn try_from(input: RegistrationInput) -> Result<Self, Self::Error> {
+        let service_name = ServiceName::parse(input.service_name)?;
+        let instance_id = match input.instance_id {
+            Some(id) => InstanceId::parse(id)?,
+            None => InstanceId::from(&service_name),
+        };
+        let host = Host::parse(input.host)?;
+        let port = u16::try_from(input.port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| {
+                ValidationError::new(
+                    "port",
+                    format!("must be between 1 and 65535 (got {})", input.port),
+                )
+            })?;
+        let protocol = match input.protocol {
+            Some(p) => p.parse()?,
+            None => Protocol::default(),
+        };
+        let health_endpoint = match input.health_endpoint {
+            None => "/health".to_owned(),
+            Some(path) => {
+                if !path.starts_with('/')
+                    || path.len() > MAX_HEALTH_ENDPOINT_LEN
+                    || path.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err(ValidationError::new(
+                        "health_endpoint",
+                        format!(
+                            "must be a path starting with '/', without spaces, at most {MAX_HEALTH_ENDPOINT_LEN} characters"
+                        ),
+                    ));
+                }
+                path
+            }
+        };
+        let version = match input.version {
+            Some(v) if v.is_empty() || v.len() > MAX_VERSION_LEN || !printable(&v) => {
+                return Err(ValidationError::new(
+                    "version",
+                    format!("must be 1-{MAX_VERSION_LEN} printable characters"),
+                ));
+            }
+            v => v,
+        };
+        if input.tags.len() > MAX_TAGS {
+            return Err(ValidationError::new(
+                "tags",
+                format!("at most {MAX_TAGS} tags (got {})", input.tags.len()),
+            ));
+        }
+        for (i, tag) in input.tags.iter().enumerate() {
+            if tag.is_empty() || tag.len() > MAX_TAG_LEN || !printable(tag) {
+                return Err(ValidationError::new(
+                    format!("tags[{i}]"),
+                    format!("must be 1-{MAX_TAG_LEN} printable characters"),
+                ));
+            }
+        }
+        let metadata = match input.metadata {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(map)) => {
+                let size = serde_json::to_vec(&map).map(|v| v.len()).unwrap_or(usize::MAX);
+                if size > MAX_METADATA_BYTES {
+                    return Err(ValidationError::new(
+                        "metadata",
+                        format!("must be at most {MAX_METADATA_BYTES} bytes as JSON (got {size})"),
+                    ));
+                }
+                map
+            }
+            Some(_) => {
+                return Err(ValidationError::new("metadata", "must be a JSON object"));
+            }
+        };
+        let ttl = input.ttl_seconds.unwrap_or(i64::from(TTL_DEFAULT_SECONDS));
+        let ttl_seconds = u32::try_from(ttl)
+            .ok()
+            .filter(|t| (TTL_MIN_SECONDS..=TTL_MAX_SECONDS).contains(t))
+            .ok_or_else(|| {
+                ValidationError::new(
+                    "ttl_seconds",
+                    format!("must be between {TTL_MIN_SECONDS} and {TTL_MAX_SECONDS} (got {ttl})"),
+                )
+            })?;
+        Ok(Self {
+            service_name,
+            instance_id,
+            host,
+            port,
+            protocol,
+            health_endpoint,
+            version,
+            tags: input.tags,
+            metadata,
+            ttl_seconds,
+        })
+    }
+}
+
+impl Registration {
+    /// The service this instance belongs to.
+    pub fn service_name(&self) -> &ServiceName {
+        &self.service_name
+    }
+    /// The instance id (the service name unless one was given).
+    pub fn instance_id(&self) -> &InstanceId {
+        &self.instance_id
+    }
+    /// Where the instance listens.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+    /// 1-65535.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    /// URL scheme.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+    /// Path of the instance's own health endpoint.
+    pub fn health_endpoint(&self) -> &str {
+        &self.health_endpoint
+    }
+    /// Version string, if given.
+    pub fn version(&self) -> Option<&str> {
+        self.version.as_deref()
+    }
+    /// Tags, in the order given.
+    pub fn tags(&self) -> &[String] {
+        &self.tags
+    }
+    /// Metadata object (empty if none was given).
+    pub fn metadata(&self) -> &Map<String, Value> {
+        &self.metadata
+    }
+    /// Lease length in seconds.
+    pub fn ttl_seconds(&self) -> u32 {
+        self.ttl_seconds
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn input() -> RegistrationInput {
+        RegistrationInput {
+            service_name: "api-gateway".into(),
+            host: "10.0.1.10".into(),
+            port: 8000,
+            ..Default::default()
+        }
+    }
+
+    fn field_of(input: RegistrationInput) -> String {
+        Registration::try_from(input)
+            .expect_err("should be rejected")
+            .field()
+            .to_owned()
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let r = Registration::try_from(input()).unwrap();
+        assert_eq!(r.instance_id().as_str(), "api-gateway");
+        assert_eq!(r.protocol(), Protocol::Http);
+        assert_eq!(r.health_endpoint(), "/health");
+        assert_eq!(r.ttl_seconds(), 30);
+        assert!(r.metadata().is_empty());
+        assert!(r.tags().is_empty());
+        assert_eq!(r.version(), None);
+    }
+
+    #[test]
+    fn port_range() {
+        for ok in [1, 80, 65535] {
+            assert!(Registration::try_from(RegistrationInput { port: ok, ..input() }).is_ok());
+        }
+        for bad in [0, -1, 65536, i64::MAX, i64::MIN] {
+            assert_eq!(field_of(RegistrationInput { port: bad, ..input() }), "port");
+        }
+    }
+
+    #[test]
+    fn host_rules() {
+        for ok in [
+            "localhost",
+            "10.0.0.1",
+            "::1",
+            "fe80::1",
+            "api.internal.example.com",
+            "my_container",
+            &format!("{}.{}.{}.{}", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(63)),
+        ] {
+            assert!(Host::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            &"a".repeat(256),
+            "has space",
+            "-leading",
+            "trailing-",
+            "a..b",
+            &"a".repeat(64),
+            "999.1.1.1",
+            "http://x",
+            "x/y",
+        ] {
+            assert_eq!(
+                field_of(RegistrationInput { host: bad.into(), ..input() }),
+                "host",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn ipv6_hosts_are_bracketed_in_urls() {
+        assert_eq!(Host::parse("::1").unwrap().url_form(), "[::1]");
+        assert_eq!(Host::parse("a.b").unwrap().url_form(), "a.b");
+    }
+
+    #[test]
+    fn protocol_set() {
+        for p in ["http", "https", "grpc", "tcp", "ws", "wss"] {
+            let r = Registration::try_from(RegistrationInput {
+                protocol: Some(p.into()),
+                ..input()
+            })
+            .unwrap();
+            assert_eq!(r.protocol().as_str(), p);
+        }
+        for bad in ["ftp", "HTTP", "", "udp"] {
+            assert_eq!(
+                field_of(RegistrationInput { protocol: Some(bad.into()), ..input() }),
+                "protocol"
+            );
+        }
+    }
+
+    #[test]
+    fn ttl_range() {
+        for ok in [5, 30, 3600] {
+            let r = Registration::try_from(RegistrationInput { ttl_seconds: Some(ok), ..input() });
+            assert_eq!(r.unwrap().ttl_seconds() as i64, ok);
+        }
+        for bad in [0, 4, 3601, 100_000, -5] {
+            assert_eq!(
+                field_of(RegistrationInput { ttl_seconds: Some(bad), ..input() }),
+                "ttl_seconds"
+            );
+        }
+    }
+
+    #[test]
+    fn metadata_must_be_a_small_object() {
+        let ok = Registration::try_from(RegistrationInput {
+            metadata: Some(json!({"region": "eu", "weight": 3})),
+            ..input()
+        })
+        .unwrap();
+        assert_eq!(ok.metadata()["region"], "eu");
+        for bad in [json!([1, 2]), json!("text"), json!(5), json!(true)] {
+            assert_eq!(
+                field_of(RegistrationInput { metadata: Some(bad), ..input() }),
+                "metadata"
+            );
+        }
+        // Exactly at the limit passes; one byte more fails. `{"k":"..."}` has 8 bytes of framing.
+        let at_limit = json!({ "k": "x".repeat(MAX_METADATA_BYTES - 8) });
+        assert_eq!(serde_json::to_vec(&at_limit).unwrap().len(), MAX_METADATA_BYTES);
+        assert!(Registration::try_from(RegistrationInput { metadata: Some(at_limit), ..input() }).is_ok());
+        let over = json!({ "k": "x".repeat(MAX_METADATA_BYTES - 7) });
+        assert_eq!(
+            field_of(RegistrationInput { metadata: Some(over), ..input() }),
+            "metadata"
+        );
+    }
+
+    #[test]
+    fn tags_version_and_health_endpoint_rules() {
+        assert_eq!(
+            field_of(RegistrationInput { tags: vec!["ok".into(), String::new()], ..input() }),
+            "tags[1]"
+        );
+        assert_eq!(
+            field_of(RegistrationInput { tags: vec!["t".into(); MAX_TAGS + 1], ..input() }),
+            "tags"
+        );
+        assert_eq!(
+            field_of(RegistrationInput { tags: vec!["x".repeat(MAX_TAG_LEN + 1)], ..input() }),
+            "tags[0]"
+        );
+        assert_eq!(
+            field_of(RegistrationInput { version: Some("v\n1".into()), ..input() }),
+            "version"
+        );
+        assert_eq!(
+            field_of(RegistrationInput { health_endpoint: Some("health".into()), ..input() }),
+            "health_endpoint"
+        );
+        assert_eq!(
+            field_of(RegistrationInput { health_endpoint: Some("/a b".into()), ..input() }),
+            "health_endpoint"
+        );
+    }
+
+    #[test]
+    fn names_are_validated_with_their_field() {
+        assert_eq!(
+            field_of(RegistrationInput { service_name: "has space".into(), ..input() }),
+            "service_name"
+        );
+        assert_eq!(
+            field_of(RegistrationInput { instance_id: Some("a b".into()), ..input() }),
+            "instance_id"
+        );
+    }
+}

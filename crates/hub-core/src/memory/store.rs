@@ -1,0 +1,303 @@
+//! `MemoryStore`: the embedded `RegistryStore`, safe under many tenants and many writers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::ids::{InstanceId, ServiceName, TenantId};
+use crate::domain::instance::{Instance, LeaseState, Revision};
+use crate::domain::query::{Heartbeat, ListCursor, ListQuery};
+use crate::domain::registration::Registration;
+use crate::error::RegistryError;
+use crate::ports::{
+    LeaseChange, ListPage, RegistryStore, Renewed, ServiceSnapshot, Upserted,
+};
+
+type Instances = BTreeMap<InstanceId, Instance>;
+
+/// One tenant's registry. Ordered maps give the list order (service name,
+/// then instance id) and cheap cursor seeks.
+#[derive(Debug, Default)]
+struct TenantState {
+    services: BTreeMap<ServiceName, Instances>,
+    revision: Revision,
+}
+
+impl TenantState {
+    fn bump(&mut self) -> Revision {
+        self.revision = self.revision.next();
+        self.revision
+    }
+
+    fn remove_service_if_empty(&mut self, service: &ServiceName) {
+        if self.services.get(service).is_some_and(BTreeMap::is_empty) {
+            self.services.remove(service);
+        }
+    }
+}
+
+/// An in-memory registry store.
+///
+/// Locking: an outer `RwLock` maps tenants to their own `RwLock`ed state. The
+/// outer lock is taken for writing only the first time a tenant appears, so
+/// tenants do not contend with each other; within a tenant, reads share and
+/// writes exclude. Locks are `std` locks held for a few map operations and
+/// never across an `.await`. A poisoned lock (a panic while holding it) is
+/// recovered: every mutation leaves the maps consistent before it can panic.
+/// A tenant's state (and so its revision counter) is kept when its last
+/// instance goes, so its revisions never go backwards.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    tenants: RwLock<HashMap<TenantId, Arc<RwLock<TenantState>>>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn existing(&self, tenant: &TenantId) -> Option<Arc<RwLock<TenantState>>> {
+        self.tenants
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tenant)
+            .cloned()
+    }
+
+    fn tenant(&self, tenant: &TenantId) -> Arc<RwLock<TenantState>> {
+        if let Some(state) = self.existing(tenant) {
+            return state;
+        }
+        self.tenants
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(tenant.clone())
+            .or_default()
+            .clone()
+    }
+
+    fn all_tenants(&self) -> Vec<Arc<RwLock<TenantState>>> {
+        self.tenants
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+#[async_trait]
+impl RegistryStore for MemoryStore {
+    async fn upsert(
+        &self,
+        tenant: &TenantId,
+        registration: Registration,
+        now: DateTime<Utc>,
+    ) -> Result<Upserted, RegistryError> {
+        let state = self.tenant(tenant);
+        let mut state = state.write().unwrap_or_else(PoisonError::into_inner);
+        let revision = state.bump();
+        let service = registration.service_name().clone();
+        let instances = state.services.entry(service).or_default();
+        let previous = instances.get(registration.instance_id());
+        let created = previous.is_none();
+        let registered_at = previous.map(Instance::registered_at);
+        let instance = Instance::registered(
+            tenant.clone(),
+            registration,
+            now,
+            registered_at,
+            revision,
+        );
+        instances.insert(instance.instance_id().clone(), instance.clone());
+        Ok(Upserted { instance, created })
+    }
+
+    async fn service(
+        &self,
+        tenant: &TenantId,
+        service: &ServiceName,
+    ) -> Result<ServiceSnapshot, RegistryError> {
+        let Some(state) = self.existing(tenant) else {
+            return Ok(ServiceSnapshot {
+                instances: Vec::new(),
+                revision: Revision::ZERO,
+            });
+        };
+        let state = state.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(ServiceSnapshot {
+            instances: state
+                .services
+                .get(service)
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default(),
+            revision: state.revision,
+        })
+    }
+
+    async fn list(&self, tenant: &TenantId, query: &ListQuery) -> Result<ListPage, RegistryError> {
+        let Some(state) = self.existing(tenant) else {
+            return Ok(ListPage {
+                instances: Vec::new(),
+                next: None,
+                revision: Revision::ZERO,
+            });
+        };
+        let state = state.read().unwrap_or_else(PoisonError::into_inner);
+        let services: Box<dyn Iterator<Item = (&ServiceName, &Instances)>> =
+            match (query.service_name(), query.after()) {
+                (Some(name), _) => Box::new(state.services.get_key_value(name).into_iter()),
+                (None, Some(cursor)) => Box::new(
+                    state
+                        .services
+                        .range::<ServiceName, _>((Bound::Included(cursor.service_name()), Bound::Unbounded)),
+                ),
+                (None, None) => Box::new(state.services.iter()),
+            };
+        let after = query.after();
+        let matching = services
+            .flat_map(|(name, instances)| {
+                let start = match after {
+                    Some(c) if c.service_name() == name => Bound::Excluded(c.instance_id()),
+                    Some(c) if c.service_name() > name => return None.into_iter().flatten(),
+                    _ => Bound::Unbounded,
+                };
+                Some(instances.range::<InstanceId, _>((start, Bound::Unbounded)).map(|(_, i)| i))
+                    .into_iter()
+                    .flatten()
+            })
+            .filter(|i| query.status().is_none_or(|s| i.status() == s))
+            .filter(|i| i.has_all_tags(query.tags()));
+        let mut instances: Vec<Instance> = Vec::new();
+        let mut next = None;
+        for instance in matching {
+            if instances.len() == query.limit() {
+                // Another match exists beyond this page: continue after the last one returned.
+                next = instances
+                    .last()
+                    .map(|l| ListCursor::after(l.service_name().clone(), l.instance_id().clone()));
+                break;
+            }
+            instances.push(instance.clone());
+        }
+        Ok(ListPage {
+            instances,
+            next,
+            revision: state.revision,
+        })
+    }
+
+    async fn remove(
+        &self,
+        tenant: &TenantId,
+        service: &ServiceName,
+        instance: Option<&InstanceId>,
+    ) -> Result<Vec<Instance>, RegistryError> {
+        let Some(state) = self.existing(tenant) else {
+            return Ok(Vec::new());
+        };
+        let mut state = state.write().unwrap_or_else(PoisonError::into_inner);
+        let removed: Vec<Instance> = match (state.services.get_mut(service), instance) {
+            (None, _) => Vec::new(),
+            (Some(instances), Some(id)) => instances.remove(id).into_iter().collect(),
+            (Some(instances), None) => std::mem::take(instances).into_values().collect(),
+        };
+        state.remove_service_if_empty(service);
+        Ok(removed
+            .into_iter()
+            .map(|i| {
+                let revision = state.bump();
+                i.with_revision(revision)
+            })
+            .collect())
+    }
+
+    async fn renew(
+        &self,
+        tenant: &TenantId,
+        service: &ServiceName,
+        instance: &InstanceId,
+        heartbeat: &Heartbeat,
+        now: DateTime<Utc>,
+    ) -> Result<Renewed, RegistryError> {
+        // Embedded mode keeps no metric history; stores that do (PostgreSQL)
+        // record `heartbeat.metrics()`.
+        let not_found = || {
+            RegistryError::not_found(format!("instance '{instance}' of service '{service}'"))
+        };
+        let state = self.existing(tenant).ok_or_else(not_found)?;
+        let mut state = state.write().unwrap_or_else(PoisonError::into_inner);
+        let current = state
+            .services
+            .get(service)
+            .and_then(|m| m.get(instance))
+            .ok_or_else(not_found)?;
+        let previous_status = current.status();
+        let mut renewed = current.renewed(now, heartbeat.status());
+        if previous_status != heartbeat.status() {
+            let revision = state.bump();
+            renewed = renewed.with_revision(revision);
+        }
+        if let Some(slot) = state.services.get_mut(service).and_then(|m| m.get_mut(instance)) {
+            *slot = renewed.clone();
+        }
+        Ok(Renewed {
+            instance: renewed,
+            previous_status,
+        })
+    }
+
+    async fn expire_leases(&self, now: DateTime<Utc>) -> Result<Vec<LeaseChange>, RegistryError> {
+        let mut changes = Vec::new();
+        for state in self.all_tenants() {
+            // Judging and changing happen under one write lock, so a heartbeat
+            // cannot slip in between (the port's "heartbeat wins" rule).
+            let mut state = state.write().unwrap_or_else(PoisonError::into_inner);
+            let mut expired = Vec::new();
+            let mut dead = Vec::new();
+            for (service, instances) in &state.services {
+                for (id, instance) in instances {
+                    match instance.lease_state(now) {
+                        LeaseState::Alive => {}
+                        LeaseState::Expired => {
+                            if instance.status() != crate::HealthStatus::Critical {
+                                expired.push((service.clone(), id.clone()));
+                            }
+                        }
+                        LeaseState::Dead => dead.push((service.clone(), id.clone())),
+                    }
+                }
+            }
+            for (service, id) in expired {
+                let revision = state.bump();
+                if let Some(slot) = state.services.get_mut(&service).and_then(|m| m.get_mut(&id)) {
+                    let previous_status = slot.status();
+                    *slot = slot
+                        .with_status(crate::HealthStatus::Critical)
+                        .with_revision(revision);
+                    changes.push(LeaseChange::Expired {
+                        instance: slot.clone(),
+                        previous_status,
+                    });
+                }
+            }
+            for (service, id) in dead {
+                let removed = state.services.get_mut(&service).and_then(|m| m.remove(&id));
+                state.remove_service_if_empty(&service);
+                if let Some(instance) = removed {
+                    let revision = state.bump();
+                    changes.push(LeaseChange::Removed(instance.with_revision(revision)));
+                }
+            }
+        }
+        Ok(changes)
+    }
+
+    async fn check(&self) -> Result<(), RegistryError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,147 @@
+//! Ports: the traits hub-core needs from the outside world (store, events, clock).
+//!
+//! Adapters live in hub-store and hub-bus; in-memory ones in [`crate::memory`].
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::event::RegistryEvent;
+use crate::domain::ids::{InstanceId, ServiceName, TenantId};
+use crate::domain::instance::{HealthStatus, Instance, Revision};
+use crate::domain::query::{Heartbeat, ListCursor, ListQuery};
+use crate::domain::registration::Registration;
+use crate::error::RegistryError;
+
+/// Result of an upsert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upserted {
+    /// The record as stored, with the revision of this change.
+    pub instance: Instance,
+    /// Whether the instance did not exist before.
+    pub created: bool,
+}
+
+/// The instances of one service and the tenant's revision they were read at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceSnapshot {
+    /// Ordered by instance id; empty if the service is unknown to the tenant.
+    pub instances: Vec<Instance>,
+    /// The tenant's current revision.
+    pub revision: Revision,
+}
+
+/// One page of a list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListPage {
+    /// Ordered by service name, then instance id.
+    pub instances: Vec<Instance>,
+    /// Present when more matching instances follow.
+    pub next: Option<ListCursor>,
+    /// The tenant's current revision.
+    pub revision: Revision,
+}
+
+/// Result of a heartbeat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Renewed {
+    /// The record after renewal. Its revision is new only if the status changed.
+    pub instance: Instance,
+    /// The status before the heartbeat.
+    pub previous_status: HealthStatus,
+}
+
+/// A change the lease reaper made.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeaseChange {
+    /// The lease ran out: the instance is now critical (new revision).
+    Expired {
+        /// The record after the change.
+        instance: Instance,
+        /// Its status before.
+        previous_status: HealthStatus,
+    },
+    /// The lease stayed expired past `deregister_after`: the instance was
+    /// removed. The record carries the revision of its removal.
+    Removed(Instance),
+}
+
+/// The registry's source of truth.
+///
+/// Every method is scoped to one tenant, except [`RegistryStore::expire_leases`]
+/// which the reaper runs for all tenants. An implementation must never let a
+/// call for tenant A read or change a record of tenant B. Every change gets the
+/// next revision of its tenant. Errors: `Unavailable` when the backend cannot
+/// be reached (the outcome of a write is then unknown), `Unexpected` for
+/// anything else; the per-method docs name the other cases.
+#[async_trait]
+pub trait RegistryStore: Send + Sync + 'static {
+    /// Inserts the instance, or replaces the tenant's record with the same
+    /// (service name, instance id). A replaced record keeps its `registered_at`;
+    /// status becomes passing and the lease starts at `now`.
+    async fn upsert(
+        &self,
+        tenant: &TenantId,
+        registration: Registration,
+        now: DateTime<Utc>,
+    ) -> Result<Upserted, RegistryError>;
+
+    /// The instances of one service. An unknown service gives an empty snapshot,
+    /// not an error.
+    async fn service(
+        &self,
+        tenant: &TenantId,
+        service: &ServiceName,
+    ) -> Result<ServiceSnapshot, RegistryError>;
+
+    /// One page of the tenant's instances matching `query`.
+    async fn list(&self, tenant: &TenantId, query: &ListQuery) -> Result<ListPage, RegistryError>;
+
+    /// Removes one instance, or every instance of the service when `instance`
+    /// is `None`. Returns the removed records, each carrying the revision of its
+    /// removal; an empty vector when nothing matched (not an error).
+    async fn remove(
+        &self,
+        tenant: &TenantId,
+        service: &ServiceName,
+        instance: Option<&InstanceId>,
+    ) -> Result<Vec<Instance>, RegistryError>;
+
+    /// Renews the lease of one instance at `now` with the reported status.
+    /// Returns `NotFound` when the tenant has no such instance (the client must
+    /// register again). Only a status change takes a new revision.
+    async fn renew(
+        &self,
+        tenant: &TenantId,
+        service: &ServiceName,
+        instance: &InstanceId,
+        heartbeat: &Heartbeat,
+        now: DateTime<Utc>,
+    ) -> Result<Renewed, RegistryError>;
+
+    /// Applies lease expiry at `now` to every tenant, using
+    /// [`Instance::lease_state`]: alive leases are untouched, expired ones turn
+    /// critical (once), dead ones are removed. A heartbeat that lands between
+    /// the read and the write must win: the change is conditional on the lease
+    /// still being the one that was judged.
+    async fn expire_leases(&self, now: DateTime<Utc>) -> Result<Vec<LeaseChange>, RegistryError>;
+
+    /// Whether the store can serve requests (readiness). `Unavailable` if not.
+    async fn check(&self) -> Result<(), RegistryError>;
+}
+
+/// Where registry events go after a change is stored (in-process watchers,
+/// NATS, Kafka). Publishing must not block for long: implementations buffer
+/// or drop per their documented guarantee.
+#[async_trait]
+pub trait EventSink: Send + Sync + 'static {
+    /// Publishes the events in order. Returns `Unavailable` if the sink could
+    /// not take them; the change itself is already stored.
+    async fn publish(&self, events: &[RegistryEvent]) -> Result<(), RegistryError>;
+}
+
+/// The time, as the registry sees it. Lease logic takes time only from here,
+/// so tests drive it with a manual clock instead of sleeping.
+pub trait Clock: Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> DateTime<Utc>;
+}

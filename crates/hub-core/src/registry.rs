@@ -1,0 +1,218 @@
+//! `Registry`: the use cases (register, list, get, heartbeat, deregister, expire leases) over the ports.
+
+use std::sync::Arc;
+
+use crate::domain::event::{EventKind, RegistryEvent};
+use crate::domain::ids::{InstanceId, ServiceName, TenantId};
+use crate::domain::instance::{Instance, Revision};
+use crate::domain::query::{Heartbeat, ListQuery};
+use crate::domain::registration::Registration;
+use crate::error::RegistryError;
+use crate::ports::{Clock, EventSink, LeaseChange, ListPage, RegistryStore, Upserted};
+
+/// The instances of one service, as answered by [`Registry::get`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceInstances {
+    /// The service asked for.
+    pub service_name: ServiceName,
+    /// Its instances, ordered by instance id; never empty.
+    pub instances: Vec<Instance>,
+    /// The tenant's revision at the time of reading.
+    pub revision: Revision,
+}
+
+/// What one reaper pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExpiryReport {
+    /// Instances that turned critical.
+    pub expired: usize,
+    /// Instances removed after staying expired.
+    pub removed: usize,
+}
+
+/// The registry use cases. Cheap to clone; hand a clone to each handler.
+#[derive(Clone)]
+pub struct Registry {
+    store: Arc<dyn RegistryStore>,
+    events: Arc<dyn EventSink>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// A registry over the given adapters.
+    pub fn new(
+        store: Arc<dyn RegistryStore>,
+        events: Arc<dyn EventSink>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            store,
+            events,
+            clock,
+        }
+    }
+
+    /// Registers an instance, or updates it if the tenant already has one with
+    /// the same service name and instance id. The lease starts now.
+    pub async fn register(
+        &self,
+        tenant: &TenantId,
+        registration: Registration,
+    ) -> Result<Upserted, RegistryError> {
+        let now = self.clock.now();
+        let upserted = self.store.upsert(tenant, registration, now).await?;
+        let kind = if upserted.created {
+            EventKind::Registered
+        } else {
+            EventKind::Updated
+        };
+        self.publish(vec![RegistryEvent::new(
+            kind,
+            upserted.instance.clone(),
+            None,
+            now,
+        )])
+        .await;
+        Ok(upserted)
+    }
+
+    /// One page of the tenant's instances.
+    pub async fn list(
+        &self,
+        tenant: &TenantId,
+        query: &ListQuery,
+    ) -> Result<ListPage, RegistryError> {
+        self.store.list(tenant, query).await
+    }
+
+    /// The instances of one service; `NotFound` if the tenant has none.
+    pub async fn get(
+        &self,
+        tenant: &TenantId,
+        service: &ServiceName,
+    ) -> Result<ServiceInstances, RegistryError> {
+        let snapshot = self.store.service(tenant, service).await?;
+        if snapshot.instances.is_empty() {
+            return Err(RegistryError::not_found(format!("service '{service}'")));
+        }
+        Ok(ServiceInstances {
+            service_name: service.clone(),
+            instances: snapshot.instances,
+            revision: snapshot.revision,
+        })
+    }
+
+    /// Renews an instance's lease (the instance id defaults to the service
+    /// name, like registration). `NotFound` means the client must register again.
+    pub async fn heartbeat(
+        &self,
+        tenant: &TenantId,
+        service: &ServiceName,
+        instance: Option<&InstanceId>,
+        heartbeat: &Heartbeat,
+    ) -> Result<Instance, RegistryError> {
+        let now = self.clock.now();
+        let default_id;
+        let instance = match instance {
+            Some(id) => id,
+            None => {
+                default_id = InstanceId::from(service);
+                &default_id
+            }
+        };
+        let renewed = self
+            .store
+            .renew(tenant, service, instance, heartbeat, now)
+            .await?;
+        if renewed.previous_status != renewed.instance.status() {
+            self.publish(vec![RegistryEvent::new(
+                EventKind::StatusChanged,
+                renewed.instance.clone(),
+                Some(renewed.previous_status),
+                now,
+            )])
+            .await;
+        }
+        Ok(renewed.instance)
+    }
+
+    /// Removes one instance, or all instances of the service. Returns how many
+    /// were removed; `NotFound` if none matched.
+    pub async fn deregister(
+        &self,
+        tenant: &TenantId,
+        service: &ServiceName,
+        instance: Option<&InstanceId>,
+    ) -> Result<usize, RegistryError> {
+        let now = self.clock.now();
+        let removed = self.store.remove(tenant, service, instance).await?;
+        if removed.is_empty() {
+            return Err(RegistryError::not_found(match instance {
+                Some(id) => format!("instance '{id}' of service '{service}'"),
+                None => format!("service '{service}'"),
+            }));
+        }
+        let count = removed.len();
+        self.publish(
+            removed
+                .into_iter()
+                .map(|i| RegistryEvent::new(EventKind::Deregistered, i, None, now))
+                .collect(),
+        )
+        .await;
+        Ok(count)
+    }
+
+    /// One reaper pass at the clock's current time: expired leases turn
+    /// critical, leases expired for longer than `deregister_after` are removed.
+    pub async fn expire_leases(&self) -> Result<ExpiryReport, RegistryError> {
+        let now = self.clock.now();
+        let changes = self.store.expire_leases(now).await?;
+        let mut report = ExpiryReport::default();
+        let events = changes
+            .into_iter()
+            .map(|change| match change {
+                LeaseChange::Expired {
+                    instance,
+                    previous_status,
+                } => {
+                    report.expired += 1;
+                    RegistryEvent::new(
+                        EventKind::StatusChanged,
+                        instance,
+                        Some(previous_status),
+                        now,
+                    )
+                }
+                LeaseChange::Removed(instance) => {
+                    report.removed += 1;
+                    RegistryEvent::new(EventKind::Expired, instance, None, now)
+                }
+            })
+            .collect::<Vec<_>>();
+        self.publish(events).await;
+        Ok(report)
+    }
+
+    /// Whether the source of truth is reachable.
+    pub async fn check_store(&self) -> Result<(), RegistryError> {
+        self.store.check().await
+    }
+
+    /// Publishes events of a change that is already stored. A failure is logged,
+    /// not returned: the write succeeded and the caller must not retry it.
+    async fn publish(&self, events: Vec<RegistryEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        if let Err(error) = self.events.publish(&events).await {
+            tracing::warn!(%error, count = events.len(), "registry events not published");
+        }
+    }
+}

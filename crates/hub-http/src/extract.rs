@@ -1,0 +1,137 @@
+//! Extractors: the resolved `Tenant`, and `JsonBody<T>` that reports JSON problems in our error format.
+
+use std::future::{Ready, ready};
+
+use actix_web::dev::Payload;
+use actix_web::http::StatusCode;
+use actix_web::http::header;
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
+use futures_util::future::LocalBoxFuture;
+use hub_core::TenantId;
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, MAX_BODY_BYTES};
+
+/// The tenant this request acts for, as resolved by the tenant middleware.
+#[derive(Debug, Clone)]
+pub struct Tenant(pub TenantId);
+
+impl FromRequest for Tenant {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(
+            req.extensions()
+                .get::<TenantId>()
+                .cloned()
+                .map(Tenant)
+                .ok_or_else(|| {
+                    ApiError::internal(&std::io::Error::other(
+                        "tenant middleware did not run for this route",
+                    ))
+                }),
+        )
+    }
+}
+
+/// A JSON request body. Checks the content type (415), the size (413 beyond
+/// 64 KiB), the syntax (400 `malformed_json`) and the shape (422
+/// `validation_failed` naming the field, e.g. `port: invalid type: string "80"`).
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+fn is_json_content_type(req: &HttpRequest) -> bool {
+    let Some(value) = req.headers().get(header::CONTENT_TYPE) else {
+        return false;
+    };
+    let Ok(text) = value.to_str() else {
+        return false;
+    };
+    let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Parses JSON, telling syntax errors (400) from shape errors (422).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                if path == "." {
+                    format!("body: {inner}")
+                } else {
+                    format!("{path}: {inner}")
+                },
+            ),
+            _ => ApiError::malformed_json(inner),
+        }
+    })?;
+    deserializer.end().map_err(ApiError::malformed_json)?;
+    Ok(value)
+}
+
+impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        if !is_json_content_type(req) {
+            return Box::pin(ready(Err(ApiError::from_status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                req.method().as_str(),
+                req.path(),
+            ))));
+        }
+        let bytes = web::Bytes::from_request(req, payload);
+        let (method, path) = (req.method().to_string(), req.path().to_owned());
+        Box::pin(async move {
+            let bytes = bytes.await.map_err(|error| {
+                let status = error.as_response_error().status_code();
+                if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::from_status(status, &method, &path)
+                } else {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("request body could not be read: {error}"),
+                    )
+                }
+            })?;
+            parse_json(&bytes).map(JsonBody)
+        })
+    }
+}
+
+/// The body limit handed to actix's payload reader.
+pub fn payload_config() -> web::PayloadConfig {
+    web::PayloadConfig::new(MAX_BODY_BYTES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Body {
+        port: i64,
+    }
+
+    #[test]
+    fn syntax_errors_are_400_and_shape_errors_are_422() {
+        assert_eq!(parse_json::<Body>(b"{\"port\":").unwrap_err().code(), "malformed_json");
+        assert_eq!(parse_json::<Body>(b"{} x").unwrap_err().code(), "malformed_json");
+        let shape = parse_json::<Body>(b"{\"port\":\"80\"}").unwrap_err();
+        assert_eq!(shape.code(), "validation_failed");
+        assert!(shape.message().starts_with("port:"), "{}", shape.message());
+        let missing = parse_json::<Body>(b"{}").unwrap_err();
+        assert_eq!(missing.code(), "validation_failed");
+        assert!(missing.message().contains("port"), "{}", missing.message());
+    }
+}

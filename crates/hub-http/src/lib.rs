@@ -1,0 +1,66 @@
+//! hub-http: the HTTP edge of Central Hub on actix-web: middleware, routes, wire types and error mapping.
+//!
+//! [`app`] builds the whole application for one worker; hub-server calls it
+//! from its `HttpServer` factory and tests can call it the same way.
+
+pub mod auth;
+mod context;
+pub mod dto;
+pub mod error;
+pub mod extract;
+pub mod middleware;
+pub mod routes;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::{App, HttpRequest, web};
+use hub_core::Registry;
+
+pub use auth::{ApiKeys, Auth, Principal};
+pub use error::{ApiError, MAX_BODY_BYTES};
+
+/// What the HTTP layer needs from the rest of the server. Each handler gets
+/// only its own part (the registry, the auth settings) through actix's data.
+#[derive(Debug, Clone)]
+pub struct HttpDeps {
+    /// The registry use cases.
+    pub registry: Registry,
+    /// How requests are authenticated.
+    pub auth: Auth,
+}
+
+async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::from_status(
+        StatusCode::NOT_FOUND,
+        req.method().as_str(),
+        req.path(),
+    ))
+}
+
+/// The application: middleware (request id, then authentication, then tenant
+/// context, outermost first), routes, and the JSON error fallback.
+pub fn app(
+    deps: HttpDeps,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    use actix_web::middleware::from_fn;
+    App::new()
+        .app_data(web::Data::new(deps.registry))
+        .app_data(web::Data::new(deps.auth))
+        .app_data(extract::payload_config())
+        .configure(routes::health::configure)
+        .configure(routes::discovery::configure)
+        .default_service(web::to(no_route))
+        // `wrap` puts each middleware outside the previous one: the last is outermost.
+        .wrap(from_fn(middleware::tenant))
+        .wrap(from_fn(middleware::authenticate))
+        .wrap(from_fn(middleware::request_id))
+}

@@ -1,0 +1,252 @@
+//! The middleware chain, outermost first: request id (and access log), authentication, tenant context.
+
+use std::time::Instant;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::error::InternalError;
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{Error, HttpMessage, HttpResponse, ResponseError, web};
+use hub_core::TenantId;
+use tracing::Instrument;
+
+use crate::auth::{Auth, Principal};
+use crate::context::{self, RequestContext};
+use crate::error::ApiError;
+
+/// Request id header, echoed or generated.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Tenant header.
+pub const TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
+/// API key header.
+pub const API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// Paths served without a key.
+pub const PUBLIC_PATHS: [&str; 5] = ["/health", "/health/ready", "/docs", "/redoc", "/openapi.json"];
+
+fn is_public(path: &str) -> bool {
+    PUBLIC_PATHS.contains(&path)
+}
+
+/// A client-sent request id is echoed only if it is short and plain, so it
+/// cannot inject anything into logs or headers.
+fn sane_request_id(value: &HeaderValue) -> Option<String> {
+    let text = value.to_str().ok()?;
+    let ok = !text.is_empty()
+        && text.len() <= 128
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    ok.then(|| text.to_owned())
+}
+
+fn is_json(response: &HttpResponse) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+/// Outermost middleware. Gives the request an id (echoed if the client sent a
+/// sane one), opens the request context and tracing span, turns every error
+/// (including actix's own plain-text rejections) into the JSON error body, adds
+/// `X-Request-ID` and `X-Tenant-ID` to the response, and writes the access log
+/// line: request id, tenant, method, path, status, latency. Never a key or a body.
+pub async fn request_id(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, Error> {
+    let started = Instant::now();
+    let id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(sane_request_id)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let method = req.method().to_string();
+    let path = req.path().to_owned();
+    // For responses sent before the tenant middleware ran (a 401, say), the
+    // X-Tenant-ID response header echoes a valid request header, or `system`
+    // when there is none; an invalid one is not echoed.
+    let claimed_tenant = match req.headers().get(&TENANT_ID) {
+        None => Some(TenantId::system()),
+        Some(v) => v.to_str().ok().and_then(|t| TenantId::parse(t).ok()),
+    };
+    let span = tracing::info_span!("request", request_id = %id, tenant = tracing::field::Empty);
+
+    RequestContext::scope(id.clone(), async move {
+        let result = next.call(req).await;
+        // Everything below runs inside the request context, so error bodies
+        // name the request id. An `Err` from downstream (which our own
+        // middleware avoids, but actix may produce) is rendered here as well
+        // and handed back pre-rendered, so the dispatcher sends exactly it.
+        let finish = |response: HttpResponse| {
+            let response = json_errors(response, &method, &path);
+            finish_response(response, &id, claimed_tenant.as_ref(), &method, &path, started)
+        };
+        match result {
+            Ok(response) => {
+                let (request, response) = response.map_into_boxed_body().into_parts();
+                Ok(ServiceResponse::new(request, finish(response)))
+            }
+            Err(error) => {
+                let response = finish(error.error_response());
+                Err(InternalError::from_response(error.to_string(), response).into())
+            }
+        }
+    }
+    .instrument(span))
+    .await
+}
+
+/// Replaces a plain-text (or empty) error response by the JSON error body,
+/// keeping headers actix set for a reason (`Allow` on 405, for example).
+fn json_errors(response: HttpResponse, method: &str, path: &str) -> HttpResponse {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || is_json(&response) {
+        return response;
+    }
+    let mut new = ApiError::from_status(status, method, path).error_response();
+    for (name, value) in response.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            new.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    new
+}
+
+/// Adds `X-Request-ID` and `X-Tenant-ID`, and writes the access log line.
+fn finish_response(
+    mut response: HttpResponse,
+    id: &str,
+    claimed_tenant: Option<&TenantId>,
+    method: &str,
+    path: &str,
+    started: Instant,
+) -> HttpResponse {
+    let tenant = context::tenant();
+    let resolved = tenant.is_some();
+    let tenant = tenant.or_else(|| claimed_tenant.cloned());
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(id) {
+        headers.insert(REQUEST_ID, value);
+    }
+    if let Some(tenant) = &tenant
+        && let Ok(value) = HeaderValue::from_str(tenant.as_str())
+    {
+        headers.insert(TENANT_ID, value);
+    }
+    tracing::info!(
+        target: "hub_http::access",
+        tenant = tenant.as_ref().filter(|_| resolved).map_or("-", TenantId::as_str),
+        method = %method,
+        path = %path,
+        status = response.status().as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+/// Authentication: `X-API-Key` must be a configured key, except on public
+/// paths or when auth is disabled. The principal goes into the request
+/// extensions for the tenant middleware.
+pub async fn authenticate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, Error> {
+    let principal = match req.app_data::<web::Data<Auth>>().map(|a| a.get_ref()) {
+        Some(Auth::Disabled) | None => Some(Principal::Anonymous),
+        Some(Auth::Keys(keys)) => match req.headers().get(&API_KEY) {
+            None if is_public(req.path()) => None,
+            None => {
+                return Ok(reject(
+                    req,
+                    ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "missing_api_key",
+                        "this endpoint needs an API key in the X-API-Key header",
+                    ),
+                ));
+            }
+            Some(value) => {
+                let principal = value.to_str().ok().and_then(|k| keys.authenticate(k)).cloned();
+                match principal {
+                    Some(p) => Some(p),
+                    None if is_public(req.path()) => None,
+                    None => {
+                        return Ok(reject(
+                            req,
+                            ApiError::new(
+                                StatusCode::UNAUTHORIZED,
+                                "invalid_api_key",
+                                "the API key in X-API-Key is not valid",
+                            ),
+                        ));
+                    }
+                }
+            }
+        },
+    };
+    if let Some(principal) = principal {
+        req.extensions_mut().insert(principal);
+    }
+    Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+/// Answers the request with an error without calling the rest of the chain.
+/// Middleware rejects this way (not with `Err`) so the response is built
+/// inside the request context.
+fn reject(req: ServiceRequest, error: ApiError) -> ServiceResponse<BoxBody> {
+    req.into_response(error.error_response())
+}
+
+/// Tenant context: `X-Tenant-ID` (1-100 of `[A-Za-z0-9_-]`), defaulting to
+/// the key's first tenant for bound keys and `system` otherwise. An invalid
+/// value is a 400, never silently replaced; a bound key used for another
+/// tenant is a 403. The tenant goes into the request extensions (read by the
+/// [`Tenant`](crate::extract::Tenant) extractor) and the request context.
+pub async fn tenant(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, Error> {
+    let principal = req.extensions().get::<Principal>().cloned();
+    let tenant = match resolve_tenant(&req, principal.as_ref()) {
+        Ok(tenant) => tenant,
+        Err(error) => return Ok(reject(req, error)),
+    };
+    tracing::Span::current().record("tenant", tenant.as_str());
+    context::set_tenant(&tenant);
+    req.extensions_mut().insert(tenant);
+    Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+fn resolve_tenant(req: &ServiceRequest, principal: Option<&Principal>) -> Result<TenantId, ApiError> {
+    let tenant = match req.headers().get(&TENANT_ID) {
+        None => principal.map_or_else(TenantId::system, Principal::default_tenant),
+        Some(value) => {
+            let text = value
+                .to_str()
+                .map_err(|e| ApiError::invalid_header("X-Tenant-ID", e))?;
+            TenantId::parse(text).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_tenant_id",
+                    format!("X-Tenant-ID is invalid: {}", e.message()),
+                )
+            })?
+        }
+    };
+    if let Some(principal) = principal
+        && !principal.may_act_for(&tenant)
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "tenant_forbidden",
+            format!("this API key may not act for tenant '{tenant}'"),
+        ));
+    }
+    Ok(tenant)
+}

@@ -1,0 +1,4 @@
+//! Route tables, one module per area of the API.
+
+pub mod discovery;
+pub mod health;
