@@ -1,1 +1,58 @@
-fn main() {}
+//! xtask: project automation behind `cargo xtask <command>` (test, bench), in Rust instead of loose scripts.
+
+mod bench;
+mod test;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  test     fmt check, clippy -D warnings, layering check, cargo test --workspace
+  bench    start a release hub-server and drive it over loopback; prints medians of 3 runs";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("test") => test::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
+        Some("help" | "--help" | "-h") | None => {
+            eprintln!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown command {other:?}\n\n{USAGE}"),
+    }
+}
+
+/// The workspace root (the parent of this crate's folder).
+fn project_root() -> anyhow::Result<PathBuf> {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .context("xtask must live one folder below the workspace root")
+}
+
+/// `cargo`, as the one that runs us (so toolchain overrides carry over).
+fn cargo() -> Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut command = Command::new(cargo);
+    if let Ok(root) = project_root() {
+        command.current_dir(root);
+    }
+    command
+}
+
+/// Runs a command, echoing it first, and fails if it fails.
+fn run_step(name: &str, command: &mut Command) -> anyhow::Result<()> {
+    eprintln!("\n==> {name}: {command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("{name}: could not start {command:?}"))?;
+    if !status.success() {
+        bail!("{name} failed ({status})");
+    }
+    Ok(())
+}
