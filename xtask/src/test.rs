@@ -46,7 +46,16 @@ fn layering() -> anyhow::Result<()> {
     // Positive control: a crate hub-core does use must be found, or the check
     // itself is broken (an outdated lock file, say) and proves nothing.
     let control = cargo()
-        .args(["tree", "--locked", "-p", "hub-core", "-e", "normal,build", "-i", "serde"])
+        .args([
+            "tree",
+            "--locked",
+            "-p",
+            "hub-core",
+            "-e",
+            "normal,build",
+            "-i",
+            "serde",
+        ])
         .output()?;
     if !control.status.success() {
         bail!(
@@ -57,7 +66,16 @@ fn layering() -> anyhow::Result<()> {
     let mut offenders = Vec::new();
     for krate in FORBIDDEN_IN_CORE {
         let output = cargo()
-            .args(["tree", "--locked", "-p", "hub-core", "-e", "normal,build", "-i", krate])
+            .args([
+                "tree",
+                "--locked",
+                "-p",
+                "hub-core",
+                "-e",
+                "normal,build",
+                "-i",
+                krate,
+            ])
             .output()?;
         if output.status.success() {
             offenders.push(krate);

@@ -53,27 +53,37 @@ fn is_json_content_type(req: &HttpRequest) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// Parses JSON, telling syntax errors (400) from shape errors (422).
+/// Parses a JSON object body, telling syntax errors (400 `malformed_json`)
+/// from shape errors (422 `validation_failed`, naming the field).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-                if path == "." {
-                    format!("body: {inner}")
-                } else {
-                    format!("{path}: {inner}")
-                },
-            ),
-            _ => ApiError::malformed_json(inner),
+    // Serde would also accept a struct written as an array; our bodies are objects.
+    let is_object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let parsed = if is_object {
+        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+        serde_path_to_error::deserialize(&mut deserializer)
+            .map_err(|e| (e.path().to_string(), e.into_inner()))
+            .and_then(|value| {
+                deserializer
+                    .end()
+                    .map(|()| value)
+                    .map_err(|e| (String::new(), e))
+            })
+    } else {
+        Err((".".to_owned(), serde::de::Error::custom("must be a JSON object")))
+    };
+    parsed.map_err(|(path, error)| {
+        // A shape error is only reported as such when the body is valid JSON
+        // as a whole: `{} {}` or a truncated body is a syntax problem first.
+        if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            return ApiError::malformed_json(syntax);
         }
-    })?;
-    deserializer.end().map_err(ApiError::malformed_json)?;
-    Ok(value)
+        let field = if path == "." { "body".to_owned() } else { path };
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            format!("{field}: {error}"),
+        )
+    })
 }
 
 impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
@@ -127,6 +137,12 @@ mod tests {
     fn syntax_errors_are_400_and_shape_errors_are_422() {
         assert_eq!(parse_json::<Body>(b"{\"port\":").unwrap_err().code(), "malformed_json");
         assert_eq!(parse_json::<Body>(b"{} x").unwrap_err().code(), "malformed_json");
+        assert_eq!(parse_json::<Body>(b"{} {}").unwrap_err().code(), "malformed_json");
+        assert_eq!(parse_json::<Body>(b"").unwrap_err().code(), "malformed_json");
+        assert_eq!(parse_json::<Body>(b"[1").unwrap_err().code(), "malformed_json");
+        let array = parse_json::<Body>(b" [80]").unwrap_err();
+        assert_eq!(array.code(), "validation_failed");
+        assert!(array.message().starts_with("body:"), "{}", array.message());
         let shape = parse_json::<Body>(b"{\"port\":\"80\"}").unwrap_err();
         assert_eq!(shape.code(), "validation_failed");
         assert!(shape.message().starts_with("port:"), "{}", shape.message());

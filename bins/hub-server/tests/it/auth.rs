@@ -1,0 +1,182 @@
+//! Authentication and tenant context: keys, bound tenants, public paths, DISABLE_AUTH.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{BOUND_KEY, OPERATOR_KEY, assert_error, spawn_app, spawn_app_with};
+
+const SERVICES: &str = "/api/v1/discovery/services";
+
+#[tokio::test]
+async fn missing_and_unknown_keys_are_401_with_www_authenticate() {
+    let app = spawn_app().await;
+    let r = app.client.get(app.url(SERVICES)).send().await.unwrap();
+    assert_eq!(r.headers()["www-authenticate"], "ApiKey");
+    assert_eq!(r.headers()["x-tenant-id"], "system");
+    assert_error(r, StatusCode::UNAUTHORIZED, "missing_api_key").await;
+
+    for bad in ["wrong", "test-operator-ke", "test-operator-keyy", "TEST-OPERATOR-KEY"] {
+        let r = app
+            .client
+            .get(app.url(SERVICES))
+            .header("X-API-Key", bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["www-authenticate"], "ApiKey");
+        assert_error(r, StatusCode::UNAUTHORIZED, "invalid_api_key").await;
+    }
+    // Writes are refused the same way, and nothing is stored.
+    let r = app
+        .client
+        .post(app.url("/api/v1/discovery/register"))
+        .json(&json!({"service_name": "x", "host": "h", "port": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::UNAUTHORIZED, "missing_api_key").await;
+    assert!(app.list_ids("system").await.is_empty());
+}
+
+#[tokio::test]
+async fn bound_key_is_limited_to_its_tenants() {
+    let app = spawn_app().await;
+    let bound = |tenant: Option<&str>| {
+        let mut r = app
+            .client
+            .post(app.url("/api/v1/discovery/register"))
+            .header("X-API-Key", BOUND_KEY);
+        if let Some(t) = tenant {
+            r = r.header("X-Tenant-ID", t);
+        }
+        r
+    };
+    let body = json!({"service_name": "svc", "host": "10.0.0.1", "port": 80});
+
+    // Foreign tenant: 403, nothing stored there.
+    let r = bound(Some("tenant2")).json(&body).send().await.unwrap();
+    assert_error(r, StatusCode::FORBIDDEN, "tenant_forbidden").await;
+    let r = bound(Some("system")).json(&body).send().await.unwrap();
+    assert_error(r, StatusCode::FORBIDDEN, "tenant_forbidden").await;
+    assert!(app.list_ids("tenant2").await.is_empty());
+
+    // No header: acts for its first tenant.
+    let r = bound(None).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.headers()["x-tenant-id"], "tenant1");
+    let created: Value = r.json().await.unwrap();
+    assert_eq!(created["tenant_id"], "tenant1");
+    assert_eq!(app.list_ids("tenant1").await, vec![("svc".into(), "svc".into())]);
+    assert!(app.list_ids("system").await.is_empty());
+
+    // Its second tenant is allowed.
+    let r = bound(Some("tenant3")).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn operator_key_acts_for_any_tenant_and_defaults_to_system() {
+    let app = spawn_app().await;
+    for tenant in ["tenant1", "tenant2", "another_one-9"] {
+        app.register_ok(tenant, "svc", "i1").await;
+        assert_eq!(app.list_ids(tenant).await.len(), 1);
+    }
+    let r = app
+        .client
+        .post(app.url("/api/v1/discovery/register"))
+        .header("X-API-Key", OPERATOR_KEY)
+        .json(&json!({"service_name": "sys", "host": "h", "port": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.headers()["x-tenant-id"], "system");
+    assert_eq!(app.list_ids("system").await, vec![("sys".into(), "sys".into())]);
+}
+
+#[tokio::test]
+async fn public_paths_need_no_key() {
+    let app = spawn_app().await;
+    let r = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "healthy");
+    assert_eq!(body["service"], "central-hub");
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(body["timestamp"].as_str().unwrap()).is_ok(),
+        "{body}"
+    );
+    let r = app.client.get(app.url("/health/ready")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // A wrong key on a public path is ignored, not rejected.
+    let r = app
+        .client
+        .get(app.url("/health"))
+        .header("X-API-Key", "nonsense")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn disable_auth_opens_everything() {
+    let app = spawn_app_with(&[("DISABLE_AUTH", "true")], None).await;
+    let r = app
+        .client
+        .post(app.url("/api/v1/discovery/register"))
+        .header("X-Tenant-ID", "tenant7")
+        .json(&json!({"service_name": "svc", "host": "h", "port": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = app
+        .client
+        .get(app.url(SERVICES))
+        .header("X-Tenant-ID", "tenant7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["count"], 1);
+    // Even a key that is configured nowhere is accepted: there is no auth.
+    let r = app
+        .client
+        .get(app.url(SERVICES))
+        .header("X-API-Key", "anything")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_when_sane_and_generated_otherwise() {
+    let app = spawn_app().await;
+    let r = app
+        .client
+        .get(app.url("/health"))
+        .header("X-Request-ID", "trace-abc.123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "trace-abc.123");
+    for insane in ["has space", &"x".repeat(200), "semi;colon"] {
+        let r = app
+            .client
+            .get(app.url("/health"))
+            .header("X-Request-ID", insane)
+            .send()
+            .await
+            .unwrap();
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert_ne!(id, insane);
+        assert_eq!(id.len(), 36, "a generated UUID: {id}");
+    }
+    let a = app.client.get(app.url("/health")).send().await.unwrap();
+    let b = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_ne!(a.headers()["x-request-id"], b.headers()["x-request-id"]);
+}

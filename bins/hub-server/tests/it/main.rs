@@ -1,0 +1,10 @@
+//! Black-box tests of hub-server over HTTP: each test starts its own app on port 0.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod auth;
+mod concurrency;
+mod discovery;
+mod leases;
+mod support;
+mod validation;
+mod walkthrough;

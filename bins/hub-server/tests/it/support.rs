@@ -1,0 +1,221 @@
+//! `spawn_app()` and request helpers shared by the black-box tests.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use hub_core::memory::ManualClock;
+use hub_core::ports::Clock;
+use hub_server::{Application, Settings, StopHandle};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::{Value, json};
+
+/// The operator key every test app is configured with.
+pub const OPERATOR_KEY: &str = "test-operator-key";
+/// A key bound to tenant1 and tenant3 (tenant1 is its default).
+pub const BOUND_KEY: &str = "test-bound-key";
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    stop: StopHandle,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Stop without waiting: the runtime of the test is going away.
+        let stop = self.stop.clone();
+        drop(tokio::spawn(async move { stop.stop().await }));
+    }
+}
+
+fn env(extra: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut env: HashMap<String, String> = [
+        ("HUB_BIND", "127.0.0.1:0".to_string()),
+        (
+            "CENTRAL_HUB_API_KEYS",
+            format!("{OPERATOR_KEY},{BOUND_KEY}:tenant1|tenant3"),
+        ),
+        ("HUB_REAP_INTERVAL_MS", "20".to_string()),
+        ("HUB_SHUTDOWN_TIMEOUT_SECS", "5".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.to_string());
+    }
+    env
+}
+
+/// Starts the app (embedded mode) on a free port with the system clock.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[], None).await
+}
+
+/// Starts the app with extra environment variables and optionally a manual clock.
+pub async fn spawn_app_with(extra_env: &[(&str, &str)], clock: Option<Arc<ManualClock>>) -> TestApp {
+    let settings = Settings::load(&env(extra_env)).unwrap();
+    let app = match &clock {
+        Some(c) => Application::build_with_clock(settings, c.clone() as Arc<dyn Clock>)
+            .await
+            .unwrap(),
+        None => Application::build(settings).await.unwrap(),
+    };
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let stop = app.stop_handle();
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        base,
+        client: reqwest::Client::new(),
+        stop,
+    }
+}
+
+/// A manual clock at a fixed, recent instant.
+pub fn manual_clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(
+        DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap(),
+    ))
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// A request with the operator key and the given tenant header (if any).
+    pub fn request(&self, method: Method, path: &str, tenant: Option<&str>) -> RequestBuilder {
+        let mut r = self
+            .client
+            .request(method, self.url(path))
+            .header("X-API-Key", OPERATOR_KEY);
+        if let Some(t) = tenant {
+            r = r.header("X-Tenant-ID", t);
+        }
+        r
+    }
+
+    pub async fn register(&self, tenant: &str, body: Value) -> Response {
+        self.request(Method::POST, "/api/v1/discovery/register", Some(tenant))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Registers and asserts success; returns the instance body.
+    pub async fn register_ok(&self, tenant: &str, service: &str, instance: &str) -> Value {
+        let r = self
+            .register(
+                tenant,
+                json!({"service_name": service, "instance_id": instance, "host": "10.0.0.1", "port": 8080}),
+            )
+            .await;
+        assert!(r.status().is_success(), "register failed: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    pub async fn list(&self, tenant: &str, query: &str) -> Response {
+        self.request(
+            Method::GET,
+            &format!("/api/v1/discovery/services{query}"),
+            Some(tenant),
+        )
+        .send()
+        .await
+        .unwrap()
+    }
+
+    /// `(service_name, instance_id)` of every instance the tenant lists.
+    pub async fn list_ids(&self, tenant: &str) -> Vec<(String, String)> {
+        let r = self.list(tenant, "?limit=10000").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.unwrap();
+        body["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                assert_eq!(i["tenant_id"], tenant, "foreign instance in list");
+                (
+                    i["service_name"].as_str().unwrap().to_owned(),
+                    i["instance_id"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    pub async fn get_service(&self, tenant: &str, service: &str) -> Response {
+        self.request(
+            Method::GET,
+            &format!("/api/v1/discovery/services/{service}"),
+            Some(tenant),
+        )
+        .send()
+        .await
+        .unwrap()
+    }
+
+    pub async fn deregister(&self, tenant: &str, service: &str, query: &str) -> Response {
+        self.request(
+            Method::DELETE,
+            &format!("/api/v1/discovery/services/{service}{query}"),
+            Some(tenant),
+        )
+        .send()
+        .await
+        .unwrap()
+    }
+
+    pub async fn heartbeat(&self, tenant: &str, body: Value) -> Response {
+        self.request(Method::POST, "/api/v1/discovery/heartbeat", Some(tenant))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// Asserts the documented error shape, status and code, and that the body's
+/// request id is the one in the `X-Request-ID` header. Returns the message.
+pub async fn assert_error(response: Response, status: StatusCode, code: &str) -> String {
+    assert_eq!(response.status(), status, "status");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    assert!(content_type.starts_with("application/json"), "content type {content_type:?}");
+    let header_id = response
+        .headers()
+        .get("x-request-id")
+        .expect("X-Request-ID on every response")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    let error = body["error"].as_object().unwrap_or_else(|| panic!("no error object in {body}"));
+    assert_eq!(error.len(), 3, "exactly code, message, request_id: {body}");
+    assert_eq!(error["code"], code, "{body}");
+    assert_eq!(error["request_id"], header_id.as_str());
+    let message = error["message"].as_str().unwrap().to_owned();
+    assert!(!message.is_empty());
+    message
+}
+
+/// Polls `check` until it returns `Some`, failing after `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within {secs} s");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

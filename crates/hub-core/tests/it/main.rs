@@ -1,0 +1,7 @@
+//! hub-core integration tests: the registry use cases on the in-memory adapters.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod concurrency;
+mod isolation;
+mod leases;
+mod support;
