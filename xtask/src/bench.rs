@@ -185,9 +185,13 @@ struct RunResult {
 
 async fn bench(options: &Options, binary: &Path, log_dir: &Path) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    // Other work on the machine (a compiler, say) skews every figure, so the
+    // load average before the start is part of the record.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split_whitespace().next().unwrap_or("?");
     report(&format!(
-        "machine: nproc={cores}; the load generator (2 tokio workers) and hub-server share these cores, \
-         so absolute figures understate a dedicated server\n\
+        "machine: nproc={cores}, 1-min load {load} before start; the load generator (2 tokio workers) \
+         and hub-server share these cores, so absolute figures understate a dedicated server\n\
          setup: {} connections, {} registrations over {TENANTS} tenants, {} s lookup and health phases, \
          {} run(s), server RUST_LOG={}\n",
         options.connections,

@@ -1,7 +1,10 @@
 //! `cargo xtask test`: the one test command of the project (README and CI run exactly this).
 
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+
 use crate::{cargo, run_step};
-use anyhow::bail;
+use anyhow::{Context, bail};
 
 /// Crates hub-core must never depend on, directly or not: it is the domain,
 /// and network, SQL and framework code belong to the adapter crates.
@@ -29,14 +32,55 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         ]),
     )?;
     layering()?;
-    run_step(
-        "tests",
-        cargo()
-            .args(["test", "--workspace", "--locked"])
-            .args(extra),
-    )?;
+    tests(extra)?;
     eprintln!("\nall checks passed");
     Ok(())
+}
+
+/// `cargo test --workspace`, its output passed through, ending with one
+/// summary line `tests: N passed, M failed` over all test binaries (the last
+/// binary cargo runs is often a doc-test run of zero tests, which would
+/// otherwise read as if nothing ran).
+fn tests(extra: &[String]) -> anyhow::Result<()> {
+    let mut command = cargo();
+    command
+        .args(["test", "--workspace", "--locked"])
+        .args(extra)
+        .stdout(Stdio::piped());
+    eprintln!("\n==> tests: {command:?}");
+    let mut child = command.spawn()?;
+    let stdout = child.stdout.take().context("no stdout from cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let mut out = std::io::stdout().lock();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        if let Some((p, f)) = parse_result(&line) {
+            passed += p;
+            failed += f;
+        }
+        writeln!(out, "{line}")?;
+    }
+    let status = child.wait()?;
+    writeln!(out, "tests: {passed} passed, {failed} failed")?;
+    if !status.success() {
+        bail!("tests failed ({status})");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+/// `(passed, failed)` of a line `test result: ok. 8 passed; 0 failed; ...`.
+fn parse_result(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let count = |word: &str| -> Option<u64> {
+        rest.split(';')
+            .find_map(|part| part.trim().strip_suffix(word))
+            .and_then(|n| n.trim().rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+    };
+    Some((count("passed")?, count("failed")?))
 }
 
 /// `cargo tree -i CRATE` fails when CRATE is not in hub-core's graph, which
@@ -85,4 +129,24 @@ fn layering() -> anyhow::Result<()> {
         bail!("hub-core depends on {offenders:?}: move that code to an adapter crate");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_result;
+
+    #[test]
+    fn parses_cargo_test_summaries() {
+        assert_eq!(
+            parse_result(
+                "test result: ok. 22 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s"
+            ),
+            Some((22, 0))
+        );
+        assert_eq!(
+            parse_result("test result: FAILED. 18 passed; 3 failed; 0 ignored"),
+            Some((18, 3))
+        );
+        assert_eq!(parse_result("running 3 tests"), None);
+    }
 }

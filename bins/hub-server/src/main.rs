@@ -16,7 +16,9 @@ async fn shutdown_signal() -> anyhow::Result<&'static str> {
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
         Ok("Ctrl-C")
     }
 }

@@ -78,7 +78,12 @@ const ENV_KEYS: [(&str, &str); 6] = [
 /// Backend variables of DESIGN.md that this build cannot honour yet. Starting
 /// in embedded mode while one is set would silently drop data the operator
 /// expects to be durable, so the server refuses instead.
-const UNSUPPORTED_BACKENDS: [&str; 4] = ["POSTGRES_HOST", "DRAGONFLY_HOST", "NATS_URL", "KAFKA_BROKERS"];
+const UNSUPPORTED_BACKENDS: [&str; 4] = [
+    "POSTGRES_HOST",
+    "DRAGONFLY_HOST",
+    "NATS_URL",
+    "KAFKA_BROKERS",
+];
 
 impl Settings {
     /// Builds settings from built-in defaults, then the TOML file named by
@@ -129,7 +134,10 @@ mod tests {
     use secrecy::ExposeSecret;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

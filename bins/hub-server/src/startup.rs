@@ -106,7 +106,10 @@ impl Application {
     }
 
     /// Builds the server with a given clock (tests pass a manual one).
-    pub async fn build_with_clock(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+    pub async fn build_with_clock(
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
         let auth = build_auth(&settings)?;
         tracing::info!(
             "embedded mode: in-memory registry and in-process event bus; nothing is persisted across restarts"

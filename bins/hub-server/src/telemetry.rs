@@ -16,7 +16,11 @@ pub fn init(format: LogFormat) -> anyhow::Result<()> {
         .with_ansi(std::io::stdout().is_terminal());
     let result = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
     };
     result.map_err(|e| anyhow::anyhow!("installing the log subscriber failed: {e}"))
 }

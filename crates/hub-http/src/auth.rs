@@ -177,7 +177,10 @@ mod tests {
     fn parses_operator_and_bound_keys() {
         let keys = ApiKeys::parse(" op-key , bound:tenant1|tenant2,, ").unwrap();
         assert_eq!(keys.len(), 2);
-        assert!(matches!(keys.authenticate("op-key"), Some(Principal::Operator { .. })));
+        assert!(matches!(
+            keys.authenticate("op-key"),
+            Some(Principal::Operator { .. })
+        ));
         let bound = keys.authenticate("bound").unwrap();
         assert_eq!(bound.default_tenant(), t("tenant1"));
         assert!(bound.may_act_for(&t("tenant2")));

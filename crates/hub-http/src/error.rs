@@ -145,7 +145,13 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
     }
 }
 
@@ -183,9 +189,11 @@ impl From<RegistryError> for ApiError {
     fn from(error: RegistryError) -> Self {
         match error {
             RegistryError::Invalid(v) => Self::validation(&v),
-            RegistryError::NotFound(what) => {
-                Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
-            }
+            RegistryError::NotFound(what) => Self::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("{what} not found"),
+            ),
             RegistryError::Conflict(what) => Self::new(StatusCode::CONFLICT, "conflict", what),
             RegistryError::Unavailable { component, source } => {
                 tracing::warn!(

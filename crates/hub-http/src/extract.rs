@@ -48,7 +48,12 @@ fn is_json_content_type(req: &HttpRequest) -> bool {
     let Ok(text) = value.to_str() else {
         return false;
     };
-    let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
@@ -69,7 +74,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                     .map_err(|e| (String::new(), e))
             })
     } else {
-        Err((".".to_owned(), serde::de::Error::custom("must be a JSON object")))
+        Err((
+            ".".to_owned(),
+            serde::de::Error::custom("must be a JSON object"),
+        ))
     };
     parsed.map_err(|(path, error)| {
         // A shape error is only reported as such when the body is valid JSON
@@ -135,11 +143,26 @@ mod tests {
 
     #[test]
     fn syntax_errors_are_400_and_shape_errors_are_422() {
-        assert_eq!(parse_json::<Body>(b"{\"port\":").unwrap_err().code(), "malformed_json");
-        assert_eq!(parse_json::<Body>(b"{} x").unwrap_err().code(), "malformed_json");
-        assert_eq!(parse_json::<Body>(b"{} {}").unwrap_err().code(), "malformed_json");
-        assert_eq!(parse_json::<Body>(b"").unwrap_err().code(), "malformed_json");
-        assert_eq!(parse_json::<Body>(b"[1").unwrap_err().code(), "malformed_json");
+        assert_eq!(
+            parse_json::<Body>(b"{\"port\":").unwrap_err().code(),
+            "malformed_json"
+        );
+        assert_eq!(
+            parse_json::<Body>(b"{} x").unwrap_err().code(),
+            "malformed_json"
+        );
+        assert_eq!(
+            parse_json::<Body>(b"{} {}").unwrap_err().code(),
+            "malformed_json"
+        );
+        assert_eq!(
+            parse_json::<Body>(b"").unwrap_err().code(),
+            "malformed_json"
+        );
+        assert_eq!(
+            parse_json::<Body>(b"[1").unwrap_err().code(),
+            "malformed_json"
+        );
         let array = parse_json::<Body>(b" [80]").unwrap_err();
         assert_eq!(array.code(), "validation_failed");
         assert!(array.message().starts_with("body:"), "{}", array.message());

@@ -24,7 +24,13 @@ pub const TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
 pub const API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// Paths served without a key.
-pub const PUBLIC_PATHS: [&str; 5] = ["/health", "/health/ready", "/docs", "/redoc", "/openapi.json"];
+pub const PUBLIC_PATHS: [&str; 5] = [
+    "/health",
+    "/health/ready",
+    "/docs",
+    "/redoc",
+    "/openapi.json",
+];
 
 fn is_public(path: &str) -> bool {
     PUBLIC_PATHS.contains(&path)
@@ -76,28 +82,38 @@ pub async fn request_id(
     };
     let span = tracing::info_span!("request", request_id = %id, tenant = tracing::field::Empty);
 
-    RequestContext::scope(id.clone(), async move {
-        let result = next.call(req).await;
-        // Everything below runs inside the request context, so error bodies
-        // name the request id. An `Err` from downstream (which our own
-        // middleware avoids, but actix may produce) is rendered here as well
-        // and handed back pre-rendered, so the dispatcher sends exactly it.
-        let finish = |response: HttpResponse| {
-            let response = json_errors(response, &method, &path);
-            finish_response(response, &id, claimed_tenant.as_ref(), &method, &path, started)
-        };
-        match result {
-            Ok(response) => {
-                let (request, response) = response.map_into_boxed_body().into_parts();
-                Ok(ServiceResponse::new(request, finish(response)))
-            }
-            Err(error) => {
-                let response = finish(error.error_response());
-                Err(InternalError::from_response(error.to_string(), response).into())
+    RequestContext::scope(
+        id.clone(),
+        async move {
+            let result = next.call(req).await;
+            // Everything below runs inside the request context, so error bodies
+            // name the request id. An `Err` from downstream (which our own
+            // middleware avoids, but actix may produce) is rendered here as well
+            // and handed back pre-rendered, so the dispatcher sends exactly it.
+            let finish = |response: HttpResponse| {
+                let response = json_errors(response, &method, &path);
+                finish_response(
+                    response,
+                    &id,
+                    claimed_tenant.as_ref(),
+                    &method,
+                    &path,
+                    started,
+                )
+            };
+            match result {
+                Ok(response) => {
+                    let (request, response) = response.map_into_boxed_body().into_parts();
+                    Ok(ServiceResponse::new(request, finish(response)))
+                }
+                Err(error) => {
+                    let response = finish(error.error_response());
+                    Err(InternalError::from_response(error.to_string(), response).into())
+                }
             }
         }
-    }
-    .instrument(span))
+        .instrument(span),
+    )
     .await
 }
 
@@ -140,6 +156,7 @@ fn finish_response(
     }
     tracing::info!(
         target: "hub_http::access",
+        request_id = %id,
         tenant = tenant.as_ref().filter(|_| resolved).map_or("-", TenantId::as_str),
         method = %method,
         path = %path,
@@ -172,7 +189,11 @@ pub async fn authenticate(
                 ));
             }
             Some(value) => {
-                let principal = value.to_str().ok().and_then(|k| keys.authenticate(k)).cloned();
+                let principal = value
+                    .to_str()
+                    .ok()
+                    .and_then(|k| keys.authenticate(k))
+                    .cloned();
                 match principal {
                     Some(p) => Some(p),
                     None if is_public(req.path()) => None,
@@ -223,7 +244,10 @@ pub async fn tenant(
     Ok(next.call(req).await?.map_into_boxed_body())
 }
 
-fn resolve_tenant(req: &ServiceRequest, principal: Option<&Principal>) -> Result<TenantId, ApiError> {
+fn resolve_tenant(
+    req: &ServiceRequest,
+    principal: Option<&Principal>,
+) -> Result<TenantId, ApiError> {
     let tenant = match req.headers().get(&TENANT_ID) {
         None => principal.map_or_else(TenantId::system, Principal::default_tenant),
         Some(value) => {

@@ -15,7 +15,12 @@ async fn missing_and_unknown_keys_are_401_with_www_authenticate() {
     assert_eq!(r.headers()["x-tenant-id"], "system");
     assert_error(r, StatusCode::UNAUTHORIZED, "missing_api_key").await;
 
-    for bad in ["wrong", "test-operator-ke", "test-operator-keyy", "TEST-OPERATOR-KEY"] {
+    for bad in [
+        "wrong",
+        "test-operator-ke",
+        "test-operator-keyy",
+        "TEST-OPERATOR-KEY",
+    ] {
         let r = app
             .client
             .get(app.url(SERVICES))
@@ -66,7 +71,10 @@ async fn bound_key_is_limited_to_its_tenants() {
     assert_eq!(r.headers()["x-tenant-id"], "tenant1");
     let created: Value = r.json().await.unwrap();
     assert_eq!(created["tenant_id"], "tenant1");
-    assert_eq!(app.list_ids("tenant1").await, vec![("svc".into(), "svc".into())]);
+    assert_eq!(
+        app.list_ids("tenant1").await,
+        vec![("svc".into(), "svc".into())]
+    );
     assert!(app.list_ids("system").await.is_empty());
 
     // Its second tenant is allowed.
@@ -91,7 +99,10 @@ async fn operator_key_acts_for_any_tenant_and_defaults_to_system() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(r.headers()["x-tenant-id"], "system");
-    assert_eq!(app.list_ids("system").await, vec![("sys".into(), "sys".into())]);
+    assert_eq!(
+        app.list_ids("system").await,
+        vec![("sys".into(), "sys".into())]
+    );
 }
 
 #[tokio::test]
@@ -107,7 +118,12 @@ async fn public_paths_need_no_key() {
         chrono::DateTime::parse_from_rfc3339(body["timestamp"].as_str().unwrap()).is_ok(),
         "{body}"
     );
-    let r = app.client.get(app.url("/health/ready")).send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     // A wrong key on a public path is ignored, not rejected.
     let r = app

@@ -49,7 +49,11 @@ async fn concurrent_clients_keep_tenants_apart() {
         expected[index].extend(mine);
     }
     for (index, want) in expected.iter().enumerate() {
-        let got: BTreeSet<_> = app.list_ids(&format!("conc-{index}")).await.into_iter().collect();
+        let got: BTreeSet<_> = app
+            .list_ids(&format!("conc-{index}"))
+            .await
+            .into_iter()
+            .collect();
         assert_eq!(got.len(), CLIENTS / TENANTS * ROUNDS);
         assert_eq!(&got, want);
     }

@@ -23,32 +23,60 @@ async fn register_creates_then_updates_with_the_documented_shape() {
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(r.headers()["x-tenant-id"], "tenant1");
     let created: Value = r.json().await.unwrap();
-    let keys: BTreeSet<&str> = created.as_object().unwrap().keys().map(String::as_str).collect();
+    let keys: BTreeSet<&str> = created
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     let expected: BTreeSet<&str> = [
-        "tenant_id", "service_name", "instance_id", "host", "port", "protocol", "url",
-        "health_endpoint", "version", "tags", "metadata", "ttl_seconds", "status",
-        "registered_at", "last_heartbeat", "lease_expires_at", "revision",
+        "tenant_id",
+        "service_name",
+        "instance_id",
+        "host",
+        "port",
+        "protocol",
+        "url",
+        "health_endpoint",
+        "version",
+        "tags",
+        "metadata",
+        "ttl_seconds",
+        "status",
+        "registered_at",
+        "last_heartbeat",
+        "lease_expires_at",
+        "revision",
     ]
     .into_iter()
     .collect();
     assert_eq!(keys, expected);
     assert_eq!(created["tenant_id"], "tenant1");
     assert_eq!(created["service_name"], "api-gateway");
-    assert_eq!(created["instance_id"], "api-gateway", "defaults to the service name");
+    assert_eq!(
+        created["instance_id"], "api-gateway",
+        "defaults to the service name"
+    );
     assert_eq!(created["url"], "https://[::1]:8000");
     assert_eq!(created["status"], "passing");
     assert_eq!(created["tags"], json!(["edge", "eu"]));
     assert_eq!(created["metadata"], json!({"zone": "a", "weight": 3}));
     assert_eq!(created["ttl_seconds"], 15);
     assert_eq!(created["revision"], 1);
-    let registered = chrono::DateTime::parse_from_rfc3339(created["registered_at"].as_str().unwrap()).unwrap();
-    let expires = chrono::DateTime::parse_from_rfc3339(created["lease_expires_at"].as_str().unwrap()).unwrap();
+    let registered =
+        chrono::DateTime::parse_from_rfc3339(created["registered_at"].as_str().unwrap()).unwrap();
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(created["lease_expires_at"].as_str().unwrap())
+            .unwrap();
     assert_eq!((expires - registered).num_seconds(), 15);
     assert!(created["registered_at"].as_str().unwrap().ends_with('Z'));
 
     // Same name again: an update (200), same record, new revision, registered_at kept.
     let r = app
-        .register("tenant1", json!({"service_name": "api-gateway", "host": "10.0.0.2", "port": 8001}))
+        .register(
+            "tenant1",
+            json!({"service_name": "api-gateway", "host": "10.0.0.2", "port": 8001}),
+        )
         .await;
     assert_eq!(r.status(), StatusCode::OK);
     let updated: Value = r.json().await.unwrap();
@@ -77,7 +105,12 @@ async fn get_lists_instances_of_one_service() {
         .map(|i| i["instance_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["i1", "i2", "i3"]);
-    assert_error(app.get_service("tenant1", "missing").await, StatusCode::NOT_FOUND, "not_found").await;
+    assert_error(
+        app.get_service("tenant1", "missing").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -98,7 +131,10 @@ async fn list_filters_and_pages() {
         assert_eq!(r.status(), StatusCode::CREATED);
     }
     let hb = app
-        .heartbeat("tenant1", json!({"service_name": "mq", "instance_id": "m1", "status": "warning"}))
+        .heartbeat(
+            "tenant1",
+            json!({"service_name": "mq", "instance_id": "m1", "status": "warning"}),
+        )
         .await;
     assert_eq!(hb.status(), StatusCode::OK);
 
@@ -152,12 +188,27 @@ async fn deregister_one_instance_or_the_whole_service() {
     let r = app.deregister("tenant1", "svc", "?instance_id=i2").await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"deregistered": 1}));
-    assert_error(app.deregister("tenant1", "svc", "?instance_id=i2").await, StatusCode::NOT_FOUND, "not_found").await;
+    assert_error(
+        app.deregister("tenant1", "svc", "?instance_id=i2").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
 
     let r = app.deregister("tenant1", "svc", "").await;
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"deregistered": 2}));
-    assert_error(app.deregister("tenant1", "svc", "").await, StatusCode::NOT_FOUND, "not_found").await;
-    assert_error(app.get_service("tenant1", "svc").await, StatusCode::NOT_FOUND, "not_found").await;
+    assert_error(
+        app.deregister("tenant1", "svc", "").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        app.get_service("tenant1", "svc").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
     assert!(app.list_ids("tenant1").await.is_empty());
 }
 
@@ -165,12 +216,16 @@ async fn deregister_one_instance_or_the_whole_service() {
 async fn heartbeat_renews_and_404_means_register_again() {
     let app = spawn_app().await;
     let created = app.register_ok("tenant1", "svc", "svc").await;
-    let r = app.heartbeat("tenant1", json!({"service_name": "svc"})).await;
+    let r = app
+        .heartbeat("tenant1", json!({"service_name": "svc"}))
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["status"], "passing");
     assert_eq!(body["instance_id"], "svc");
-    assert!(body["lease_expires_at"].as_str().unwrap() >= created["lease_expires_at"].as_str().unwrap());
+    assert!(
+        body["lease_expires_at"].as_str().unwrap() >= created["lease_expires_at"].as_str().unwrap()
+    );
 
     let r = app
         .heartbeat(
@@ -181,14 +236,19 @@ async fn heartbeat_renews_and_404_means_register_again() {
     assert_eq!(r.status(), StatusCode::OK);
 
     let message = assert_error(
-        app.heartbeat("tenant1", json!({"service_name": "ghost"})).await,
+        app.heartbeat("tenant1", json!({"service_name": "ghost"}))
+            .await,
         StatusCode::NOT_FOUND,
         "not_found",
     )
     .await;
     assert!(message.contains("register"), "{message}");
     assert_error(
-        app.heartbeat("tenant1", json!({"service_name": "svc", "instance_id": "other"})).await,
+        app.heartbeat(
+            "tenant1",
+            json!({"service_name": "svc", "instance_id": "other"}),
+        )
+        .await,
         StatusCode::NOT_FOUND,
         "not_found",
     )
@@ -207,7 +267,12 @@ async fn tenants_never_see_or_touch_each_other() {
         app.list_ids("tenant2").await,
         vec![("shared".to_string(), "i2".to_string())]
     );
-    for query in ["?service_name=only-t1", "?tag=anything", "?status=passing&service_name=shared", "?limit=1"] {
+    for query in [
+        "?service_name=only-t1",
+        "?tag=anything",
+        "?status=passing&service_name=shared",
+        "?limit=1",
+    ] {
         let body: Value = app.list("tenant2", query).await.json().await.unwrap();
         for i in body["services"].as_array().unwrap() {
             assert_eq!(i["tenant_id"], "tenant2", "{query}");
@@ -216,21 +281,50 @@ async fn tenants_never_see_or_touch_each_other() {
     // A cursor minted for tenant1 only positions within tenant2's own data.
     let t1_page: Value = app.list("tenant1", "?limit=1").await.json().await.unwrap();
     let cursor = t1_page["next_cursor"].as_str().unwrap();
-    let body: Value = app.list("tenant2", &format!("?cursor={cursor}")).await.json().await.unwrap();
+    let body: Value = app
+        .list("tenant2", &format!("?cursor={cursor}"))
+        .await
+        .json()
+        .await
+        .unwrap();
     for i in body["services"].as_array().unwrap() {
         assert_eq!(i["tenant_id"], "tenant2");
     }
 
-    assert_error(app.get_service("tenant2", "only-t1").await, StatusCode::NOT_FOUND, "not_found").await;
-    let shared: Value = app.get_service("tenant2", "shared").await.json().await.unwrap();
+    assert_error(
+        app.get_service("tenant2", "only-t1").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    let shared: Value = app
+        .get_service("tenant2", "shared")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(shared["instances"].as_array().unwrap().len(), 1);
     assert_eq!(shared["instances"][0]["instance_id"], "i2");
 
     // tenant2 can neither deregister nor heartbeat tenant1's instances.
-    assert_error(app.deregister("tenant2", "only-t1", "").await, StatusCode::NOT_FOUND, "not_found").await;
-    assert_error(app.deregister("tenant2", "shared", "?instance_id=i1").await, StatusCode::NOT_FOUND, "not_found").await;
     assert_error(
-        app.heartbeat("tenant2", json!({"service_name": "shared", "instance_id": "i1"})).await,
+        app.deregister("tenant2", "only-t1", "").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        app.deregister("tenant2", "shared", "?instance_id=i1").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        app.heartbeat(
+            "tenant2",
+            json!({"service_name": "shared", "instance_id": "i1"}),
+        )
+        .await,
         StatusCode::NOT_FOUND,
         "not_found",
     )
@@ -240,7 +334,10 @@ async fn tenants_never_see_or_touch_each_other() {
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"deregistered": 1}));
     assert_eq!(
         app.list_ids("tenant1").await,
-        vec![("only-t1".to_string(), "x".to_string()), ("shared".to_string(), "i1".to_string())]
+        vec![
+            ("only-t1".to_string(), "x".to_string()),
+            ("shared".to_string(), "i1".to_string())
+        ]
     );
     // Revisions are per tenant: tenant2's activity does not move tenant1's.
     let t1: Value = app.list("tenant1", "").await.json().await.unwrap();

@@ -20,7 +20,10 @@ async fn expiry_turns_critical_then_removes_and_reregistering_restores() {
     let clock = manual_clock();
     let app = spawn_app_with(&[], Some(clock.clone())).await;
     let r = app
-        .register("tenant1", json!({"service_name": "svc", "host": "h", "port": 1, "ttl_seconds": 10}))
+        .register(
+            "tenant1",
+            json!({"service_name": "svc", "host": "h", "port": 1, "ttl_seconds": 10}),
+        )
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
 
@@ -32,25 +35,40 @@ async fn expiry_turns_critical_then_removes_and_reregistering_restores() {
 
     // No heartbeat for the ttl: critical.
     clock.advance(Duration::seconds(1));
-    eventually(5, || async { (status_of(&app, "svc").await.as_deref() == Some("critical")).then_some(()) }).await;
-    let list: Value = app.list("tenant1", "?status=critical").await.json().await.unwrap();
+    eventually(5, || async {
+        (status_of(&app, "svc").await.as_deref() == Some("critical")).then_some(())
+    })
+    .await;
+    let list: Value = app
+        .list("tenant1", "?status=critical")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["count"], 1);
     assert_ne!(list["revision"], revision);
 
     // Expired for deregister_after (3 x ttl): removed.
     clock.advance(Duration::seconds(30));
-    eventually(5, || async { status_of(&app, "svc").await.is_none().then_some(()) }).await;
+    eventually(5, || async {
+        status_of(&app, "svc").await.is_none().then_some(())
+    })
+    .await;
 
     // A heartbeat now is a 404: the client must register again...
     assert_error(
-        app.heartbeat("tenant1", json!({"service_name": "svc"})).await,
+        app.heartbeat("tenant1", json!({"service_name": "svc"}))
+            .await,
         StatusCode::NOT_FOUND,
         "not_found",
     )
     .await;
     // ...and registering again restores it.
     let r = app
-        .register("tenant1", json!({"service_name": "svc", "host": "h", "port": 1, "ttl_seconds": 10}))
+        .register(
+            "tenant1",
+            json!({"service_name": "svc", "host": "h", "port": 1, "ttl_seconds": 10}),
+        )
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(status_of(&app, "svc").await.as_deref(), Some("passing"));
@@ -62,21 +80,31 @@ async fn heartbeats_keep_an_instance_passing_and_revive_a_critical_one() {
     let app = spawn_app_with(&[], Some(clock.clone())).await;
     for svc in ["kept", "lapsed"] {
         let r = app
-            .register("tenant1", json!({"service_name": svc, "host": "h", "port": 1, "ttl_seconds": 10}))
+            .register(
+                "tenant1",
+                json!({"service_name": svc, "host": "h", "port": 1, "ttl_seconds": 10}),
+            )
             .await;
         assert_eq!(r.status(), StatusCode::CREATED);
     }
     for _ in 0..3 {
         clock.advance(Duration::seconds(6));
-        let r = app.heartbeat("tenant1", json!({"service_name": "kept"})).await;
+        let r = app
+            .heartbeat("tenant1", json!({"service_name": "kept"}))
+            .await;
         assert_eq!(r.status(), StatusCode::OK);
     }
     // 18 s have passed: "lapsed" is critical, "kept" still passing.
-    eventually(5, || async { (status_of(&app, "lapsed").await.as_deref() == Some("critical")).then_some(()) }).await;
+    eventually(5, || async {
+        (status_of(&app, "lapsed").await.as_deref() == Some("critical")).then_some(())
+    })
+    .await;
     assert_eq!(status_of(&app, "kept").await.as_deref(), Some("passing"));
 
     // A heartbeat on a critical (not yet removed) instance brings it back.
-    let r = app.heartbeat("tenant1", json!({"service_name": "lapsed"})).await;
+    let r = app
+        .heartbeat("tenant1", json!({"service_name": "lapsed"}))
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["status"], "passing");

@@ -54,7 +54,10 @@ pub async fn spawn_app() -> TestApp {
 }
 
 /// Starts the app with extra environment variables and optionally a manual clock.
-pub async fn spawn_app_with(extra_env: &[(&str, &str)], clock: Option<Arc<ManualClock>>) -> TestApp {
+pub async fn spawn_app_with(
+    extra_env: &[(&str, &str)],
+    clock: Option<Arc<ManualClock>>,
+) -> TestApp {
     let settings = Settings::load(&env(extra_env)).unwrap();
     let app = match &clock {
         Some(c) => Application::build_with_clock(settings, c.clone() as Arc<dyn Clock>)
@@ -186,7 +189,10 @@ pub async fn assert_error(response: Response, status: StatusCode, code: &str) ->
         .get("content-type")
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default();
-    assert!(content_type.starts_with("application/json"), "content type {content_type:?}");
+    assert!(
+        content_type.starts_with("application/json"),
+        "content type {content_type:?}"
+    );
     let header_id = response
         .headers()
         .get("x-request-id")
@@ -195,7 +201,9 @@ pub async fn assert_error(response: Response, status: StatusCode, code: &str) ->
         .unwrap()
         .to_owned();
     let body: Value = response.json().await.unwrap();
-    let error = body["error"].as_object().unwrap_or_else(|| panic!("no error object in {body}"));
+    let error = body["error"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no error object in {body}"));
     assert_eq!(error.len(), 3, "exactly code, message, request_id: {body}");
     assert_eq!(error["code"], code, "{body}");
     assert_eq!(error["request_id"], header_id.as_str());
@@ -215,7 +223,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "condition not met within {secs} s");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {secs} s"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }

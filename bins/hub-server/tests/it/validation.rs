@@ -28,7 +28,10 @@ async fn snapshot(app: &TestApp) -> Value {
 #[tokio::test]
 async fn invalid_registrations_are_422_naming_the_field_and_change_nothing() {
     let app = spawn_app().await;
-    assert_eq!(app.register("tenant1", base()).await.status(), StatusCode::CREATED);
+    assert_eq!(
+        app.register("tenant1", base()).await.status(),
+        StatusCode::CREATED
+    );
     let before = snapshot(&app).await;
 
     let cases: Vec<(Value, &str)> = vec![
@@ -44,7 +47,10 @@ async fn invalid_registrations_are_422_naming_the_field_and_change_nothing() {
         (with("service_name", json!("s".repeat(300))), "service_name"),
         (with("metadata", json!([1, 2, 3])), "metadata"),
         (with("metadata", json!("text")), "metadata"),
-        (with("metadata", json!({"big": "x".repeat(17 * 1024)})), "metadata"),
+        (
+            with("metadata", json!({"big": "x".repeat(17 * 1024)})),
+            "metadata",
+        ),
         (with("ttl_seconds", json!(0)), "ttl_seconds"),
         (with("ttl_seconds", json!(100000)), "ttl_seconds"),
         (with("protocol", json!("ftp")), "protocol"),
@@ -63,14 +69,21 @@ async fn invalid_registrations_are_422_naming_the_field_and_change_nothing() {
             "message {message:?} should name {field} (body {body})"
         );
     }
-    assert_eq!(snapshot(&app).await, before, "a rejected update must not change the stored instance");
+    assert_eq!(
+        snapshot(&app).await,
+        before,
+        "a rejected update must not change the stored instance"
+    );
     assert_eq!(app.list_ids("tenant1").await.len(), 1);
 }
 
 #[tokio::test]
 async fn unreadable_bodies_get_400_413_415() {
     let app = spawn_app().await;
-    assert_eq!(app.register("tenant1", base()).await.status(), StatusCode::CREATED);
+    assert_eq!(
+        app.register("tenant1", base()).await.status(),
+        StatusCode::CREATED
+    );
     let before = snapshot(&app).await;
     let post = || {
         app.client
@@ -90,14 +103,24 @@ async fn unreadable_bodies_get_400_413_415() {
     }
 
     let r = post().body(base().to_string()).send().await.unwrap();
-    assert_error(r, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type").await;
+    assert_error(
+        r,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
     let r = post()
         .header("Content-Type", "text/plain")
         .body(base().to_string())
         .send()
         .await
         .unwrap();
-    assert_error(r, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type").await;
+    assert_error(
+        r,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
 
     // 1 MiB of valid JSON: refused by size before it is parsed.
     let mut huge = base();
@@ -116,7 +139,10 @@ async fn unreadable_bodies_get_400_413_415() {
     let mut after = snapshot(&app).await;
     assert_eq!(after["instances"][0]["port"], 9090);
     after["instances"][0]["port"] = before["instances"][0]["port"].clone();
-    assert_eq!(after["instances"][0]["metadata"], before["instances"][0]["metadata"]);
+    assert_eq!(
+        after["instances"][0]["metadata"],
+        before["instances"][0]["metadata"]
+    );
 }
 
 #[tokio::test]
@@ -137,7 +163,10 @@ async fn bad_tenant_headers_are_400_never_replaced() {
             .send()
             .await
             .unwrap();
-        assert!(r.headers().get("x-tenant-id").is_none(), "an invalid tenant is not echoed");
+        assert!(
+            r.headers().get("x-tenant-id").is_none(),
+            "an invalid tenant is not echoed"
+        );
         assert_error(r, StatusCode::BAD_REQUEST, "invalid_tenant_id").await;
 
         let r = app
@@ -152,13 +181,19 @@ async fn bad_tenant_headers_are_400_never_replaced() {
     // Non-UTF-8 bytes in the header.
     let r = app
         .request(Method::GET, "/api/v1/discovery/services", None)
-        .header("X-Tenant-ID", reqwest::header::HeaderValue::from_bytes(b"t\xff1").unwrap())
+        .header(
+            "X-Tenant-ID",
+            reqwest::header::HeaderValue::from_bytes(b"t\xff1").unwrap(),
+        )
         .send()
         .await
         .unwrap();
     assert_error(r, StatusCode::BAD_REQUEST, "invalid_header").await;
     // Nothing landed in `system` (the default) by way of a bad header.
-    assert_eq!(app.list_ids("system").await, vec![("victim".into(), "victim".into())]);
+    assert_eq!(
+        app.list_ids("system").await,
+        vec![("victim".into(), "victim".into())]
+    );
 }
 
 #[tokio::test]
@@ -210,9 +245,18 @@ async fn bad_heartbeats_are_rejected() {
     app.register_ok("tenant1", "svc", "svc").await;
     for (body, field) in [
         (json!({"service_name": "svc", "status": "dead"}), "status"),
-        (json!({"service_name": "svc", "metrics": {"cpu_usage": 250}}), "metrics.cpu_usage"),
-        (json!({"service_name": "svc", "metrics": {"error_rate": -0.1}}), "metrics.error_rate"),
-        (json!({"service_name": "svc", "metrics": {"memory_usage": "lots"}}), "metrics.memory_usage"),
+        (
+            json!({"service_name": "svc", "metrics": {"cpu_usage": 250}}),
+            "metrics.cpu_usage",
+        ),
+        (
+            json!({"service_name": "svc", "metrics": {"error_rate": -0.1}}),
+            "metrics.error_rate",
+        ),
+        (
+            json!({"service_name": "svc", "metrics": {"memory_usage": "lots"}}),
+            "metrics.memory_usage",
+        ),
         (json!({"instance_id": "svc"}), "service_name"),
     ] {
         let message = assert_error(

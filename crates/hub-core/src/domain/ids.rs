@@ -180,7 +180,14 @@ mod tests {
     fn service_name_rules() {
         assert!(ServiceName::parse("api-gateway_v2.eu").is_ok());
         assert!(ServiceName::parse("x".repeat(128)).is_ok());
-        for bad in ["", "api gateway", &"x".repeat(129), &"x".repeat(300), "a/b", "a:b"] {
+        for bad in [
+            "",
+            "api gateway",
+            &"x".repeat(129),
+            &"x".repeat(300),
+            "a/b",
+            "a:b",
+        ] {
             let err = ServiceName::parse(bad).expect_err(bad);
             assert_eq!(err.field(), "service_name");
         }

@@ -185,8 +185,7 @@ impl Instance {
         Self {
             status,
             last_heartbeat: now,
-            lease_expires_at: now
-                + Duration::seconds(i64::from(self.registration.ttl_seconds())),
+            lease_expires_at: now + Duration::seconds(i64::from(self.registration.ttl_seconds())),
             ..self.clone()
         }
     }
@@ -303,10 +302,19 @@ mod tests {
         let t0 = DateTime::<Utc>::UNIX_EPOCH;
         let i = instance(10, t0);
         assert_eq!(i.lease_state(t0), LeaseState::Alive);
-        assert_eq!(i.lease_state(t0 + Duration::milliseconds(9_999)), LeaseState::Alive);
-        assert_eq!(i.lease_state(t0 + Duration::seconds(10)), LeaseState::Expired);
+        assert_eq!(
+            i.lease_state(t0 + Duration::milliseconds(9_999)),
+            LeaseState::Alive
+        );
+        assert_eq!(
+            i.lease_state(t0 + Duration::seconds(10)),
+            LeaseState::Expired
+        );
         // Removed 3 x ttl after expiry.
-        assert_eq!(i.lease_state(t0 + Duration::seconds(39)), LeaseState::Expired);
+        assert_eq!(
+            i.lease_state(t0 + Duration::seconds(39)),
+            LeaseState::Expired
+        );
         assert_eq!(i.lease_state(t0 + Duration::seconds(40)), LeaseState::Dead);
     }
 
@@ -329,7 +337,13 @@ mod tests {
 
     #[test]
     fn status_parses_only_the_three_states() {
-        assert_eq!("warning".parse::<HealthStatus>().unwrap(), HealthStatus::Warning);
-        assert_eq!("Passing".parse::<HealthStatus>().unwrap_err().field(), "status");
+        assert_eq!(
+            "warning".parse::<HealthStatus>().unwrap(),
+            HealthStatus::Warning
+        );
+        assert_eq!(
+            "Passing".parse::<HealthStatus>().unwrap_err().field(),
+            "status"
+        );
     }
 }

@@ -177,9 +177,24 @@ impl HeartbeatMetrics {
                 _ => Ok(()),
             }
         }
-        check("response_time_ms", response_time_ms, f64::MAX, "a non-negative number")?;
-        check("cpu_usage", cpu_usage, 100.0, "a percentage between 0 and 100")?;
-        check("memory_usage", memory_usage, f64::MAX, "a non-negative number")?;
+        check(
+            "response_time_ms",
+            response_time_ms,
+            f64::MAX,
+            "a non-negative number",
+        )?;
+        check(
+            "cpu_usage",
+            cpu_usage,
+            100.0,
+            "a percentage between 0 and 100",
+        )?;
+        check(
+            "memory_usage",
+            memory_usage,
+            f64::MAX,
+            "a non-negative number",
+        )?;
         check("error_rate", error_rate, 1.0, "a fraction between 0 and 1")?;
         Ok(Self {
             response_time_ms,
@@ -248,17 +263,33 @@ mod tests {
         );
         assert_eq!(ListCursor::decode(&c.encode()).unwrap(), c);
         for bad in ["", "zz", "abc", "2f", "612f", "61", &"61".repeat(400), "é1"] {
-            assert_eq!(ListCursor::decode(bad).unwrap_err().field(), "cursor", "{bad}");
+            assert_eq!(
+                ListCursor::decode(bad).unwrap_err().field(),
+                "cursor",
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn limit_bounds() {
-        assert_eq!(ListQuery::new(None, vec![], None, None, None).unwrap().limit(), 1000);
-        assert_eq!(ListQuery::new(None, vec![], None, Some(10_000), None).unwrap().limit(), 10_000);
+        assert_eq!(
+            ListQuery::new(None, vec![], None, None, None)
+                .unwrap()
+                .limit(),
+            1000
+        );
+        assert_eq!(
+            ListQuery::new(None, vec![], None, Some(10_000), None)
+                .unwrap()
+                .limit(),
+            10_000
+        );
         for bad in [0, -1, 10_001] {
             assert_eq!(
-                ListQuery::new(None, vec![], None, Some(bad), None).unwrap_err().field(),
+                ListQuery::new(None, vec![], None, Some(bad), None)
+                    .unwrap_err()
+                    .field(),
                 "limit"
             );
         }
@@ -268,10 +299,22 @@ mod tests {
     fn metric_ranges() {
         assert!(HeartbeatMetrics::new(Some(12.5), Some(99.0), Some(1e9), Some(0.01)).is_ok());
         for (m, field) in [
-            (HeartbeatMetrics::new(Some(-1.0), None, None, None), "metrics.response_time_ms"),
-            (HeartbeatMetrics::new(None, Some(100.5), None, None), "metrics.cpu_usage"),
-            (HeartbeatMetrics::new(None, None, Some(f64::NAN), None), "metrics.memory_usage"),
-            (HeartbeatMetrics::new(None, None, None, Some(1.5)), "metrics.error_rate"),
+            (
+                HeartbeatMetrics::new(Some(-1.0), None, None, None),
+                "metrics.response_time_ms",
+            ),
+            (
+                HeartbeatMetrics::new(None, Some(100.5), None, None),
+                "metrics.cpu_usage",
+            ),
+            (
+                HeartbeatMetrics::new(None, None, Some(f64::NAN), None),
+                "metrics.memory_usage",
+            ),
+            (
+                HeartbeatMetrics::new(None, None, None, Some(1.5)),
+                "metrics.error_rate",
+            ),
         ] {
             assert_eq!(m.unwrap_err().field(), field);
         }

@@ -134,10 +134,7 @@ impl Host {
                 ));
             }
         }
-        if labels
-            .iter()
-            .all(|l| l.chars().all(|c| c.is_ascii_digit()))
-        {
+        if labels.iter().all(|l| l.chars().all(|c| c.is_ascii_digit())) {
             return err(format!("{value:?} is not a valid IP address"));
         }
         Ok(Self(value))
@@ -272,7 +269,9 @@ impl TryFrom<RegistrationInput> for Registration {
         let metadata = match input.metadata {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(map)) => {
-                let size = serde_json::to_vec(&map).map(|v| v.len()).unwrap_or(usize::MAX);
+                let size = serde_json::to_vec(&map)
+                    .map(|v| v.len())
+                    .unwrap_or(usize::MAX);
                 if size > MAX_METADATA_BYTES {
                     return Err(ValidationError::new(
                         "metadata",
@@ -389,10 +388,22 @@ mod tests {
     #[test]
     fn port_range() {
         for ok in [1, 80, 65535] {
-            assert!(Registration::try_from(RegistrationInput { port: ok, ..input() }).is_ok());
+            assert!(
+                Registration::try_from(RegistrationInput {
+                    port: ok,
+                    ..input()
+                })
+                .is_ok()
+            );
         }
         for bad in [0, -1, 65536, i64::MAX, i64::MIN] {
-            assert_eq!(field_of(RegistrationInput { port: bad, ..input() }), "port");
+            assert_eq!(
+                field_of(RegistrationInput {
+                    port: bad,
+                    ..input()
+                }),
+                "port"
+            );
         }
     }
 
@@ -405,7 +416,13 @@ mod tests {
             "fe80::1",
             "api.internal.example.com",
             "my_container",
-            &format!("{}.{}.{}.{}", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(63)),
+            &format!(
+                "{}.{}.{}.{}",
+                "a".repeat(63),
+                "b".repeat(63),
+                "c".repeat(63),
+                "d".repeat(63)
+            ),
         ] {
             assert!(Host::parse(ok).is_ok(), "{ok}");
         }
@@ -422,7 +439,10 @@ mod tests {
             "x/y",
         ] {
             assert_eq!(
-                field_of(RegistrationInput { host: bad.into(), ..input() }),
+                field_of(RegistrationInput {
+                    host: bad.into(),
+                    ..input()
+                }),
                 "host",
                 "{bad}"
             );
@@ -447,7 +467,10 @@ mod tests {
         }
         for bad in ["ftp", "HTTP", "", "udp"] {
             assert_eq!(
-                field_of(RegistrationInput { protocol: Some(bad.into()), ..input() }),
+                field_of(RegistrationInput {
+                    protocol: Some(bad.into()),
+                    ..input()
+                }),
                 "protocol"
             );
         }
@@ -456,12 +479,18 @@ mod tests {
     #[test]
     fn ttl_range() {
         for ok in [5, 30, 3600] {
-            let r = Registration::try_from(RegistrationInput { ttl_seconds: Some(ok), ..input() });
+            let r = Registration::try_from(RegistrationInput {
+                ttl_seconds: Some(ok),
+                ..input()
+            });
             assert_eq!(r.unwrap().ttl_seconds() as i64, ok);
         }
         for bad in [0, 4, 3601, 100_000, -5] {
             assert_eq!(
-                field_of(RegistrationInput { ttl_seconds: Some(bad), ..input() }),
+                field_of(RegistrationInput {
+                    ttl_seconds: Some(bad),
+                    ..input()
+                }),
                 "ttl_seconds"
             );
         }
@@ -477,17 +506,32 @@ mod tests {
         assert_eq!(ok.metadata()["region"], "eu");
         for bad in [json!([1, 2]), json!("text"), json!(5), json!(true)] {
             assert_eq!(
-                field_of(RegistrationInput { metadata: Some(bad), ..input() }),
+                field_of(RegistrationInput {
+                    metadata: Some(bad),
+                    ..input()
+                }),
                 "metadata"
             );
         }
         // Exactly at the limit passes; one byte more fails. `{"k":"..."}` has 8 bytes of framing.
         let at_limit = json!({ "k": "x".repeat(MAX_METADATA_BYTES - 8) });
-        assert_eq!(serde_json::to_vec(&at_limit).unwrap().len(), MAX_METADATA_BYTES);
-        assert!(Registration::try_from(RegistrationInput { metadata: Some(at_limit), ..input() }).is_ok());
+        assert_eq!(
+            serde_json::to_vec(&at_limit).unwrap().len(),
+            MAX_METADATA_BYTES
+        );
+        assert!(
+            Registration::try_from(RegistrationInput {
+                metadata: Some(at_limit),
+                ..input()
+            })
+            .is_ok()
+        );
         let over = json!({ "k": "x".repeat(MAX_METADATA_BYTES - 7) });
         assert_eq!(
-            field_of(RegistrationInput { metadata: Some(over), ..input() }),
+            field_of(RegistrationInput {
+                metadata: Some(over),
+                ..input()
+            }),
             "metadata"
         );
     }
@@ -495,27 +539,45 @@ mod tests {
     #[test]
     fn tags_version_and_health_endpoint_rules() {
         assert_eq!(
-            field_of(RegistrationInput { tags: vec!["ok".into(), String::new()], ..input() }),
+            field_of(RegistrationInput {
+                tags: vec!["ok".into(), String::new()],
+                ..input()
+            }),
             "tags[1]"
         );
         assert_eq!(
-            field_of(RegistrationInput { tags: vec!["t".into(); MAX_TAGS + 1], ..input() }),
+            field_of(RegistrationInput {
+                tags: vec!["t".into(); MAX_TAGS + 1],
+                ..input()
+            }),
             "tags"
         );
         assert_eq!(
-            field_of(RegistrationInput { tags: vec!["x".repeat(MAX_TAG_LEN + 1)], ..input() }),
+            field_of(RegistrationInput {
+                tags: vec!["x".repeat(MAX_TAG_LEN + 1)],
+                ..input()
+            }),
             "tags[0]"
         );
         assert_eq!(
-            field_of(RegistrationInput { version: Some("v\n1".into()), ..input() }),
+            field_of(RegistrationInput {
+                version: Some("v\n1".into()),
+                ..input()
+            }),
             "version"
         );
         assert_eq!(
-            field_of(RegistrationInput { health_endpoint: Some("health".into()), ..input() }),
+            field_of(RegistrationInput {
+                health_endpoint: Some("health".into()),
+                ..input()
+            }),
             "health_endpoint"
         );
         assert_eq!(
-            field_of(RegistrationInput { health_endpoint: Some("/a b".into()), ..input() }),
+            field_of(RegistrationInput {
+                health_endpoint: Some("/a b".into()),
+                ..input()
+            }),
             "health_endpoint"
         );
     }
@@ -523,11 +585,17 @@ mod tests {
     #[test]
     fn names_are_validated_with_their_field() {
         assert_eq!(
-            field_of(RegistrationInput { service_name: "has space".into(), ..input() }),
+            field_of(RegistrationInput {
+                service_name: "has space".into(),
+                ..input()
+            }),
             "service_name"
         );
         assert_eq!(
-            field_of(RegistrationInput { instance_id: Some("a b".into()), ..input() }),
+            field_of(RegistrationInput {
+                instance_id: Some("a b".into()),
+                ..input()
+            }),
             "instance_id"
         );
     }

@@ -12,9 +12,7 @@ use crate::domain::instance::{Instance, LeaseState, Revision};
 use crate::domain::query::{Heartbeat, ListCursor, ListQuery};
 use crate::domain::registration::Registration;
 use crate::error::RegistryError;
-use crate::ports::{
-    LeaseChange, ListPage, RegistryStore, Renewed, ServiceSnapshot, Upserted,
-};
+use crate::ports::{LeaseChange, ListPage, RegistryStore, Renewed, ServiceSnapshot, Upserted};
 
 type Instances = BTreeMap<InstanceId, Instance>;
 
@@ -106,13 +104,8 @@ impl RegistryStore for MemoryStore {
         let previous = instances.get(registration.instance_id());
         let created = previous.is_none();
         let registered_at = previous.map(Instance::registered_at);
-        let instance = Instance::registered(
-            tenant.clone(),
-            registration,
-            now,
-            registered_at,
-            revision,
-        );
+        let instance =
+            Instance::registered(tenant.clone(), registration, now, registered_at, revision);
         instances.insert(instance.instance_id().clone(), instance.clone());
         Ok(Upserted { instance, created })
     }
@@ -151,11 +144,10 @@ impl RegistryStore for MemoryStore {
         let services: Box<dyn Iterator<Item = (&ServiceName, &Instances)>> =
             match (query.service_name(), query.after()) {
                 (Some(name), _) => Box::new(state.services.get_key_value(name).into_iter()),
-                (None, Some(cursor)) => Box::new(
-                    state
-                        .services
-                        .range::<ServiceName, _>((Bound::Included(cursor.service_name()), Bound::Unbounded)),
-                ),
+                (None, Some(cursor)) => Box::new(state.services.range::<ServiceName, _>((
+                    Bound::Included(cursor.service_name()),
+                    Bound::Unbounded,
+                ))),
                 (None, None) => Box::new(state.services.iter()),
             };
         let after = query.after();
@@ -166,9 +158,13 @@ impl RegistryStore for MemoryStore {
                     Some(c) if c.service_name() > name => return None.into_iter().flatten(),
                     _ => Bound::Unbounded,
                 };
-                Some(instances.range::<InstanceId, _>((start, Bound::Unbounded)).map(|(_, i)| i))
-                    .into_iter()
-                    .flatten()
+                Some(
+                    instances
+                        .range::<InstanceId, _>((start, Bound::Unbounded))
+                        .map(|(_, i)| i),
+                )
+                .into_iter()
+                .flatten()
             })
             .filter(|i| query.status().is_none_or(|s| i.status() == s))
             .filter(|i| i.has_all_tags(query.tags()));
@@ -226,9 +222,8 @@ impl RegistryStore for MemoryStore {
     ) -> Result<Renewed, RegistryError> {
         // Embedded mode keeps no metric history; stores that do (PostgreSQL)
         // record `heartbeat.metrics()`.
-        let not_found = || {
-            RegistryError::not_found(format!("instance '{instance}' of service '{service}'"))
-        };
+        let not_found =
+            || RegistryError::not_found(format!("instance '{instance}' of service '{service}'"));
         let state = self.existing(tenant).ok_or_else(not_found)?;
         let mut state = state.write().unwrap_or_else(PoisonError::into_inner);
         let current = state
@@ -242,7 +237,11 @@ impl RegistryStore for MemoryStore {
             let revision = state.bump();
             renewed = renewed.with_revision(revision);
         }
-        if let Some(slot) = state.services.get_mut(service).and_then(|m| m.get_mut(instance)) {
+        if let Some(slot) = state
+            .services
+            .get_mut(service)
+            .and_then(|m| m.get_mut(instance))
+        {
             *slot = renewed.clone();
         }
         Ok(Renewed {
@@ -274,7 +273,11 @@ impl RegistryStore for MemoryStore {
             }
             for (service, id) in expired {
                 let revision = state.bump();
-                if let Some(slot) = state.services.get_mut(&service).and_then(|m| m.get_mut(&id)) {
+                if let Some(slot) = state
+                    .services
+                    .get_mut(&service)
+                    .and_then(|m| m.get_mut(&id))
+                {
                     let previous_status = slot.status();
                     *slot = slot
                         .with_status(crate::HealthStatus::Critical)

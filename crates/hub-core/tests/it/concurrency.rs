@@ -22,7 +22,10 @@ fn concurrent_writers_never_mix_tenants() {
                 for n in 0..50 {
                     let svc = format!("svc{}", n % 5);
                     let inst = format!("w{worker}-{n}");
-                    w.registry.register(&t, registration(&svc, &inst, 30)).await.unwrap();
+                    w.registry
+                        .register(&t, registration(&svc, &inst, 30))
+                        .await
+                        .unwrap();
                     let page = w.registry.list(&t, &ListQuery::default()).await.unwrap();
                     assert!(page.instances.iter().all(|i| i.tenant_id() == &t));
                 }
@@ -37,7 +40,11 @@ fn concurrent_writers_never_mix_tenants() {
             // 5 workers per tenant x 50 registrations, all distinct.
             assert_eq!(page.instances.len(), 250);
             assert!(page.instances.iter().all(|i| i.tenant_id() == &t));
-            assert_eq!(page.revision.get(), 250, "one revision per change, none lost");
+            assert_eq!(
+                page.revision.get(),
+                250,
+                "one revision per change, none lost"
+            );
         }
     });
 }

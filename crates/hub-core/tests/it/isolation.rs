@@ -9,9 +9,20 @@ use crate::support::{registration, runtime, service, tenant, world};
 
 #[derive(Debug, Clone)]
 enum Op {
-    Register { tenant: usize, service: usize, instance: usize },
-    DeregisterOne { tenant: usize, service: usize, instance: usize },
-    DeregisterService { tenant: usize, service: usize },
+    Register {
+        tenant: usize,
+        service: usize,
+        instance: usize,
+    },
+    DeregisterOne {
+        tenant: usize,
+        service: usize,
+        instance: usize,
+    },
+    DeregisterService {
+        tenant: usize,
+        service: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -126,7 +137,12 @@ async fn filters_by_service_tag_and_status() {
         w.registry.register(&t, r).await.unwrap();
     }
     w.registry
-        .heartbeat(&t, &service("db"), Some(&"d1".try_into().unwrap()), &Heartbeat::new(HealthStatus::Warning, None))
+        .heartbeat(
+            &t,
+            &service("db"),
+            Some(&"d1".try_into().unwrap()),
+            &Heartbeat::new(HealthStatus::Warning, None),
+        )
         .await
         .unwrap();
     let ids = |q: ListQuery| {
@@ -143,7 +159,14 @@ async fn filters_by_service_tag_and_status() {
         }
     };
     let q = |s: Option<&str>, tags: &[&str], st: Option<HealthStatus>| {
-        ListQuery::new(s.map(service), tags.iter().map(|t| t.to_string()).collect(), st, None, None).unwrap()
+        ListQuery::new(
+            s.map(service),
+            tags.iter().map(|t| t.to_string()).collect(),
+            st,
+            None,
+            None,
+        )
+        .unwrap()
     };
     assert_eq!(ids(q(Some("api"), &[], None)).await, ["a1", "a2"]);
     assert_eq!(ids(q(None, &["blue"], None)).await, ["a1", "d1"]);
@@ -152,7 +175,15 @@ async fn filters_by_service_tag_and_status() {
     assert_eq!(ids(q(None, &[], Some(HealthStatus::Warning))).await, ["d1"]);
     assert_eq!(ids(q(None, &["green"], None)).await, Vec::<String>::new());
     // The other tenant sees nothing, whatever the filter.
-    let other = w.registry.list(&tenant("t2"), &q(Some("api"), &[], None)).await.unwrap();
+    let other = w
+        .registry
+        .list(&tenant("t2"), &q(Some("api"), &[], None))
+        .await
+        .unwrap();
     assert!(other.instances.is_empty());
-    assert_eq!(other.revision.get(), 0, "revisions are per tenant and reveal nothing");
+    assert_eq!(
+        other.revision.get(),
+        0,
+        "revisions are per tenant and reveal nothing"
+    );
 }

@@ -10,7 +10,10 @@ async fn unrenewed_lease_turns_critical_then_is_removed() {
     let w = world();
     let mut events = w.bus.subscribe();
     let t = tenant("t1");
-    w.registry.register(&t, registration("svc", "a", 10)).await.unwrap();
+    w.registry
+        .register(&t, registration("svc", "a", 10))
+        .await
+        .unwrap();
 
     // Just before the ttl: nothing happens.
     w.clock.advance(Duration::milliseconds(9_999));
@@ -20,7 +23,11 @@ async fn unrenewed_lease_turns_critical_then_is_removed() {
     w.clock.advance(Duration::milliseconds(1));
     let report = w.registry.expire_leases().await.unwrap();
     assert_eq!((report.expired, report.removed), (1, 0));
-    assert_eq!(w.registry.expire_leases().await.unwrap().expired, 0, "expired only once");
+    assert_eq!(
+        w.registry.expire_leases().await.unwrap().expired,
+        0,
+        "expired only once"
+    );
     let got = w.registry.get(&t, &service("svc")).await.unwrap();
     assert_eq!(got.instances[0].status(), HealthStatus::Critical);
 
@@ -51,18 +58,29 @@ async fn unrenewed_lease_turns_critical_then_is_removed() {
 async fn heartbeat_restores_a_critical_instance_and_keeps_it_alive() {
     let w = world();
     let t = tenant("t1");
-    w.registry.register(&t, registration("svc", "a", 10)).await.unwrap();
+    w.registry
+        .register(&t, registration("svc", "a", 10))
+        .await
+        .unwrap();
     w.clock.advance(Duration::seconds(10));
     w.registry.expire_leases().await.unwrap();
 
     let mut events = w.bus.subscribe();
     let renewed = w
         .registry
-        .heartbeat(&t, &service("svc"), Some(&"a".try_into().unwrap()), &Heartbeat::default())
+        .heartbeat(
+            &t,
+            &service("svc"),
+            Some(&"a".try_into().unwrap()),
+            &Heartbeat::default(),
+        )
         .await
         .unwrap();
     assert_eq!(renewed.status(), HealthStatus::Passing);
-    assert_eq!(renewed.lease_expires_at(), w.clock_now() + Duration::seconds(10));
+    assert_eq!(
+        renewed.lease_expires_at(),
+        w.clock_now() + Duration::seconds(10)
+    );
     let e = events.try_recv().unwrap();
     assert_eq!(e.kind(), EventKind::StatusChanged);
     assert_eq!(e.previous_status(), Some(HealthStatus::Critical));
@@ -71,7 +89,12 @@ async fn heartbeat_restores_a_critical_instance_and_keeps_it_alive() {
     for _ in 0..20 {
         w.clock.advance(Duration::seconds(5));
         w.registry
-            .heartbeat(&t, &service("svc"), Some(&"a".try_into().unwrap()), &Heartbeat::default())
+            .heartbeat(
+                &t,
+                &service("svc"),
+                Some(&"a".try_into().unwrap()),
+                &Heartbeat::default(),
+            )
             .await
             .unwrap();
         assert_eq!(w.registry.expire_leases().await.unwrap().expired, 0);
@@ -84,20 +107,41 @@ async fn heartbeat_restores_a_critical_instance_and_keeps_it_alive() {
 async fn heartbeat_may_report_warning_and_unknown_instances_are_not_found() {
     let w = world();
     let t = tenant("t1");
-    w.registry.register(&t, registration("svc", "svc", 30)).await.unwrap();
+    w.registry
+        .register(&t, registration("svc", "svc", 30))
+        .await
+        .unwrap();
     let warned = w
         .registry
-        .heartbeat(&t, &service("svc"), None, &Heartbeat::new(HealthStatus::Warning, None))
+        .heartbeat(
+            &t,
+            &service("svc"),
+            None,
+            &Heartbeat::new(HealthStatus::Warning, None),
+        )
         .await
         .unwrap();
     assert_eq!(warned.status(), HealthStatus::Warning);
-    assert_eq!(warned.revision().get(), 2, "a status change is a new revision");
+    assert_eq!(
+        warned.revision().get(),
+        2,
+        "a status change is a new revision"
+    );
 
-    for (tenant_name, svc, id) in [("t1", "other", None), ("t1", "svc", Some("nope")), ("t2", "svc", None)] {
+    for (tenant_name, svc, id) in [
+        ("t1", "other", None),
+        ("t1", "svc", Some("nope")),
+        ("t2", "svc", None),
+    ] {
         let id = id.map(|i| i.try_into().unwrap());
         let err = w
             .registry
-            .heartbeat(&tenant(tenant_name), &service(svc), id.as_ref(), &Heartbeat::default())
+            .heartbeat(
+                &tenant(tenant_name),
+                &service(svc),
+                id.as_ref(),
+                &Heartbeat::default(),
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, RegistryError::NotFound(_)), "{err}");
@@ -108,14 +152,25 @@ async fn heartbeat_may_report_warning_and_unknown_instances_are_not_found() {
 async fn reregistering_restores_and_keeps_registered_at() {
     let w = world();
     let t = tenant("t1");
-    let first = w.registry.register(&t, registration("svc", "a", 5)).await.unwrap();
+    let first = w
+        .registry
+        .register(&t, registration("svc", "a", 5))
+        .await
+        .unwrap();
     assert!(first.created);
     w.clock.advance(Duration::seconds(6));
     w.registry.expire_leases().await.unwrap();
-    let again = w.registry.register(&t, registration("svc", "a", 5)).await.unwrap();
+    let again = w
+        .registry
+        .register(&t, registration("svc", "a", 5))
+        .await
+        .unwrap();
     assert!(!again.created);
     assert_eq!(again.instance.status(), HealthStatus::Passing);
-    assert_eq!(again.instance.registered_at(), first.instance.registered_at());
+    assert_eq!(
+        again.instance.registered_at(),
+        first.instance.registered_at()
+    );
     assert!(again.instance.revision() > first.instance.revision());
 }
 
@@ -123,10 +178,18 @@ async fn reregistering_restores_and_keeps_registered_at() {
 async fn a_heartbeat_just_before_expiry_wins() {
     let w = world();
     let t = tenant("t1");
-    w.registry.register(&t, registration("svc", "a", 10)).await.unwrap();
+    w.registry
+        .register(&t, registration("svc", "a", 10))
+        .await
+        .unwrap();
     w.clock.advance(Duration::seconds(9));
     w.registry
-        .heartbeat(&t, &service("svc"), Some(&"a".try_into().unwrap()), &Heartbeat::default())
+        .heartbeat(
+            &t,
+            &service("svc"),
+            Some(&"a".try_into().unwrap()),
+            &Heartbeat::default(),
+        )
         .await
         .unwrap();
     w.clock.advance(Duration::seconds(9));

@@ -22,7 +22,11 @@ pub fn world() -> World {
         Arc::new(bus.clone()),
         clock.clone(),
     );
-    World { registry, clock, bus }
+    World {
+        registry,
+        clock,
+        bus,
+    }
 }
 
 pub fn tenant(name: &str) -> TenantId {

@@ -3,7 +3,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use hub_core::{
-    Heartbeat, HeartbeatMetrics, HealthStatus, InstanceId, ListCursor, ListQuery, Registration,
+    HealthStatus, Heartbeat, HeartbeatMetrics, InstanceId, ListCursor, ListQuery, Registration,
     RegistrationInput, Registry, RegistryError, ServiceName,
 };
 
@@ -76,7 +76,10 @@ async fn list(
             "status" => status = Some(value.parse::<HealthStatus>()?),
             "limit" => {
                 limit = Some(value.parse::<i64>().map_err(|_| {
-                    hub_core::ValidationError::new("limit", format!("{value:?} is not a whole number"))
+                    hub_core::ValidationError::new(
+                        "limit",
+                        format!("{value:?} is not a whole number"),
+                    )
                 })?)
             }
             "cursor" => cursor = Some(ListCursor::decode(&value)?),
@@ -142,11 +145,21 @@ async fn heartbeat(
     let metrics = body
         .metrics
         .map(|m| {
-            HeartbeatMetrics::new(m.response_time_ms, m.cpu_usage, m.memory_usage, m.error_rate)
+            HeartbeatMetrics::new(
+                m.response_time_ms,
+                m.cpu_usage,
+                m.memory_usage,
+                m.error_rate,
+            )
         })
         .transpose()?;
     let renewed = registry
-        .heartbeat(&tenant, &service, instance.as_ref(), &Heartbeat::new(status, metrics))
+        .heartbeat(
+            &tenant,
+            &service,
+            instance.as_ref(),
+            &Heartbeat::new(status, metrics),
+        )
         .await
         .map_err(|e| match e {
             RegistryError::NotFound(what) => ApiError::new(
