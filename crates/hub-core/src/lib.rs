@@ -7,7 +7,7 @@
 //! ```
 //! # tokio_test_block_on(async {
 //! use std::sync::Arc;
-//! use hub_core::{Registry, Registration, RegistrationInput, TenantId, ServiceName};
+//! use hub_core::{ChangeContext, Registry, Registration, RegistrationInput, TenantId, ServiceName};
 //! use hub_core::memory::{MemoryStore, InProcessBus, SystemClock};
 //!
 //! let registry = Registry::new(
@@ -22,7 +22,7 @@
 //!     port: 8080,
 //!     ..Default::default()
 //! })?;
-//! registry.register(&tenant, registration).await?;
+//! registry.register(&tenant, registration, &ChangeContext::default()).await?;
 //! let found = registry.get(&tenant, &ServiceName::parse("billing")?).await?;
 //! assert_eq!(found.instances[0].url(), "http://10.0.0.7:8080");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -38,6 +38,7 @@ pub mod memory;
 pub mod ports;
 pub mod registry;
 
+pub use domain::context::ChangeContext;
 pub use domain::event::{EventKind, RegistryEvent};
 pub use domain::ids::{InstanceId, ServiceName, TenantId};
 pub use domain::instance::{HealthStatus, Instance, LeaseState, Revision};

@@ -5,6 +5,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::domain::context::ChangeContext;
 use crate::domain::event::RegistryEvent;
 use crate::domain::ids::{InstanceId, ServiceName, TenantId};
 use crate::domain::instance::{HealthStatus, Instance, Revision};
@@ -67,6 +68,10 @@ pub enum LeaseChange {
 
 /// The registry's source of truth.
 ///
+/// Changing methods take the [`ChangeContext`] of the change; stores that keep
+/// an audit trail record it in the same transaction as the change (lease
+/// expiry records [`ChangeContext::reaper`]).
+///
 /// Every method is scoped to one tenant, except [`RegistryStore::expire_leases`]
 /// which the reaper runs for all tenants. An implementation must never let a
 /// call for tenant A read or change a record of tenant B. Every change gets the
@@ -83,6 +88,7 @@ pub trait RegistryStore: Send + Sync + 'static {
         tenant: &TenantId,
         registration: Registration,
         now: DateTime<Utc>,
+        context: &ChangeContext,
     ) -> Result<Upserted, RegistryError>;
 
     /// The instances of one service. An unknown service gives an empty snapshot,
@@ -104,6 +110,7 @@ pub trait RegistryStore: Send + Sync + 'static {
         tenant: &TenantId,
         service: &ServiceName,
         instance: Option<&InstanceId>,
+        context: &ChangeContext,
     ) -> Result<Vec<Instance>, RegistryError>;
 
     /// Renews the lease of one instance at `now` with the reported status.
@@ -116,6 +123,7 @@ pub trait RegistryStore: Send + Sync + 'static {
         instance: &InstanceId,
         heartbeat: &Heartbeat,
         now: DateTime<Utc>,
+        context: &ChangeContext,
     ) -> Result<Renewed, RegistryError>;
 
     /// Applies lease expiry at `now` to every tenant, using

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::domain::context::ChangeContext;
 use crate::domain::event::{EventKind, RegistryEvent};
 use crate::domain::ids::{InstanceId, ServiceName, TenantId};
 use crate::domain::instance::{Instance, Revision};
@@ -64,9 +65,13 @@ impl Registry {
         &self,
         tenant: &TenantId,
         registration: Registration,
+        context: &ChangeContext,
     ) -> Result<Upserted, RegistryError> {
         let now = self.clock.now();
-        let upserted = self.store.upsert(tenant, registration, now).await?;
+        let upserted = self
+            .store
+            .upsert(tenant, registration, now, context)
+            .await?;
         let kind = if upserted.created {
             EventKind::Registered
         } else {
@@ -116,6 +121,7 @@ impl Registry {
         service: &ServiceName,
         instance: Option<&InstanceId>,
         heartbeat: &Heartbeat,
+        context: &ChangeContext,
     ) -> Result<Instance, RegistryError> {
         let now = self.clock.now();
         let default_id;
@@ -128,7 +134,7 @@ impl Registry {
         };
         let renewed = self
             .store
-            .renew(tenant, service, instance, heartbeat, now)
+            .renew(tenant, service, instance, heartbeat, now, context)
             .await?;
         if renewed.previous_status != renewed.instance.status() {
             self.publish(vec![RegistryEvent::new(
@@ -149,9 +155,13 @@ impl Registry {
         tenant: &TenantId,
         service: &ServiceName,
         instance: Option<&InstanceId>,
+        context: &ChangeContext,
     ) -> Result<usize, RegistryError> {
         let now = self.clock.now();
-        let removed = self.store.remove(tenant, service, instance).await?;
+        let removed = self
+            .store
+            .remove(tenant, service, instance, context)
+            .await?;
         if removed.is_empty() {
             return Err(RegistryError::not_found(match instance {
                 Some(id) => format!("instance '{id}' of service '{service}'"),

@@ -1,6 +1,6 @@
 //! Wire types: request bodies as clients send them and response bodies as the API contract shows them.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use hub_core::{HealthStatus, Instance, RegistrationInput, Revision};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
@@ -58,9 +58,53 @@ pub struct HeartbeatRequest {
     pub(crate) metrics: Option<MetricsRequest>,
 }
 
-/// RFC 3339, UTC, millisecond precision, `Z` suffix.
+/// RFC 3339, UTC, millisecond precision, `Z` suffix: `2026-11-27T14:35:05.123Z`.
+///
+/// Written into a stack buffer: a service lookup serializes three timestamps
+/// per instance, and allocating a string for each showed in the benchmark.
 fn rfc3339<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+    // Calendar fields from the naive UTC value: `DateTime::year()` and friends
+    // would apply the (zero) offset again for every field.
+    let t = t.naive_utc();
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        return s.serialize_str(&t.and_utc().to_rfc3339_opts(SecondsFormat::Millis, true));
+    }
+    let mut buf = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, value: u32, digits: usize| {
+        let mut v = value;
+        for i in (0..digits).rev() {
+            buf[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, year.unsigned_abs(), 4);
+    put(5, t.month(), 2);
+    put(8, t.day(), 2);
+    put(11, t.hour(), 2);
+    put(14, t.minute(), 2);
+    put(17, t.second(), 2);
+    // Leap seconds are carried in nanoseconds >= 1e9; clamp to .999.
+    put(20, (t.nanosecond() / 1_000_000).min(999), 3);
+    match std::str::from_utf8(&buf) {
+        Ok(text) => s.serialize_str(text),
+        Err(_) => s.serialize_str(&t.and_utc().to_rfc3339_opts(SecondsFormat::Millis, true)),
+    }
+}
+
+/// `protocol://host:port`, written straight into the JSON output.
+struct Url<'a>(&'a Instance);
+
+impl std::fmt::Debug for Url<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0.url_display())
+    }
+}
+
+impl Serialize for Url<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0.url_display())
+    }
 }
 
 /// An instance as the API shows it.
@@ -72,7 +116,7 @@ pub struct InstanceBody<'a> {
     host: &'a str,
     port: u16,
     protocol: &'static str,
-    url: String,
+    url: Url<'a>,
     health_endpoint: &'a str,
     version: Option<&'a str>,
     tags: &'a [String],
@@ -98,7 +142,7 @@ impl<'a> From<&'a Instance> for InstanceBody<'a> {
             host: i.host().as_str(),
             port: i.port(),
             protocol: i.protocol().as_str(),
-            url: i.url(),
+            url: Url(i),
             health_endpoint: r.health_endpoint(),
             version: r.version(),
             tags: i.tags(),
@@ -147,6 +191,29 @@ pub struct HeartbeatBody<'a> {
     pub(crate) service_name: &'a str,
     pub(crate) instance_id: &'a str,
     pub(crate) revision: Revision,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct At(#[serde(serialize_with = "rfc3339")] DateTime<Utc>);
+
+    #[test]
+    fn timestamps_match_chrono_rfc3339_millis() {
+        for text in [
+            "2026-11-27T14:35:05.123456Z",
+            "1970-01-01T00:00:00Z",
+            "2000-02-29T23:59:59.999999999Z",
+            "0001-01-01T00:00:00.001Z",
+        ] {
+            let t: DateTime<Utc> = text.parse().unwrap();
+            let ours = serde_json::to_string(&At(t)).unwrap();
+            let chrono = format!("\"{}\"", t.to_rfc3339_opts(SecondsFormat::Millis, true));
+            assert_eq!(ours, chrono);
+        }
+    }
 }
 
 /// `GET /health`.

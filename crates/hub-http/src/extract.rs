@@ -7,7 +7,10 @@ use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use futures_util::future::LocalBoxFuture;
-use hub_core::TenantId;
+use hub_core::{ChangeContext, TenantId};
+
+use crate::auth::Principal;
+use crate::context;
 use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, MAX_BODY_BYTES};
@@ -32,6 +35,28 @@ impl FromRequest for Tenant {
                     ))
                 }),
         )
+    }
+}
+
+/// The [`ChangeContext`] of a changing request: the fingerprint of the API
+/// key that made it (none when auth is disabled) and the request id.
+#[derive(Debug, Clone)]
+pub struct Change(pub ChangeContext);
+
+impl FromRequest for Change {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let actor = req
+            .extensions()
+            .get::<Principal>()
+            .and_then(Principal::fingerprint)
+            .map(str::to_owned);
+        ready(Ok(Change(ChangeContext::new(
+            actor,
+            Some(context::request_id()),
+        ))))
     }
 }
 

@@ -4,6 +4,7 @@
 //! from its `HttpServer` factory and tests can call it the same way.
 
 pub mod auth;
+mod cache;
 mod context;
 pub mod dto;
 pub mod error;
@@ -55,6 +56,8 @@ pub fn app(
     App::new()
         .app_data(web::Data::new(deps.registry))
         .app_data(web::Data::new(deps.auth))
+        // One cache per worker: `app` runs once per worker thread.
+        .app_data(web::Data::new(cache::ServiceBodyCache::default()))
         .app_data(extract::payload_config())
         .configure(routes::health::configure)
         .configure(routes::discovery::configure)

@@ -343,3 +343,79 @@ async fn tenants_never_see_or_touch_each_other() {
     let t1: Value = app.list("tenant1", "").await.json().await.unwrap();
     assert_eq!(t1["revision"], 2);
 }
+
+#[tokio::test]
+async fn lookups_reflect_every_change_at_once() {
+    // Lookups are served from a per-worker cache of serialized answers; each
+    // kind of change must still show on the very next lookup.
+    let app = spawn_app().await;
+    let get = |tenant: &'static str| {
+        let app = &app;
+        async move {
+            let r = app.get_service(tenant, "svc").await;
+            assert_eq!(r.status(), StatusCode::OK);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    app.register_ok("tenant1", "svc", "a").await;
+    app.register_ok("tenant2", "svc", "b").await;
+    let first = get("tenant1").await;
+    assert_eq!(
+        get("tenant1").await,
+        first,
+        "unchanged service, same answer"
+    );
+    assert_eq!(
+        get("tenant2").await["instances"][0]["instance_id"],
+        "b",
+        "the cache is per tenant"
+    );
+
+    // A plain renewal moves last_heartbeat and the lease, nothing else.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let hb = app
+        .heartbeat(
+            "tenant1",
+            json!({"service_name": "svc", "instance_id": "a"}),
+        )
+        .await;
+    assert_eq!(hb.status(), StatusCode::OK);
+    let renewed = get("tenant1").await;
+    assert_ne!(
+        renewed["instances"][0]["last_heartbeat"],
+        first["instances"][0]["last_heartbeat"]
+    );
+    assert_eq!(renewed["revision"], first["revision"]);
+
+    let hb = app
+        .heartbeat(
+            "tenant1",
+            json!({"service_name": "svc", "instance_id": "a", "status": "warning"}),
+        )
+        .await;
+    assert_eq!(hb.status(), StatusCode::OK);
+    assert_eq!(get("tenant1").await["instances"][0]["status"], "warning");
+
+    let r = app
+        .register(
+            "tenant1",
+            json!({"service_name": "svc", "instance_id": "a", "host": "10.9.9.9", "port": 1234}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        get("tenant1").await["instances"][0]["url"],
+        "http://10.9.9.9:1234"
+    );
+
+    app.register_ok("tenant1", "svc", "c").await;
+    assert_eq!(
+        get("tenant1").await["instances"].as_array().unwrap().len(),
+        2
+    );
+    let r = app.deregister("tenant1", "svc", "?instance_id=a").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let last = get("tenant1").await;
+    assert_eq!(last["instances"].as_array().unwrap().len(), 1);
+    assert_eq!(last["instances"][0]["instance_id"], "c");
+}

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -103,10 +104,14 @@ pub enum LeaseState {
 
 /// A registered instance as stored: the registration plus its tenant, lease,
 /// status and revision.
+///
+/// The registration is shared (`Arc`): it never changes after registration,
+/// while reads clone instances on every lookup, so sharing it keeps a lookup
+/// from copying every tag, metadata key and name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Instance {
     tenant_id: TenantId,
-    registration: Registration,
+    registration: Arc<Registration>,
     status: HealthStatus,
     registered_at: DateTime<Utc>,
     last_heartbeat: DateTime<Utc>,
@@ -127,7 +132,7 @@ impl Instance {
         let lease_expires_at = now + Duration::seconds(i64::from(registration.ttl_seconds()));
         Self {
             tenant_id,
-            registration,
+            registration: Arc::new(registration),
             status: HealthStatus::Passing,
             registered_at: registered_at.unwrap_or(now),
             last_heartbeat: now,
@@ -148,7 +153,7 @@ impl Instance {
     ) -> Self {
         Self {
             tenant_id,
-            registration,
+            registration: Arc::new(registration),
             status,
             registered_at,
             last_heartbeat,
@@ -266,12 +271,24 @@ impl Instance {
     }
     /// `protocol://host:port`, what a caller dials.
     pub fn url(&self) -> String {
-        format!(
-            "{}://{}:{}",
-            self.protocol(),
-            self.host().url_form(),
-            self.port()
-        )
+        self.url_display().to_string()
+    }
+
+    /// The URL as a `Display` value, to write it without allocating.
+    pub fn url_display(&self) -> impl fmt::Display + '_ {
+        struct Url<'a>(&'a Instance);
+        impl fmt::Display for Url<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(
+                    f,
+                    "{}://{}:{}",
+                    self.0.protocol(),
+                    self.0.host().url_form(),
+                    self.0.port()
+                )
+            }
+        }
+        Url(self)
     }
     /// Whether the instance carries every one of `tags`.
     pub fn has_all_tags(&self, tags: &[String]) -> bool {

@@ -1,5 +1,6 @@
 //! Domain vocabulary: identifiers, registrations, instances, events and queries.
 
+pub mod context;
 pub mod event;
 pub mod ids;
 pub mod instance;

@@ -146,11 +146,22 @@ impl Host {
     }
 
     /// The host as it appears in a URL (IPv6 literals in brackets).
-    pub fn url_form(&self) -> String {
+    pub fn url_form(&self) -> UrlHost<'_> {
+        UrlHost(&self.0)
+    }
+}
+
+/// A host written as in a URL: IPv6 literals in brackets. Displays without
+/// allocating, for response serialization.
+#[derive(Debug, Clone, Copy)]
+pub struct UrlHost<'a>(&'a str);
+
+impl fmt::Display for UrlHost<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.0.contains(':') {
-            format!("[{}]", self.0)
+            write!(f, "[{}]", self.0)
         } else {
-            self.0.clone()
+            f.write_str(self.0)
         }
     }
 }
@@ -451,8 +462,8 @@ mod tests {
 
     #[test]
     fn ipv6_hosts_are_bracketed_in_urls() {
-        assert_eq!(Host::parse("::1").unwrap().url_form(), "[::1]");
-        assert_eq!(Host::parse("a.b").unwrap().url_form(), "a.b");
+        assert_eq!(Host::parse("::1").unwrap().url_form().to_string(), "[::1]");
+        assert_eq!(Host::parse("a.b").unwrap().url_form().to_string(), "a.b");
     }
 
     #[test]

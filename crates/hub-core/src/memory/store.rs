@@ -7,6 +7,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::domain::context::ChangeContext;
 use crate::domain::ids::{InstanceId, ServiceName, TenantId};
 use crate::domain::instance::{Instance, LeaseState, Revision};
 use crate::domain::query::{Heartbeat, ListCursor, ListQuery};
@@ -37,7 +38,8 @@ impl TenantState {
     }
 }
 
-/// An in-memory registry store.
+/// An in-memory registry store. It keeps no audit trail (the change context
+/// is not recorded) and no heartbeat metrics: both need durable storage.
 ///
 /// Locking: an outer `RwLock` maps tenants to their own `RwLock`ed state. The
 /// outer lock is taken for writing only the first time a tenant appears, so
@@ -95,6 +97,7 @@ impl RegistryStore for MemoryStore {
         tenant: &TenantId,
         registration: Registration,
         now: DateTime<Utc>,
+        _context: &ChangeContext,
     ) -> Result<Upserted, RegistryError> {
         let state = self.tenant(tenant);
         let mut state = state.write().unwrap_or_else(PoisonError::into_inner);
@@ -192,6 +195,7 @@ impl RegistryStore for MemoryStore {
         tenant: &TenantId,
         service: &ServiceName,
         instance: Option<&InstanceId>,
+        _context: &ChangeContext,
     ) -> Result<Vec<Instance>, RegistryError> {
         let Some(state) = self.existing(tenant) else {
             return Ok(Vec::new());
@@ -219,9 +223,10 @@ impl RegistryStore for MemoryStore {
         instance: &InstanceId,
         heartbeat: &Heartbeat,
         now: DateTime<Utc>,
+        _context: &ChangeContext,
     ) -> Result<Renewed, RegistryError> {
-        // Embedded mode keeps no metric history; stores that do (PostgreSQL)
-        // record `heartbeat.metrics()`.
+        // Embedded mode keeps no metric history and no audit trail; the
+        // PostgreSQL store records `heartbeat.metrics()` and the context.
         let not_found =
             || RegistryError::not_found(format!("instance '{instance}' of service '{service}'"));
         let state = self.existing(tenant).ok_or_else(not_found)?;

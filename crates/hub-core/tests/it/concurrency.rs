@@ -1,5 +1,6 @@
 //! The memory store under many concurrent writers and readers of many tenants.
 
+use hub_core::ChangeContext;
 use std::sync::Arc;
 
 use hub_core::ListQuery;
@@ -23,7 +24,7 @@ fn concurrent_writers_never_mix_tenants() {
                     let svc = format!("svc{}", n % 5);
                     let inst = format!("w{worker}-{n}");
                     w.registry
-                        .register(&t, registration(&svc, &inst, 30))
+                        .register(&t, registration(&svc, &inst, 30), &ChangeContext::default())
                         .await
                         .unwrap();
                     let page = w.registry.list(&t, &ListQuery::default()).await.unwrap();

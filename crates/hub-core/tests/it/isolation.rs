@@ -1,5 +1,6 @@
 //! Property: for any interleaving of operations on two tenants, each tenant's list is exactly what it registered minus what it removed.
 
+use hub_core::ChangeContext;
 use std::collections::BTreeSet;
 
 use hub_core::{ListCursor, ListQuery, RegistryError};
@@ -52,14 +53,13 @@ proptest! {
                 match op {
                     Op::Register { tenant: t, service: s, instance: i } => {
                         let (s, i) = (format!("svc{s}"), format!("i{i}"));
-                        w.registry.register(&tenant(TENANTS[t]), registration(&s, &i, 30)).await.unwrap();
+                        w.registry.register(&tenant(TENANTS[t]), registration(&s, &i, 30), &ChangeContext::default()).await.unwrap();
                         model[t].insert((s, i));
                     }
                     Op::DeregisterOne { tenant: t, service: s, instance: i } => {
                         let (s, i) = (format!("svc{s}"), format!("i{i}"));
                         let result = w.registry
-                            .deregister(&tenant(TENANTS[t]), &service(&s), Some(&i.as_str().try_into().unwrap()))
-                            .await;
+                            .deregister(&tenant(TENANTS[t]), &service(&s), Some(&i.as_str().try_into().unwrap()), &ChangeContext::default()).await;
                         let existed = model[t].remove(&(s, i));
                         prop_assert_eq!(result.is_ok(), existed);
                         if !existed {
@@ -69,7 +69,7 @@ proptest! {
                     Op::DeregisterService { tenant: t, service: s } => {
                         let s = format!("svc{s}");
                         let expected = model[t].iter().filter(|(x, _)| *x == s).count();
-                        let result = w.registry.deregister(&tenant(TENANTS[t]), &service(&s), None).await;
+                        let result = w.registry.deregister(&tenant(TENANTS[t]), &service(&s), None, &ChangeContext::default()).await;
                         model[t].retain(|(x, _)| *x != s);
                         match result {
                             Ok(n) => prop_assert_eq!(n, expected),
@@ -134,7 +134,10 @@ async fn filters_by_service_tag_and_status() {
             ..Default::default()
         })
         .unwrap();
-        w.registry.register(&t, r).await.unwrap();
+        w.registry
+            .register(&t, r, &ChangeContext::default())
+            .await
+            .unwrap();
     }
     w.registry
         .heartbeat(
@@ -142,6 +145,7 @@ async fn filters_by_service_tag_and_status() {
             &service("db"),
             Some(&"d1".try_into().unwrap()),
             &Heartbeat::new(HealthStatus::Warning, None),
+            &ChangeContext::default(),
         )
         .await
         .unwrap();

@@ -1,6 +1,7 @@
 //! Lease expiry driven by a manual clock, and the events each step publishes.
 
 use chrono::Duration;
+use hub_core::ChangeContext;
 use hub_core::{EventKind, HealthStatus, Heartbeat, RegistryError};
 
 use crate::support::{registration, service, tenant, world};
@@ -11,7 +12,7 @@ async fn unrenewed_lease_turns_critical_then_is_removed() {
     let mut events = w.bus.subscribe();
     let t = tenant("t1");
     w.registry
-        .register(&t, registration("svc", "a", 10))
+        .register(&t, registration("svc", "a", 10), &ChangeContext::default())
         .await
         .unwrap();
 
@@ -59,7 +60,7 @@ async fn heartbeat_restores_a_critical_instance_and_keeps_it_alive() {
     let w = world();
     let t = tenant("t1");
     w.registry
-        .register(&t, registration("svc", "a", 10))
+        .register(&t, registration("svc", "a", 10), &ChangeContext::default())
         .await
         .unwrap();
     w.clock.advance(Duration::seconds(10));
@@ -73,6 +74,7 @@ async fn heartbeat_restores_a_critical_instance_and_keeps_it_alive() {
             &service("svc"),
             Some(&"a".try_into().unwrap()),
             &Heartbeat::default(),
+            &ChangeContext::default(),
         )
         .await
         .unwrap();
@@ -94,6 +96,7 @@ async fn heartbeat_restores_a_critical_instance_and_keeps_it_alive() {
                 &service("svc"),
                 Some(&"a".try_into().unwrap()),
                 &Heartbeat::default(),
+                &ChangeContext::default(),
             )
             .await
             .unwrap();
@@ -108,7 +111,11 @@ async fn heartbeat_may_report_warning_and_unknown_instances_are_not_found() {
     let w = world();
     let t = tenant("t1");
     w.registry
-        .register(&t, registration("svc", "svc", 30))
+        .register(
+            &t,
+            registration("svc", "svc", 30),
+            &ChangeContext::default(),
+        )
         .await
         .unwrap();
     let warned = w
@@ -118,6 +125,7 @@ async fn heartbeat_may_report_warning_and_unknown_instances_are_not_found() {
             &service("svc"),
             None,
             &Heartbeat::new(HealthStatus::Warning, None),
+            &ChangeContext::default(),
         )
         .await
         .unwrap();
@@ -141,6 +149,7 @@ async fn heartbeat_may_report_warning_and_unknown_instances_are_not_found() {
                 &service(svc),
                 id.as_ref(),
                 &Heartbeat::default(),
+                &ChangeContext::default(),
             )
             .await
             .unwrap_err();
@@ -154,7 +163,7 @@ async fn reregistering_restores_and_keeps_registered_at() {
     let t = tenant("t1");
     let first = w
         .registry
-        .register(&t, registration("svc", "a", 5))
+        .register(&t, registration("svc", "a", 5), &ChangeContext::default())
         .await
         .unwrap();
     assert!(first.created);
@@ -162,7 +171,7 @@ async fn reregistering_restores_and_keeps_registered_at() {
     w.registry.expire_leases().await.unwrap();
     let again = w
         .registry
-        .register(&t, registration("svc", "a", 5))
+        .register(&t, registration("svc", "a", 5), &ChangeContext::default())
         .await
         .unwrap();
     assert!(!again.created);
@@ -179,7 +188,7 @@ async fn a_heartbeat_just_before_expiry_wins() {
     let w = world();
     let t = tenant("t1");
     w.registry
-        .register(&t, registration("svc", "a", 10))
+        .register(&t, registration("svc", "a", 10), &ChangeContext::default())
         .await
         .unwrap();
     w.clock.advance(Duration::seconds(9));
@@ -189,6 +198,7 @@ async fn a_heartbeat_just_before_expiry_wins() {
             &service("svc"),
             Some(&"a".try_into().unwrap()),
             &Heartbeat::default(),
+            &ChangeContext::default(),
         )
         .await
         .unwrap();

@@ -1,18 +1,21 @@
 //! Discovery routes: register, list, get, deregister, heartbeat.
 
 use actix_web::http::StatusCode;
+use actix_web::http::header::ContentType;
+use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
 use hub_core::{
     HealthStatus, Heartbeat, HeartbeatMetrics, InstanceId, ListCursor, ListQuery, Registration,
     RegistrationInput, Registry, RegistryError, ServiceName,
 };
 
+use crate::cache::ServiceBodyCache;
 use crate::dto::{
     DeregisteredBody, HeartbeatBody, HeartbeatRequest, InstanceBody, ListBody, RegisterRequest,
     ServiceBody,
 };
 use crate::error::ApiError;
-use crate::extract::{JsonBody, Tenant};
+use crate::extract::{Change, JsonBody, Tenant};
 
 /// Mounts the discovery routes under `/api/v1/discovery`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -46,11 +49,12 @@ fn path_service(raw: &str) -> Result<ServiceName, ApiError> {
 
 async fn register(
     Tenant(tenant): Tenant,
+    Change(change): Change,
     registry: web::Data<Registry>,
     JsonBody(body): JsonBody<RegisterRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let registration = Registration::try_from(RegistrationInput::from(body))?;
-    let upserted = registry.register(&tenant, registration).await?;
+    let upserted = registry.register(&tenant, registration, &change).await?;
     let status = if upserted.created {
         StatusCode::CREATED
     } else {
@@ -101,19 +105,28 @@ async fn list(
 async fn get_service(
     Tenant(tenant): Tenant,
     registry: web::Data<Registry>,
+    cache: web::Data<ServiceBodyCache>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let service = path_service(&path)?;
     let found = registry.get(&tenant, &service).await?;
-    Ok(HttpResponse::Ok().json(ServiceBody {
-        service_name: found.service_name.as_str(),
-        instances: found.instances.iter().map(InstanceBody::from).collect(),
-        revision: found.revision,
-    }))
+    let body = cache.get_or_render(&tenant, &service, found.revision, &found.instances, || {
+        serde_json::to_vec(&ServiceBody {
+            service_name: found.service_name.as_str(),
+            instances: found.instances.iter().map(InstanceBody::from).collect(),
+            revision: found.revision,
+        })
+        .map(Bytes::from)
+        .map_err(|e| ApiError::internal(&e))
+    })?;
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(body))
 }
 
 async fn deregister(
     Tenant(tenant): Tenant,
+    Change(change): Change,
     registry: web::Data<Registry>,
     path: web::Path<String>,
     req: HttpRequest,
@@ -126,13 +139,14 @@ async fn deregister(
         }
     }
     let deregistered = registry
-        .deregister(&tenant, &service, instance.as_ref())
+        .deregister(&tenant, &service, instance.as_ref(), &change)
         .await?;
     Ok(HttpResponse::Ok().json(DeregisteredBody { deregistered }))
 }
 
 async fn heartbeat(
     Tenant(tenant): Tenant,
+    Change(change): Change,
     registry: web::Data<Registry>,
     JsonBody(body): JsonBody<HeartbeatRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -159,6 +173,7 @@ async fn heartbeat(
             &service,
             instance.as_ref(),
             &Heartbeat::new(status, metrics),
+            &change,
         )
         .await
         .map_err(|e| match e {
