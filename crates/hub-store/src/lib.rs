@@ -1,7 +1,12 @@
-//! hub-store: the PostgreSQL and DragonflyDB adapters of hub-core's ports (not built yet).
+//! hub-store: the PostgreSQL adapter of hub-core's `RegistryStore`, with tenant isolation enforced by row-level security.
 //!
-//! This crate will hold the `RegistryStore` on tokio-postgres with
-//! deadpool-postgres, where every tenant-scoped query runs in a transaction
-//! that first sets `app.tenant_id` for row-level security, and the lease,
-//! cache and rate-limit stores on DragonflyDB through fred. Until then the
-//! server runs on hub-core's in-memory adapters (embedded mode).
+//! Every tenant-scoped statement runs inside [`pg::PgStore`]'s one
+//! tenant-scoped transaction, whose first statement sets `app.tenant_id` for
+//! that transaction only; the policies of `migrations/` do the rest. The
+//! DragonflyDB adapters (leases, cache, rate limits) will live here as well.
+
+pub mod pg;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use pg::{PgConfig, PgStore, RoleCheck};

@@ -1,0 +1,89 @@
+//! Translation of tokio-postgres and pool errors into hub-core's `RegistryError`.
+
+use deadpool_postgres::PoolError;
+use hub_core::RegistryError;
+use tokio_postgres::error::SqlState;
+
+/// An error inside a tenant-scoped transaction.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DbError {
+    /// From the database or the connection.
+    #[error(transparent)]
+    Pg(#[from] tokio_postgres::Error),
+    /// A statement on a transaction that was already ended (a bug).
+    #[error("statement on a finished transaction")]
+    Finished,
+    /// A stored row that breaks the domain rules.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// Whether the transaction was rolled back by the server because of a
+/// serialization failure or a deadlock: its outcome is known (nothing
+/// happened), so running it again is safe.
+pub(crate) fn is_retryable(error: &DbError) -> bool {
+    let DbError::Pg(error) = error else {
+        return false;
+    };
+    matches!(
+        error.code(),
+        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+    )
+}
+
+/// Whether the error means the database cannot be reached or did not answer
+/// in time (the caller gets 503 and may retry; a write's outcome is unknown).
+fn is_unavailable(error: &tokio_postgres::Error) -> bool {
+    if error.is_closed() {
+        return true;
+    }
+    match error.code() {
+        None => true, // No SQLSTATE: an I/O or protocol failure of the connection.
+        Some(code) => {
+            let class = &code.code()[..2];
+            class == "08" // connection exception
+                || class == "57" // operator intervention: shutdown, cancel (statement timeout)
+                || class == "53" // insufficient resources (too many connections, disk full)
+        }
+    }
+}
+
+/// An error of a scoped transaction as the registry reports it.
+pub(crate) fn from_db(error: DbError) -> RegistryError {
+    match error {
+        DbError::Pg(e) => from_pg(e),
+        DbError::Finished => RegistryError::Unexpected(Box::new(DbError::Finished)),
+        DbError::Registry(e) => e,
+    }
+}
+
+/// A database error as the registry reports it.
+pub(crate) fn from_pg(error: tokio_postgres::Error) -> RegistryError {
+    if is_unavailable(&error) {
+        return RegistryError::Unavailable {
+            component: "store",
+            source: Box::new(error),
+        };
+    }
+    if matches!(error.code(), Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED)
+    {
+        return RegistryError::Conflict(
+            "the change collided with concurrent changes too often; retry it".into(),
+        );
+    }
+    if error.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+        return RegistryError::Conflict("the record already exists".into());
+    }
+    RegistryError::Unexpected(Box::new(error))
+}
+
+/// A pool error (no connection could be had in time, or opening one failed).
+pub(crate) fn from_pool(error: PoolError) -> RegistryError {
+    match error {
+        PoolError::Backend(e) => from_pg(e),
+        other => RegistryError::Unavailable {
+            component: "store",
+            source: Box::new(other),
+        },
+    }
+}

@@ -1,0 +1,121 @@
+//! Schema migrations (refinery, from `migrations/`), the application role grant, and the startup role check.
+
+use hub_core::RegistryError;
+use tokio_postgres::NoTls;
+
+use super::config::PgConfig;
+use super::error::from_pg;
+
+mod embedded {
+    refinery::embed_migrations!("../../migrations");
+}
+
+/// The NOLOGIN group role that holds the application's privileges.
+pub const APP_ROLE: &str = "central_hub_app";
+
+/// An arbitrary constant: the advisory lock that keeps two processes from
+/// migrating the same database at once.
+const MIGRATION_LOCK: i64 = 0x00C3_7A11_4B1D;
+
+/// What the connected role may do that would defeat row-level security.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleCheck {
+    /// The role the connection acts as.
+    pub role: String,
+    /// Superusers ignore row-level security.
+    pub superuser: bool,
+    /// So do roles with BYPASSRLS.
+    pub bypass_rls: bool,
+}
+
+impl RoleCheck {
+    /// Whether this role would see every tenant's rows.
+    pub fn bypasses_rls(&self) -> bool {
+        self.superuser || self.bypass_rls
+    }
+}
+
+async fn connect(config: &PgConfig) -> Result<tokio_postgres::Client, RegistryError> {
+    let (client, connection) = config.connection().connect(NoTls).await.map_err(from_pg)?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "migration connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Applies the pending migrations in order, recorded in refinery's history
+/// table; applying twice is a no-op. Returns the versions applied now.
+pub async fn run(config: &PgConfig) -> Result<Vec<String>, RegistryError> {
+    let mut client = connect(config).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(from_pg)?;
+    let report = embedded::migrations::runner().run_async(&mut client).await;
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
+    let report = report.map_err(|e| RegistryError::Unexpected(Box::new(e)))?;
+    Ok(report
+        .applied_migrations()
+        .iter()
+        .map(|m| format!("V{}__{}", m.version(), m.name()))
+        .collect())
+}
+
+/// Makes `login` a member of [`APP_ROLE`], creating it as a LOGIN role first
+/// if it does not exist. Run as a role allowed to do so (the migrating one).
+pub async fn grant_app_role(
+    config: &PgConfig,
+    login: &str,
+    password: Option<&str>,
+) -> Result<(), RegistryError> {
+    if login.is_empty()
+        || !login
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(RegistryError::Invalid(hub_core::ValidationError::new(
+            "app_user",
+            "must be letters, digits, '_' or '-'",
+        )));
+    }
+    let client = connect(config).await?;
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&login])
+        .await
+        .map_err(from_pg)?
+        .is_some();
+    // Identifiers cannot be bind parameters; `login` was checked above to
+    // hold only plain characters, and is quoted.
+    if !exists {
+        let mut sql = format!("CREATE ROLE \"{login}\" LOGIN");
+        if let Some(password) = password {
+            sql.push_str(&format!(" PASSWORD '{}'", password.replace('\'', "''")));
+        }
+        client.batch_execute(&sql).await.map_err(from_pg)?;
+    }
+    client
+        .batch_execute(&format!("GRANT {APP_ROLE} TO \"{login}\""))
+        .await
+        .map_err(from_pg)
+}
+
+/// Reads whether the connected role bypasses row-level security.
+pub async fn role_check(config: &PgConfig) -> Result<RoleCheck, RegistryError> {
+    let client = connect(config).await?;
+    let row = client
+        .query_one(
+            "SELECT current_user::text, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(from_pg)?;
+    Ok(RoleCheck {
+        role: row.try_get(0).map_err(from_pg)?,
+        superuser: row.try_get(1).map_err(from_pg)?,
+        bypass_rls: row.try_get(2).map_err(from_pg)?,
+    })
+}

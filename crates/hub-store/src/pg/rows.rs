@@ -1,0 +1,99 @@
+//! Mapping between `service_registry` rows and hub-core's `Instance`.
+
+use chrono::{DateTime, Utc};
+use hub_core::{
+    HealthStatus, Instance, Registration, RegistrationInput, RegistryError, Revision, TenantId,
+};
+use serde_json::{Value, json};
+use tokio_postgres::Row;
+
+/// The columns every instance query selects, in the order [`instance`] reads them.
+pub(crate) const COLUMNS: &str = "service_name, instance_id, host, port, protocol, \
+    health_endpoint, version, tags, metadata, ttl_seconds, status, registered_at, \
+    last_heartbeat, lease_expires_at, revision";
+
+fn corrupt(what: String) -> RegistryError {
+    RegistryError::Unexpected(what.into())
+}
+
+/// Rebuilds an instance from a row of [`COLUMNS`]. The values pass the domain
+/// validation again: a row that breaks it (written by hand, say) is reported
+/// as an unexpected error naming the row, never served.
+pub(crate) fn instance(tenant: &TenantId, row: &Row) -> Result<Instance, RegistryError> {
+    let decode = |e: tokio_postgres::Error| RegistryError::Unexpected(Box::new(e));
+    let service_name: String = row.try_get(0).map_err(decode)?;
+    let instance_id: String = row.try_get(1).map_err(decode)?;
+    let registration = Registration::try_from(RegistrationInput {
+        service_name: service_name.clone(),
+        instance_id: Some(instance_id.clone()),
+        host: row.try_get(2).map_err(decode)?,
+        port: i64::from(row.try_get::<_, i32>(3).map_err(decode)?),
+        protocol: Some(row.try_get(4).map_err(decode)?),
+        health_endpoint: Some(row.try_get(5).map_err(decode)?),
+        version: row.try_get(6).map_err(decode)?,
+        tags: row.try_get(7).map_err(decode)?,
+        metadata: Some(row.try_get::<_, Value>(8).map_err(decode)?),
+        ttl_seconds: Some(i64::from(row.try_get::<_, i32>(9).map_err(decode)?)),
+    })
+    .map_err(|e| {
+        corrupt(format!(
+            "stored instance {service_name}/{instance_id} of tenant {tenant} is invalid: {e}"
+        ))
+    })?;
+    let status: String = row.try_get(10).map_err(decode)?;
+    let status: HealthStatus = status
+        .parse()
+        .map_err(|_| corrupt(format!("stored status {status:?} is unknown")))?;
+    let revision: i64 = row.try_get(14).map_err(decode)?;
+    Ok(Instance::restore(
+        tenant.clone(),
+        registration,
+        status,
+        row.try_get::<_, DateTime<Utc>>(11).map_err(decode)?,
+        row.try_get::<_, DateTime<Utc>>(12).map_err(decode)?,
+        row.try_get::<_, DateTime<Utc>>(13).map_err(decode)?,
+        revision_of(revision)?,
+    ))
+}
+
+/// A stored revision (BIGINT, never negative by its CHECK).
+pub(crate) fn revision_of(value: i64) -> Result<Revision, RegistryError> {
+    u64::try_from(value)
+        .map(Revision::new)
+        .map_err(|_| corrupt(format!("negative revision {value}")))
+}
+
+/// A revision as stored.
+pub(crate) fn stored(revision: Revision) -> i64 {
+    i64::try_from(revision.get()).unwrap_or(i64::MAX)
+}
+
+/// The audit payload of a change: the instance as it was after it (or
+/// before, for removals).
+pub(crate) fn payload(instance: &Instance) -> Value {
+    registration_payload(
+        instance.registration(),
+        instance.status(),
+        instance.lease_expires_at(),
+    )
+}
+
+/// The audit payload of a registration with its status and lease.
+pub(crate) fn registration_payload(
+    r: &Registration,
+    status: HealthStatus,
+    lease_expires_at: DateTime<Utc>,
+) -> Value {
+    json!({
+        "host": r.host().as_str(),
+        "port": r.port(),
+        "protocol": r.protocol().as_str(),
+        "health_endpoint": r.health_endpoint(),
+        "version": r.version(),
+        "tags": r.tags(),
+        "metadata": r.metadata(),
+        "ttl_seconds": r.ttl_seconds(),
+        "status": status.as_str(),
+        "lease_expires_at": lease_expires_at,
+    })
+}

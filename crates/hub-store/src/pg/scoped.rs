@@ -1,0 +1,163 @@
+//! `Scoped`: the only way to touch a tenant table. A transaction whose first statement sets `app.tenant_id` locally.
+//!
+//! **Invariant:** every statement on a tenant table runs through a [`Scoped`]
+//! opened by [`in_tenant!`], whose transaction began with
+//! `SELECT set_config('app.tenant_id', $1, true)`. `Scoped` cannot be built
+//! any other way and the pool is private to the store, so a query without a
+//! tenant cannot be written. The setting is transaction-local (`true`): when
+//! the transaction ends the connection carries no tenant. A session-level
+//! `SET` would survive into the next checkout of the pooled connection, which
+//! is why there is none.
+//!
+//! A transaction that is neither committed nor rolled back (its future was
+//! dropped, say because the client went away) must not hand its connection
+//! back to the pool while still open: `Drop` detaches such a connection from
+//! the pool, which closes it, and the server rolls the transaction back.
+
+use deadpool_postgres::{Object, Pool};
+use hub_core::{RegistryError, TenantId};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use super::error::{DbError, from_db, from_pool};
+
+/// Times a transaction is run again after the server rolled it back for a
+/// serialization failure or deadlock. Only those: any other failure has an
+/// outcome the caller must learn about, not a silent second attempt.
+pub(crate) const MAX_ATTEMPTS: usize = 3;
+
+const SET_TENANT: &str = "SELECT set_config('app.tenant_id', $1, true)";
+
+/// An open transaction acting for one tenant. Statements are prepared once
+/// per connection and cached (deadpool's statement cache).
+pub(crate) struct Scoped {
+    client: Option<Object>,
+}
+
+impl Drop for Scoped {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            tracing::debug!("transaction abandoned; closing its connection instead of reusing it");
+            drop(Object::take(client));
+        }
+    }
+}
+
+impl Scoped {
+    /// Checks out a connection and opens a transaction for `tenant`. `BEGIN`
+    /// and `set_config` go out together (pipelined).
+    pub(crate) async fn begin(pool: &Pool, tenant: &TenantId) -> Result<Self, RegistryError> {
+        let client = pool.get().await.map_err(from_pool)?;
+        let scoped = Self {
+            client: Some(client),
+        };
+        scoped.open(tenant).await.map_err(from_db)?;
+        Ok(scoped)
+    }
+
+    async fn open(&self, tenant: &TenantId) -> Result<(), DbError> {
+        let client = self.client()?;
+        let set_tenant = client.prepare_cached(SET_TENANT).await?;
+        let tenant = tenant.as_str();
+        let params: [&(dyn ToSql + Sync); 1] = [&tenant];
+        tokio::try_join!(
+            client.batch_execute("BEGIN"),
+            client.execute(&set_tenant, &params),
+        )?;
+        Ok(())
+    }
+
+    /// Commits on `Ok`, rolls back on `Err`, and returns `result` (or the
+    /// commit's error). A connection whose transaction could not be ended
+    /// cleanly is closed rather than reused.
+    pub(crate) async fn finish<T>(mut self, result: Result<T, DbError>) -> Result<T, DbError> {
+        let Some(client) = self.client.take() else {
+            return Err(DbError::Finished);
+        };
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        match client.batch_execute(end).await {
+            Ok(()) => result,
+            Err(error) => {
+                drop(Object::take(client));
+                result.and(Err(error.into()))
+            }
+        }
+    }
+
+    fn client(&self) -> Result<&Object, DbError> {
+        self.client.as_ref().ok_or(DbError::Finished)
+    }
+
+    pub(crate) async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, DbError> {
+        let client = self.client()?;
+        let statement = client.prepare_cached(sql).await?;
+        Ok(client.query(&statement, params).await?)
+    }
+
+    pub(crate) async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, DbError> {
+        let client = self.client()?;
+        let statement = client.prepare_cached(sql).await?;
+        Ok(client.query_opt(&statement, params).await?)
+    }
+
+    pub(crate) async fn query_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, DbError> {
+        let client = self.client()?;
+        let statement = client.prepare_cached(sql).await?;
+        Ok(client.query_one(&statement, params).await?)
+    }
+
+    pub(crate) async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, DbError> {
+        let client = self.client()?;
+        let statement = client.prepare_cached(sql).await?;
+        Ok(client.execute(&statement, params).await?)
+    }
+}
+
+/// `in_tenant!(pool, tenant, |scoped| { ... })`: runs the block (an async
+/// block returning `Result<T, DbError>`) in a transaction scoped
+/// to `tenant`, commits it on `Ok` and rolls it back on `Err`. A serialization
+/// failure or deadlock reruns the whole block (up to `MAX_ATTEMPTS` times).
+/// Evaluates to `Result<T, RegistryError>`.
+///
+/// A macro rather than a function taking a closure: an async closure that
+/// borrows its captures cannot be shown to be `Send` for every lifetime the
+/// `RegistryStore` futures need.
+macro_rules! in_tenant {
+    ($pool:expr, $tenant:expr, |$scoped:ident| $body:block) => {{
+        let mut attempt = 1usize;
+        loop {
+            let transaction = $crate::pg::scoped::Scoped::begin($pool, $tenant).await?;
+            let result: Result<_, $crate::pg::error::DbError> = {
+                let $scoped = &transaction;
+                async { $body }.await
+            };
+            match transaction.finish(result).await {
+                Err(e)
+                    if $crate::pg::error::is_retryable(&e)
+                        && attempt < $crate::pg::scoped::MAX_ATTEMPTS =>
+                {
+                    tracing::debug!(attempt, error = %e, "transaction rolled back by the server; running it again");
+                    attempt += 1;
+                }
+                other => break other.map_err($crate::pg::error::from_db),
+            }
+        }
+    }};
+}
+pub(crate) use in_tenant;

@@ -1,0 +1,589 @@
+//! `PgStore`: hub-core's `RegistryStore` on PostgreSQL; every query runs in a tenant-scoped transaction.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use deadpool_postgres::Pool;
+use hub_core::ports::{LeaseChange, ListPage, RegistryStore, Renewed, ServiceSnapshot, Upserted};
+use hub_core::{
+    ChangeContext, EventKind, HealthStatus, Heartbeat, Instance, InstanceId, LeaseState,
+    ListCursor, ListQuery, Registration, RegistryError, Revision, ServiceName, TenantId,
+};
+use serde_json::Value;
+use tokio_postgres::types::ToSql;
+
+use super::config::PgConfig;
+use super::error::DbError;
+use super::error::{from_pg, from_pool};
+use super::rows::{self, COLUMNS, revision_of, stored};
+use super::scoped::{Scoped, in_tenant};
+
+/// The registry store on PostgreSQL. Cheap to clone (the pool is shared).
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("status", &self.pool.status())
+            .finish()
+    }
+}
+
+/// The tenant's current revision (no row: it never changed anything).
+const REVISION: &str = "SELECT revision FROM tenant_state WHERE tenant_id = $1";
+
+/// One audit row: the change, its revision and the instance it concerns.
+struct Audit<'a> {
+    kind: EventKind,
+    revision: Revision,
+    instance: &'a Instance,
+}
+
+impl PgStore {
+    /// A store over a new pool (connections open on first use).
+    pub fn new(config: &PgConfig) -> Result<Self, RegistryError> {
+        Ok(Self {
+            pool: config.pool()?,
+        })
+    }
+
+    /// Tenants that have ever written, from `hub_tenants` (ids only, no tenant
+    /// data, no row-level security). The reaper visits each in its own
+    /// tenant-scoped transaction.
+    async fn known_tenants(&self) -> Result<Vec<TenantId>, RegistryError> {
+        let client = self.pool.get().await.map_err(from_pool)?;
+        let rows = client
+            .query("SELECT tenant_id FROM hub_tenants ORDER BY tenant_id", &[])
+            .await
+            .map_err(from_pg)?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get(0).map_err(from_pg)?;
+                TenantId::parse(id).map_err(|e| RegistryError::Unexpected(Box::new(e)))
+            })
+            .collect()
+    }
+}
+
+/// Takes the tenant's revision row lock and returns the current revision
+/// (zero for a tenant that never changed anything). Every changing
+/// transaction takes this lock first, so changes of one tenant are ordered
+/// and two transactions never wait on each other in opposite orders.
+async fn lock_revision(scoped: &Scoped, tenant: &TenantId) -> Result<i64, DbError> {
+    scoped
+        .execute(
+            "INSERT INTO tenant_state (tenant_id, revision) VALUES ($1, 0) ON CONFLICT (tenant_id) DO NOTHING",
+            &[&tenant.as_str()],
+        )
+        .await?;
+    let row = scoped
+        .query_one(
+            "SELECT revision FROM tenant_state WHERE tenant_id = $1 FOR UPDATE",
+            &[&tenant.as_str()],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+async fn set_revision(scoped: &Scoped, tenant: &TenantId, revision: i64) -> Result<(), DbError> {
+    scoped
+        .execute(
+            "UPDATE tenant_state SET revision = $2 WHERE tenant_id = $1",
+            &[&tenant.as_str(), &revision],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Writes the audit rows of changes, in the caller's transaction.
+async fn audit(
+    scoped: &Scoped,
+    tenant: &TenantId,
+    entries: &[Audit<'_>],
+    context: &ChangeContext,
+    at: DateTime<Utc>,
+) -> Result<(), DbError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let revisions: Vec<i64> = entries.iter().map(|e| stored(e.revision)).collect();
+    let kinds: Vec<&str> = entries.iter().map(|e| e.kind.as_str()).collect();
+    let services: Vec<&str> = entries
+        .iter()
+        .map(|e| e.instance.service_name().as_str())
+        .collect();
+    let instances: Vec<&str> = entries
+        .iter()
+        .map(|e| e.instance.instance_id().as_str())
+        .collect();
+    let payloads: Vec<Value> = entries.iter().map(|e| rows::payload(e.instance)).collect();
+    scoped
+        .execute(
+            "INSERT INTO coordination_history \
+                 (tenant_id, revision, event_type, service_name, instance_id, actor, request_id, occurred_at, payload) \
+             SELECT $1, u.revision, u.kind, u.service, u.instance, $7, $8, $9, u.payload \
+             FROM unnest($2::bigint[], $3::varchar[], $4::varchar[], $5::varchar[], $6::jsonb[]) \
+                 AS u(revision, kind, service, instance, payload)",
+            &[
+                &tenant.as_str(),
+                &revisions,
+                &kinds,
+                &services,
+                &instances,
+                &payloads,
+                &context.actor(),
+                &context.request_id(),
+                &at,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+fn instances(
+    tenant: &TenantId,
+    rows: &[tokio_postgres::Row],
+) -> Result<Vec<Instance>, RegistryError> {
+    rows.iter().map(|row| rows::instance(tenant, row)).collect()
+}
+
+#[async_trait]
+impl RegistryStore for PgStore {
+    async fn upsert(
+        &self,
+        tenant: &TenantId,
+        registration: Registration,
+        now: DateTime<Utc>,
+        context: &ChangeContext,
+    ) -> Result<Upserted, RegistryError> {
+        let lease = now + Duration::seconds(i64::from(registration.ttl_seconds()));
+        let metadata = Value::Object(registration.metadata().clone());
+        let registration = &registration;
+        let (registered_at, created, revision) = in_tenant!(&self.pool, tenant, |scoped| {
+            let revision = lock_revision(scoped, tenant).await? + 1;
+            scoped
+                .execute(
+                    "INSERT INTO hub_tenants (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                    &[&tenant.as_str()],
+                )
+                .await?;
+            let row = scoped
+                .query_one(
+                    "INSERT INTO service_registry (tenant_id, service_name, instance_id, host, port, \
+                         protocol, health_endpoint, version, tags, metadata, ttl_seconds, status, \
+                         registered_at, last_heartbeat, lease_expires_at, revision) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'passing', $12, $12, $13, $14) \
+                     ON CONFLICT (tenant_id, service_name, instance_id) DO UPDATE SET \
+                         host = EXCLUDED.host, port = EXCLUDED.port, protocol = EXCLUDED.protocol, \
+                         health_endpoint = EXCLUDED.health_endpoint, version = EXCLUDED.version, \
+                         tags = EXCLUDED.tags, metadata = EXCLUDED.metadata, \
+                         ttl_seconds = EXCLUDED.ttl_seconds, status = 'passing', \
+                         last_heartbeat = EXCLUDED.last_heartbeat, \
+                         lease_expires_at = EXCLUDED.lease_expires_at, revision = EXCLUDED.revision \
+                     RETURNING registered_at, (xmax = 0) AS created",
+                    &[
+                        &tenant.as_str(),
+                        &registration.service_name().as_str(),
+                        &registration.instance_id().as_str(),
+                        &registration.host().as_str(),
+                        &i32::from(registration.port()),
+                        &registration.protocol().as_str(),
+                        &registration.health_endpoint(),
+                        &registration.version(),
+                        &registration.tags(),
+                        &metadata,
+                        &i32::try_from(registration.ttl_seconds()).unwrap_or(i32::MAX),
+                        &now,
+                        &lease,
+                        &revision,
+                    ],
+                )
+                .await?;
+            set_revision(scoped, tenant, revision).await?;
+            let registered_at: DateTime<Utc> = row.try_get(0)?;
+            let created: bool = row.try_get(1)?;
+            let kind = if created {
+                EventKind::Registered
+            } else {
+                EventKind::Updated
+            };
+            scoped
+                .execute(
+                    "INSERT INTO coordination_history (tenant_id, revision, event_type, service_name, \
+                         instance_id, actor, request_id, occurred_at, payload) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    &[
+                        &tenant.as_str(),
+                        &revision,
+                        &kind.as_str(),
+                        &registration.service_name().as_str(),
+                        &registration.instance_id().as_str(),
+                        &context.actor(),
+                        &context.request_id(),
+                        &now,
+                        &rows::registration_payload(registration, HealthStatus::Passing, lease),
+                    ],
+                )
+                .await?;
+            Ok((registered_at, created, revision))
+        })?;
+        let instance = Instance::registered(
+            tenant.clone(),
+            registration.clone(),
+            now,
+            Some(registered_at),
+            revision_of(revision)?,
+        );
+        Ok(Upserted { instance, created })
+    }
+
+    async fn service(
+        &self,
+        tenant: &TenantId,
+        service: &ServiceName,
+    ) -> Result<ServiceSnapshot, RegistryError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM service_registry \
+             WHERE tenant_id = $1 AND service_name = $2 ORDER BY instance_id"
+        );
+        let (rows, revision) = in_tenant!(&self.pool, tenant, |scoped| {
+            // Both statements go out together (tokio-postgres pipelines
+            // queries that are awaited at the same time).
+            let (t, s) = (tenant.as_str(), service.as_str());
+            let instance_params: [&(dyn ToSql + Sync); 2] = [&t, &s];
+            let revision_params: [&(dyn ToSql + Sync); 1] = [&t];
+            let (rows, revision) = tokio::try_join!(
+                scoped.query(&sql, &instance_params),
+                scoped.query_opt(REVISION, &revision_params),
+            )?;
+            let revision: i64 = match revision {
+                Some(row) => row.try_get(0)?,
+                None => 0,
+            };
+            Ok((rows, revision))
+        })?;
+        Ok(ServiceSnapshot {
+            instances: instances(tenant, &rows)?,
+            revision: revision_of(revision)?,
+        })
+    }
+
+    async fn list(&self, tenant: &TenantId, query: &ListQuery) -> Result<ListPage, RegistryError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM service_registry \
+             WHERE tenant_id = $1 \
+               AND ($2::varchar IS NULL OR service_name = $2) \
+               AND (cardinality($3::text[]) = 0 OR tags @> $3) \
+               AND ($4::varchar IS NULL OR status = $4) \
+               AND ($5::varchar IS NULL OR (service_name, instance_id) > \
+                    ($5::varchar COLLATE \"C\", $6::varchar COLLATE \"C\")) \
+             ORDER BY service_name, instance_id \
+             LIMIT $7"
+        );
+        let after = query.after();
+        // One more than the page, to know whether another page follows.
+        let fetch = i64::try_from(query.limit()).unwrap_or(i64::MAX - 1) + 1;
+        let (rows, revision) = in_tenant!(&self.pool, tenant, |scoped| {
+            let t = tenant.as_str();
+            let service = query.service_name().map(ServiceName::as_str);
+            let status = query.status().map(HealthStatus::as_str);
+            let after_service = after.map(|c| c.service_name().as_str());
+            let after_instance = after.map(|c| c.instance_id().as_str());
+            let tags = query.tags();
+            let list_params: [&(dyn ToSql + Sync); 7] = [
+                &t,
+                &service,
+                &tags,
+                &status,
+                &after_service,
+                &after_instance,
+                &fetch,
+            ];
+            let revision_params: [&(dyn ToSql + Sync); 1] = [&t];
+            let (rows, revision) = tokio::try_join!(
+                scoped.query(&sql, &list_params),
+                scoped.query_opt(REVISION, &revision_params),
+            )?;
+            let revision: i64 = match revision {
+                Some(row) => row.try_get(0)?,
+                None => 0,
+            };
+            Ok((rows, revision))
+        })?;
+        let mut instances = instances(tenant, &rows)?;
+        let next = if instances.len() > query.limit() {
+            instances.truncate(query.limit());
+            instances
+                .last()
+                .map(|l| ListCursor::after(l.service_name().clone(), l.instance_id().clone()))
+        } else {
+            None
+        };
+        Ok(ListPage {
+            instances,
+            next,
+            revision: revision_of(revision)?,
+        })
+    }
+
+    async fn remove(
+        &self,
+        tenant: &TenantId,
+        service: &ServiceName,
+        instance: Option<&InstanceId>,
+        context: &ChangeContext,
+    ) -> Result<Vec<Instance>, RegistryError> {
+        let now = chrono::Utc::now();
+        let sql = format!(
+            "DELETE FROM service_registry \
+             WHERE tenant_id = $1 AND service_name = $2 AND ($3::varchar IS NULL OR instance_id = $3) \
+             RETURNING {COLUMNS}"
+        );
+        in_tenant!(&self.pool, tenant, |scoped| {
+            let base = lock_revision(scoped, tenant).await?;
+            let rows = scoped
+                .query(
+                    &sql,
+                    &[
+                        &tenant.as_str(),
+                        &service.as_str(),
+                        &instance.map(InstanceId::as_str),
+                    ],
+                )
+                .await?;
+            let mut removed = instances(tenant, &rows)?;
+            removed.sort_by(|a, b| a.instance_id().cmp(b.instance_id()));
+            let mut revision = base;
+            let mut stamped = Vec::with_capacity(removed.len());
+            for instance in &removed {
+                revision += 1;
+                stamped.push(instance.with_revision(Revision::new(revision.unsigned_abs())));
+            }
+            if !stamped.is_empty() {
+                set_revision(scoped, tenant, revision).await?;
+                let entries: Vec<Audit<'_>> = stamped
+                    .iter()
+                    .map(|i| Audit {
+                        kind: EventKind::Deregistered,
+                        revision: i.revision(),
+                        instance: i,
+                    })
+                    .collect();
+                audit(scoped, tenant, &entries, context, now).await?;
+            }
+            Ok(stamped)
+        })
+    }
+
+    async fn renew(
+        &self,
+        tenant: &TenantId,
+        service: &ServiceName,
+        instance: &InstanceId,
+        heartbeat: &Heartbeat,
+        now: DateTime<Utc>,
+        context: &ChangeContext,
+    ) -> Result<Renewed, RegistryError> {
+        let status = heartbeat.status().as_str();
+        let renew_sql = format!(
+            "UPDATE service_registry \
+             SET last_heartbeat = $4, lease_expires_at = $4::timestamptz + make_interval(secs => ttl_seconds) \
+             WHERE tenant_id = $1 AND service_name = $2 AND instance_id = $3 AND status = $5 \
+             RETURNING {COLUMNS}"
+        );
+        let change_sql = format!(
+            "UPDATE service_registry \
+             SET last_heartbeat = $4, lease_expires_at = $4::timestamptz + make_interval(secs => ttl_seconds), \
+                 status = $5, revision = $6 \
+             WHERE tenant_id = $1 AND service_name = $2 AND instance_id = $3 \
+             RETURNING {COLUMNS}"
+        );
+        let keys: [&(dyn ToSql + Sync); 5] = [
+            &tenant.as_str(),
+            &service.as_str(),
+            &instance.as_str(),
+            &now,
+            &status,
+        ];
+        let outcome = in_tenant!(&self.pool, tenant, |scoped| {
+            // Fast path: the status does not change, so this is no registry
+            // change (no revision, no audit row), only a lease renewal.
+            let (row, previous) = match scoped.query_opt(&renew_sql, &keys).await? {
+                Some(row) => (row, heartbeat.status()),
+                None => {
+                    let base = lock_revision(scoped, tenant).await?;
+                    let current = scoped
+                        .query_opt(
+                            "SELECT status FROM service_registry \
+                             WHERE tenant_id = $1 AND service_name = $2 AND instance_id = $3 FOR UPDATE",
+                            &keys[..3],
+                        )
+                        .await?;
+                    let Some(current) = current else {
+                        return Ok(None);
+                    };
+                    let previous: String = current.try_get(0)?;
+                    let revision = base + 1;
+                    let row = scoped
+                        .query_one(
+                            &change_sql,
+                            &[keys[0], keys[1], keys[2], keys[3], keys[4], &revision],
+                        )
+                        .await?;
+                    set_revision(scoped, tenant, revision).await?;
+                    let previous = previous.parse().unwrap_or(HealthStatus::Critical);
+                    (row, previous)
+                }
+            };
+            if let Some(m) = heartbeat.metrics() {
+                scoped
+                    .execute(
+                        "INSERT INTO health_metrics (tenant_id, service_name, instance_id, status, \
+                             response_time_ms, cpu_usage, memory_usage, error_rate, recorded_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                        &[
+                            &tenant.as_str(),
+                            &service.as_str(),
+                            &instance.as_str(),
+                            &status,
+                            &m.response_time_ms(),
+                            &m.cpu_usage(),
+                            &m.memory_usage(),
+                            &m.error_rate(),
+                            &now,
+                        ],
+                    )
+                    .await?;
+            }
+            let renewed = rows::instance(tenant, &row)?;
+            if previous != renewed.status() {
+                let entry = Audit {
+                    kind: EventKind::StatusChanged,
+                    revision: renewed.revision(),
+                    instance: &renewed,
+                };
+                audit(scoped, tenant, &[entry], context, now).await?;
+            }
+            Ok(Some(Renewed {
+                instance: renewed,
+                previous_status: previous,
+            }))
+        })?;
+        outcome.ok_or_else(|| {
+            RegistryError::not_found(format!("instance '{instance}' of service '{service}'"))
+        })
+    }
+
+    async fn expire_leases(&self, now: DateTime<Utc>) -> Result<Vec<LeaseChange>, RegistryError> {
+        let candidates_sql = format!(
+            "SELECT {COLUMNS} FROM service_registry \
+             WHERE tenant_id = $1 AND lease_expires_at <= $2 \
+             ORDER BY service_name, instance_id FOR UPDATE"
+        );
+        let context = ChangeContext::reaper();
+        let mut changes = Vec::new();
+        for tenant in self.known_tenants().await? {
+            let tenant = &tenant;
+            let outcome = in_tenant!(&self.pool, tenant, |scoped| {
+                // Cheap check first: most passes find nothing to do, and
+                // then take no lock.
+                let due = scoped
+                    .query_opt(
+                        "SELECT 1 FROM service_registry WHERE tenant_id = $1 AND lease_expires_at <= $2 \
+                         AND (status <> 'critical' \
+                              OR lease_expires_at + make_interval(secs => ttl_seconds * 3) <= $2) LIMIT 1",
+                        &[&tenant.as_str(), &now],
+                    )
+                    .await?;
+                if due.is_none() {
+                    return Ok(Vec::new());
+                }
+                let mut revision = lock_revision(scoped, tenant).await?;
+                // Rows are re-read under their row locks: a heartbeat that
+                // committed meanwhile has moved its lease and is no longer
+                // selected (the heartbeat wins).
+                let rows = scoped
+                    .query(&candidates_sql, &[&tenant.as_str(), &now])
+                    .await?;
+                let found = instances(tenant, &rows)?;
+                let mut tenant_changes = Vec::new();
+                for instance in found {
+                    match instance.lease_state(now) {
+                        LeaseState::Alive => {}
+                        LeaseState::Expired if instance.status() == HealthStatus::Critical => {}
+                        LeaseState::Expired => {
+                            revision += 1;
+                            scoped
+                                .execute(
+                                    "UPDATE service_registry SET status = 'critical', revision = $4 \
+                                     WHERE tenant_id = $1 AND service_name = $2 AND instance_id = $3",
+                                    &[
+                                        &tenant.as_str(),
+                                        &instance.service_name().as_str(),
+                                        &instance.instance_id().as_str(),
+                                        &revision,
+                                    ],
+                                )
+                                .await?;
+                            let previous_status = instance.status();
+                            let updated = instance
+                                .with_status(HealthStatus::Critical)
+                                .with_revision(Revision::new(revision.unsigned_abs()));
+                            tenant_changes.push(LeaseChange::Expired {
+                                instance: updated,
+                                previous_status,
+                            });
+                        }
+                        LeaseState::Dead => {
+                            revision += 1;
+                            scoped
+                                .execute(
+                                    "DELETE FROM service_registry \
+                                     WHERE tenant_id = $1 AND service_name = $2 AND instance_id = $3",
+                                    &[
+                                        &tenant.as_str(),
+                                        &instance.service_name().as_str(),
+                                        &instance.instance_id().as_str(),
+                                    ],
+                                )
+                                .await?;
+                            tenant_changes.push(LeaseChange::Removed(
+                                instance.with_revision(Revision::new(revision.unsigned_abs())),
+                            ));
+                        }
+                    }
+                }
+                if !tenant_changes.is_empty() {
+                    set_revision(scoped, tenant, revision).await?;
+                    let entries: Vec<Audit<'_>> = tenant_changes
+                        .iter()
+                        .map(|c| match c {
+                            LeaseChange::Expired { instance, .. } => Audit {
+                                kind: EventKind::StatusChanged,
+                                revision: instance.revision(),
+                                instance,
+                            },
+                            LeaseChange::Removed(instance) => Audit {
+                                kind: EventKind::Expired,
+                                revision: instance.revision(),
+                                instance,
+                            },
+                        })
+                        .collect();
+                    audit(scoped, tenant, &entries, &context, now).await?;
+                }
+                Ok(tenant_changes)
+            });
+            changes.extend(outcome?);
+        }
+        Ok(changes)
+    }
+
+    async fn check(&self) -> Result<(), RegistryError> {
+        let client = self.pool.get().await.map_err(from_pool)?;
+        client.simple_query("SELECT 1").await.map_err(from_pg)?;
+        Ok(())
+    }
+}

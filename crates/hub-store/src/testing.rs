@@ -1,0 +1,165 @@
+//! Test support: a fresh database per test, migrated by a non-superuser owner and used by a non-superuser application role.
+//!
+//! The machine's PostgreSQL is shared by every test run, so everything made
+//! here carries a random id and is dropped afterwards; nothing else is
+//! touched. The superuser connection only creates and drops the database and
+//! roles: tests never reach the tables under test as a superuser (it would
+//! bypass row-level security and prove nothing).
+
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+
+use crate::pg::{PgConfig, migrate};
+
+/// Where the administrative connection goes, overridable with
+/// `HUB_TEST_PG_ADMIN` (a libpq key-value string).
+const DEFAULT_ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
+
+/// A database made for one test.
+#[derive(Debug)]
+pub struct TestDb {
+    /// Database name (`hub_test_<id>`).
+    pub name: String,
+    /// The table owner's login (ran the migrations; bound by FORCE).
+    pub owner: PgConfig,
+    /// The application's login: a member of `central_hub_app`, nothing more.
+    pub app: PgConfig,
+    admin: String,
+}
+
+async fn admin_client(admin: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = admin
+        .parse::<tokio_postgres::Config>()?
+        .connect(NoTls)
+        .await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+impl TestDb {
+    /// Makes a migrated database, or `None` when PostgreSQL cannot be
+    /// reached outside CI (said loudly on stderr). With `CI=true` an
+    /// unreachable PostgreSQL is a test failure, never a silent skip.
+    pub async fn create() -> Option<Self> {
+        let admin = std::env::var("HUB_TEST_PG_ADMIN").unwrap_or_else(|_| DEFAULT_ADMIN.to_owned());
+        let client = match admin_client(&admin).await {
+            Ok(c) => c,
+            Err(e) => {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "PostgreSQL is not reachable at {admin:?} and CI=true: {e}"
+                );
+                #[allow(clippy::print_stderr)]
+                {
+                    eprintln!(
+                        "SKIPPED: PostgreSQL not reachable at {admin:?} ({e}); set CI=true to fail instead"
+                    );
+                }
+                return None;
+            }
+        };
+        Some(Self::create_with(&client, admin).await)
+    }
+
+    async fn create_with(client: &tokio_postgres::Client, admin: String) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let name = format!("hub_test_{id}");
+        let owner = format!("hubt_{id}_owner");
+        let app = format!("hubt_{id}_app");
+        client
+            .batch_execute(&format!(
+                "DO $$ BEGIN
+                     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN
+                         CREATE ROLE {role} NOLOGIN;
+                     END IF;
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+                 END $$;
+                 CREATE ROLE {owner} LOGIN;
+                 CREATE ROLE {app} LOGIN;
+                 GRANT {role} TO {app};",
+                role = migrate::APP_ROLE
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("creating test roles: {e}"));
+        client
+            .batch_execute(&format!("CREATE DATABASE {name} OWNER {owner}"))
+            .await
+            .unwrap_or_else(|e| panic!("creating test database: {e}"));
+        let base = admin.parse::<tokio_postgres::Config>().unwrap_or_default();
+        let host = base
+            .get_hostaddrs()
+            .first()
+            .map(ToString::to_string)
+            .or_else(|| {
+                base.get_hosts().first().and_then(|h| match h {
+                    tokio_postgres::config::Host::Tcp(h) => Some(h.clone()),
+                    #[allow(unreachable_patterns)]
+                    _ => None,
+                })
+            })
+            .unwrap_or_else(|| "127.0.0.1".to_owned());
+        let port = base.get_ports().first().copied().unwrap_or(5432);
+        let config = |user: &str| PgConfig {
+            port,
+            dbname: name.clone(),
+            user: user.to_owned(),
+            pool_size: 4,
+            statement_timeout: Duration::from_secs(5),
+            ..PgConfig::new(host.clone())
+        };
+        let db = Self {
+            owner: config(&owner),
+            app: config(&app),
+            name,
+            admin,
+        };
+        migrate::run(&db.owner)
+            .await
+            .unwrap_or_else(|e| panic!("migrating test database: {e:?}"));
+        db
+    }
+
+    /// A raw connection as `config`'s role, for SQL-level tests.
+    pub async fn connect(config: &PgConfig) -> tokio_postgres::Client {
+        let (client, connection) = config
+            .connection()
+            .connect(NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connecting as {}: {e}", config.user));
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+}
+
+impl Drop for TestDb {
+    /// Drops the database and its two roles (best effort, on a thread of its
+    /// own because the test's runtime may be shutting down).
+    fn drop(&mut self) {
+        let admin = self.admin.clone();
+        let statements = format!(
+            "DROP DATABASE IF EXISTS {db} WITH (FORCE); DROP ROLE IF EXISTS {owner}; DROP ROLE IF EXISTS {app};",
+            db = self.name,
+            owner = self.owner.user,
+            app = self.app.user
+        );
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(client) = admin_client(&admin).await {
+                    let _ = client.batch_execute(&statements).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
