@@ -5,6 +5,8 @@
 #![allow(clippy::print_stderr)]
 
 mod bench;
+mod migrate;
+mod seed;
 mod test;
 
 use std::path::PathBuf;
@@ -16,6 +18,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   test     fmt check, clippy -D warnings, layering check, cargo test --workspace
+  migrate  apply the SQL migrations to the database of POSTGRES_* (see --help of it)
+  seed     load the demo data set (three tenants, a dozen services each)
   bench    start a release hub-server and drive it over loopback; prints medians of 3 runs";
 
 fn main() -> anyhow::Result<()> {
@@ -23,6 +27,8 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("migrate") => migrate::run(&args[1..]),
+        Some("seed") => seed::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             eprintln!("{USAGE}");
             Ok(())

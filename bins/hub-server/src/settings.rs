@@ -18,6 +18,38 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Lease reaper.
     pub leases: LeaseSettings,
+    /// PostgreSQL, the source of truth (absent host = embedded mode).
+    pub postgres: PostgresSettings,
+}
+
+/// PostgreSQL settings (`POSTGRES_*` of the deployment guide, plus `HUB_PG_*`).
+#[derive(Debug, Deserialize)]
+pub struct PostgresSettings {
+    /// `POSTGRES_HOST`; unset or empty runs the embedded in-memory store.
+    pub host: Option<String>,
+    /// `POSTGRES_PORT`.
+    pub port: u16,
+    /// `POSTGRES_DB`.
+    pub db: String,
+    /// `POSTGRES_USER`: the login the server acts as; must not be a superuser
+    /// nor have BYPASSRLS.
+    pub user: String,
+    /// `POSTGRES_PASSWORD`.
+    pub password: Option<SecretString>,
+    /// `HUB_PG_POOL_SIZE`: connections in the pool.
+    pub pool_size: usize,
+    /// `HUB_PG_STATEMENT_TIMEOUT_MS`: longest statement and longest wait for a
+    /// connection; beyond it requests get 503 `store_unavailable`.
+    pub statement_timeout_ms: u64,
+    /// `HUB_MIGRATE_ON_START=true` applies pending migrations at start (the
+    /// server's role then needs to own the schema: development setups).
+    pub migrate_on_start: bool,
+    /// `HUB_ALLOW_RLS_BYPASS=true` lets the server start as a superuser or
+    /// BYPASSRLS role (development only; warned at every start).
+    pub allow_rls_bypass: bool,
+    /// `HUB_PG_STARTUP_TIMEOUT_SECS`: how long start-up keeps retrying an
+    /// unreachable database before giving up.
+    pub startup_timeout_secs: u64,
 }
 
 /// HTTP listener settings.
@@ -66,7 +98,23 @@ pub struct LeaseSettings {
 
 /// Environment variables and the settings keys they set. The names are those
 /// of the original deployment guide, honoured exactly.
-const ENV_KEYS: [(&str, &str); 6] = [
+const ENV_KEYS: [(&str, &str); 16] = [
+    ("POSTGRES_HOST", "postgres.host"),
+    ("POSTGRES_PORT", "postgres.port"),
+    ("POSTGRES_DB", "postgres.db"),
+    ("POSTGRES_USER", "postgres.user"),
+    ("POSTGRES_PASSWORD", "postgres.password"),
+    ("HUB_PG_POOL_SIZE", "postgres.pool_size"),
+    (
+        "HUB_PG_STATEMENT_TIMEOUT_MS",
+        "postgres.statement_timeout_ms",
+    ),
+    ("HUB_MIGRATE_ON_START", "postgres.migrate_on_start"),
+    ("HUB_ALLOW_RLS_BYPASS", "postgres.allow_rls_bypass"),
+    (
+        "HUB_PG_STARTUP_TIMEOUT_SECS",
+        "postgres.startup_timeout_secs",
+    ),
     ("HUB_BIND", "server.bind"),
     ("HUB_LOG_FORMAT", "log.format"),
     ("CENTRAL_HUB_API_KEYS", "auth.api_keys"),
@@ -78,12 +126,7 @@ const ENV_KEYS: [(&str, &str); 6] = [
 /// Backend variables of DESIGN.md that this build cannot honour yet. Starting
 /// in embedded mode while one is set would silently drop data the operator
 /// expects to be durable, so the server refuses instead.
-const UNSUPPORTED_BACKENDS: [&str; 4] = [
-    "POSTGRES_HOST",
-    "DRAGONFLY_HOST",
-    "NATS_URL",
-    "KAFKA_BROKERS",
-];
+const UNSUPPORTED_BACKENDS: [&str; 3] = ["DRAGONFLY_HOST", "NATS_URL", "KAFKA_BROKERS"];
 
 impl Settings {
     /// Builds settings from built-in defaults, then the TOML file named by
@@ -95,7 +138,7 @@ impl Settings {
             .find(|name| env.get(**name).is_some_and(|v| !v.is_empty()))
         {
             return Err(ConfigError::Message(format!(
-                "{name} is set, but this build only has the embedded (in-memory) mode; unset {name} to run embedded"
+                "{name} is set, but this build has no adapter for that backend yet; unset {name}"
             )));
         }
         let mut builder = Config::builder()
@@ -104,7 +147,15 @@ impl Settings {
             .set_default("log.format", "text")?
             .set_default("auth.disabled", false)?
             .set_default("auth.api_keys", "")?
-            .set_default("leases.reap_interval_ms", 1000)?;
+            .set_default("leases.reap_interval_ms", 1000)?
+            .set_default("postgres.port", 5432)?
+            .set_default("postgres.db", "central_hub")?
+            .set_default("postgres.user", "central_hub")?
+            .set_default("postgres.pool_size", 16)?
+            .set_default("postgres.statement_timeout_ms", 5000)?
+            .set_default("postgres.migrate_on_start", false)?
+            .set_default("postgres.allow_rls_bypass", false)?
+            .set_default("postgres.startup_timeout_secs", 60)?;
         if let Some(path) = env.get("HUB_CONFIG").filter(|p| !p.is_empty()) {
             builder = builder.add_source(File::new(path, FileFormat::Toml).required(true));
         }
@@ -114,6 +165,11 @@ impl Settings {
             }
         }
         let settings: Settings = builder.build()?.try_deserialize()?;
+        if settings.postgres.pool_size == 0 || settings.postgres.statement_timeout_ms == 0 {
+            return Err(ConfigError::Message(
+                "HUB_PG_POOL_SIZE and HUB_PG_STATEMENT_TIMEOUT_MS must be at least 1".into(),
+            ));
+        }
         if settings.leases.reap_interval_ms == 0 {
             return Err(ConfigError::Message(
                 "leases.reap_interval_ms (HUB_REAP_INTERVAL_MS) must be at least 1".into(),
@@ -194,8 +250,31 @@ mod tests {
 
     #[test]
     fn backends_not_yet_built_are_refused_not_ignored() {
-        let err = Settings::load(&env(&[("POSTGRES_HOST", "db")])).unwrap_err();
-        assert!(err.to_string().contains("POSTGRES_HOST"));
+        let err = Settings::load(&env(&[("NATS_URL", "nats://x")])).unwrap_err();
+        assert!(err.to_string().contains("NATS_URL"));
+    }
+
+    #[test]
+    fn postgres_variables_of_the_guide() {
+        let s = Settings::load(&env(&[])).unwrap();
+        assert_eq!(s.postgres.host, None);
+        let s = Settings::load(&env(&[
+            ("POSTGRES_HOST", "db.internal"),
+            ("POSTGRES_PORT", "6543"),
+            ("POSTGRES_DB", "hub"),
+            ("POSTGRES_USER", "hub_app"),
+            ("POSTGRES_PASSWORD", "pw-secret"),
+            ("HUB_MIGRATE_ON_START", "true"),
+        ]))
+        .unwrap();
+        assert_eq!(s.postgres.host.as_deref(), Some("db.internal"));
+        assert_eq!(s.postgres.port, 6543);
+        assert_eq!(s.postgres.db, "hub");
+        assert_eq!(s.postgres.user, "hub_app");
+        assert!(s.postgres.migrate_on_start);
+        assert!(!s.postgres.allow_rls_bypass);
+        assert!(!format!("{s:?}").contains("pw-secret"));
+        assert!(Settings::load(&env(&[("POSTGRES_PORT", "99999")])).is_err());
     }
 
     #[test]

@@ -6,15 +6,17 @@ use std::time::Duration;
 
 use actix_web::HttpServer;
 use actix_web::dev::{Server, ServerHandle};
-use hub_core::Registry;
 use hub_core::memory::{InProcessBus, MemoryStore, SystemClock};
-use hub_core::ports::Clock;
+use hub_core::ports::{Clock, RegistryStore};
+use hub_core::{Registry, RegistryError};
 use hub_http::{ApiKeys, Auth, HttpDeps};
+use hub_store::pg::migrate;
+use hub_store::{PgConfig, PgStore};
 use secrecy::ExposeSecret;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::settings::Settings;
+use crate::settings::{PostgresSettings, Settings};
 
 /// A built, bound, not yet running server.
 pub struct Application {
@@ -78,6 +80,95 @@ fn build_auth(settings: &Settings) -> anyhow::Result<Auth> {
     Ok(Auth::Keys(keys))
 }
 
+/// The PostgreSQL settings as the store takes them.
+fn pg_config(host: &str, s: &PostgresSettings) -> PgConfig {
+    PgConfig {
+        port: s.port,
+        dbname: s.db.clone(),
+        user: s.user.clone(),
+        password: s.password.as_ref().map(|p| p.expose_secret().to_owned()),
+        pool_size: s.pool_size,
+        statement_timeout: Duration::from_millis(s.statement_timeout_ms),
+        ..PgConfig::new(host)
+    }
+}
+
+/// The registry store: PostgreSQL when `POSTGRES_HOST` is set, memory
+/// otherwise. An unreachable database is retried with backoff for
+/// `HUB_PG_STARTUP_TIMEOUT_SECS`; a role that bypasses row-level security is
+/// refused unless explicitly allowed.
+async fn build_store(settings: &PostgresSettings) -> anyhow::Result<Arc<dyn RegistryStore>> {
+    let Some(host) = settings.host.as_deref().filter(|h| !h.is_empty()) else {
+        tracing::info!(
+            "embedded mode: in-memory registry and in-process event bus; nothing is persisted across restarts"
+        );
+        return Ok(Arc::new(MemoryStore::new()));
+    };
+    let config = pg_config(host, settings);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(settings.startup_timeout_secs);
+    let mut delay = Duration::from_millis(250);
+    let check = loop {
+        match migrate::role_check(&config).await {
+            Ok(check) => break check,
+            Err(RegistryError::Unavailable { source, .. })
+                if tokio::time::Instant::now() + delay < deadline =>
+            {
+                tracing::warn!(host, port = config.port, error = %source, retry_in_ms = delay.as_millis() as u64, "PostgreSQL not reachable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => anyhow::bail!(
+                "PostgreSQL at {host}:{} (database {}, user {}) is not usable: {error:?}",
+                config.port,
+                config.dbname,
+                config.user
+            ),
+        }
+    };
+    if check.bypasses_rls() {
+        let why = if check.superuser {
+            "a superuser"
+        } else {
+            "a role with BYPASSRLS"
+        };
+        if settings.allow_rls_bypass {
+            tracing::warn!(
+                role = %check.role,
+                "HUB_ALLOW_RLS_BYPASS=true: connected as {why}, which ignores row-level security; tenant isolation then rests on application code alone. Development only."
+            );
+        } else {
+            anyhow::bail!(
+                "refusing to start: POSTGRES_USER {:?} is {why}, which ignores row-level security, so tenants would not be isolated by the database. Connect as a login that is a member of the {} role and neither superuser nor BYPASSRLS (`cargo xtask migrate --app-user NAME` creates one), or set HUB_ALLOW_RLS_BYPASS=true for development.",
+                check.role,
+                migrate::APP_ROLE
+            );
+        }
+    }
+    if settings.migrate_on_start {
+        let applied = migrate::run(&config)
+            .await
+            .map_err(|e| anyhow::anyhow!("migrating at start failed: {e:?}"))?;
+        tracing::info!(
+            ?applied,
+            "migrations applied at start (HUB_MIGRATE_ON_START)"
+        );
+    } else if !check.schema_ready {
+        anyhow::bail!(
+            "the database {} has no registry tables: run `cargo xtask migrate` or set HUB_MIGRATE_ON_START=true",
+            config.dbname
+        );
+    }
+    tracing::info!(
+        host,
+        port = config.port,
+        database = %config.dbname,
+        user = %config.user,
+        pool_size = config.pool_size,
+        "postgres mode: the registry is stored in PostgreSQL with row-level security"
+    );
+    Ok(Arc::new(PgStore::new(&config)?))
+}
+
 /// Runs lease expiry every `interval` until told to stop. A failed pass is
 /// logged and retried at the next tick: expiry is idempotent.
 async fn reap_leases(registry: Registry, interval: Duration, mut stop: watch::Receiver<bool>) {
@@ -111,11 +202,9 @@ impl Application {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
         let auth = build_auth(&settings)?;
-        tracing::info!(
-            "embedded mode: in-memory registry and in-process event bus; nothing is persisted across restarts"
-        );
+        let store = build_store(&settings.postgres).await?;
         let bus = InProcessBus::new();
-        let registry = Registry::new(Arc::new(MemoryStore::new()), Arc::new(bus.clone()), clock);
+        let registry = Registry::new(store, Arc::new(bus.clone()), clock);
 
         let listener = TcpListener::bind(&settings.server.bind)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.server.bind))?;

@@ -3,13 +3,16 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{BOUND_KEY, OPERATOR_KEY, assert_error, spawn_app, spawn_app_with};
+use crate::support::{
+    BOUND_KEY, Backend, OPERATOR_KEY, assert_error, on_both_backends, spawn_app, spawn_app_with,
+};
 
 const SERVICES: &str = "/api/v1/discovery/services";
 
-#[tokio::test]
-async fn missing_and_unknown_keys_are_401_with_www_authenticate() {
-    let app = spawn_app().await;
+async fn missing_and_unknown_keys_are_401_with_www_authenticate(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let r = app.client.get(app.url(SERVICES)).send().await.unwrap();
     assert_eq!(r.headers()["www-authenticate"], "ApiKey");
     assert_eq!(r.headers()["x-tenant-id"], "system");
@@ -43,9 +46,10 @@ async fn missing_and_unknown_keys_are_401_with_www_authenticate() {
     assert!(app.list_ids("system").await.is_empty());
 }
 
-#[tokio::test]
-async fn bound_key_is_limited_to_its_tenants() {
-    let app = spawn_app().await;
+async fn bound_key_is_limited_to_its_tenants(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let bound = |tenant: Option<&str>| {
         let mut r = app
             .client
@@ -82,9 +86,10 @@ async fn bound_key_is_limited_to_its_tenants() {
     assert_eq!(r.status(), StatusCode::CREATED);
 }
 
-#[tokio::test]
-async fn operator_key_acts_for_any_tenant_and_defaults_to_system() {
-    let app = spawn_app().await;
+async fn operator_key_acts_for_any_tenant_and_defaults_to_system(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     for tenant in ["tenant1", "tenant2", "another_one-9"] {
         app.register_ok(tenant, "svc", "i1").await;
         assert_eq!(app.list_ids(tenant).await.len(), 1);
@@ -105,9 +110,10 @@ async fn operator_key_acts_for_any_tenant_and_defaults_to_system() {
     );
 }
 
-#[tokio::test]
-async fn public_paths_need_no_key() {
-    let app = spawn_app().await;
+async fn public_paths_need_no_key(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let r = app.client.get(app.url("/health")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
@@ -136,9 +142,10 @@ async fn public_paths_need_no_key() {
     assert_eq!(r.status(), StatusCode::OK);
 }
 
-#[tokio::test]
-async fn disable_auth_opens_everything() {
-    let app = spawn_app_with(&[("DISABLE_AUTH", "true")], None).await;
+async fn disable_auth_opens_everything(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, &[("DISABLE_AUTH", "true")], None).await else {
+        return;
+    };
     let r = app
         .client
         .post(app.url("/api/v1/discovery/register"))
@@ -169,9 +176,10 @@ async fn disable_auth_opens_everything() {
     assert_eq!(r.status(), StatusCode::OK);
 }
 
-#[tokio::test]
-async fn request_ids_are_echoed_when_sane_and_generated_otherwise() {
-    let app = spawn_app().await;
+async fn request_ids_are_echoed_when_sane_and_generated_otherwise(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let r = app
         .client
         .get(app.url("/health"))
@@ -196,3 +204,12 @@ async fn request_ids_are_echoed_when_sane_and_generated_otherwise() {
     let b = app.client.get(app.url("/health")).send().await.unwrap();
     assert_ne!(a.headers()["x-request-id"], b.headers()["x-request-id"]);
 }
+
+on_both_backends!(
+    missing_and_unknown_keys_are_401_with_www_authenticate,
+    bound_key_is_limited_to_its_tenants,
+    operator_key_acts_for_any_tenant_and_defaults_to_system,
+    public_paths_need_no_key,
+    disable_auth_opens_everything,
+    request_ids_are_echoed_when_sane_and_generated_otherwise,
+);

@@ -5,15 +5,27 @@ use std::collections::BTreeSet;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::spawn_app;
+use crate::support::{Backend, spawn_app};
 
 const CLIENTS: usize = 50;
 const TENANTS: usize = 5;
 const ROUNDS: usize = 40;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_clients_keep_tenants_apart() {
-    let app = std::sync::Arc::new(spawn_app().await);
+async fn concurrent_clients_keep_tenants_apart_embedded() {
+    concurrent_clients_keep_tenants_apart(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_clients_keep_tenants_apart_postgres() {
+    concurrent_clients_keep_tenants_apart(Backend::Postgres).await;
+}
+
+async fn concurrent_clients_keep_tenants_apart(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let app = std::sync::Arc::new(app);
     let mut clients = Vec::new();
     for c in 0..CLIENTS {
         let app = app.clone();

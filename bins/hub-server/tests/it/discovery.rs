@@ -5,11 +5,12 @@ use std::collections::BTreeSet;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{assert_error, spawn_app};
+use crate::support::{Backend, assert_error, on_both_backends, spawn_app};
 
-#[tokio::test]
-async fn register_creates_then_updates_with_the_documented_shape() {
-    let app = spawn_app().await;
+async fn register_creates_then_updates_with_the_documented_shape(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let r = app
         .register(
             "tenant1",
@@ -86,9 +87,10 @@ async fn register_creates_then_updates_with_the_documented_shape() {
     assert_eq!(app.list_ids("tenant1").await.len(), 1);
 }
 
-#[tokio::test]
-async fn get_lists_instances_of_one_service() {
-    let app = spawn_app().await;
+async fn get_lists_instances_of_one_service(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     for i in ["i2", "i1", "i3"] {
         app.register_ok("tenant1", "billing", i).await;
     }
@@ -113,9 +115,10 @@ async fn get_lists_instances_of_one_service() {
     .await;
 }
 
-#[tokio::test]
-async fn list_filters_and_pages() {
-    let app = spawn_app().await;
+async fn list_filters_and_pages(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     for (svc, inst, tags) in [
         ("api", "a1", json!(["eu", "blue"])),
         ("api", "a2", json!(["eu"])),
@@ -179,9 +182,10 @@ async fn list_filters_and_pages() {
     assert_eq!(first["revision"], 5);
 }
 
-#[tokio::test]
-async fn deregister_one_instance_or_the_whole_service() {
-    let app = spawn_app().await;
+async fn deregister_one_instance_or_the_whole_service(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     for i in ["i1", "i2", "i3"] {
         app.register_ok("tenant1", "svc", i).await;
     }
@@ -212,9 +216,10 @@ async fn deregister_one_instance_or_the_whole_service() {
     assert!(app.list_ids("tenant1").await.is_empty());
 }
 
-#[tokio::test]
-async fn heartbeat_renews_and_404_means_register_again() {
-    let app = spawn_app().await;
+async fn heartbeat_renews_and_404_means_register_again(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let created = app.register_ok("tenant1", "svc", "svc").await;
     let r = app
         .heartbeat("tenant1", json!({"service_name": "svc"}))
@@ -255,9 +260,10 @@ async fn heartbeat_renews_and_404_means_register_again() {
     .await;
 }
 
-#[tokio::test]
-async fn tenants_never_see_or_touch_each_other() {
-    let app = spawn_app().await;
+async fn tenants_never_see_or_touch_each_other(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     // Same service and instance names in both tenants: where a leak would hide.
     app.register_ok("tenant1", "shared", "i1").await;
     app.register_ok("tenant1", "only-t1", "x").await;
@@ -344,11 +350,12 @@ async fn tenants_never_see_or_touch_each_other() {
     assert_eq!(t1["revision"], 2);
 }
 
-#[tokio::test]
-async fn lookups_reflect_every_change_at_once() {
+async fn lookups_reflect_every_change_at_once(backend: Backend) {
     // Lookups are served from a per-worker cache of serialized answers; each
     // kind of change must still show on the very next lookup.
-    let app = spawn_app().await;
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let get = |tenant: &'static str| {
         let app = &app;
         async move {
@@ -419,3 +426,13 @@ async fn lookups_reflect_every_change_at_once() {
     assert_eq!(last["instances"].as_array().unwrap().len(), 1);
     assert_eq!(last["instances"][0]["instance_id"], "c");
 }
+
+on_both_backends!(
+    register_creates_then_updates_with_the_documented_shape,
+    get_lists_instances_of_one_service,
+    list_filters_and_pages,
+    deregister_one_instance_or_the_whole_service,
+    heartbeat_renews_and_404_means_register_again,
+    tenants_never_see_or_touch_each_other,
+    lookups_reflect_every_change_at_once,
+);

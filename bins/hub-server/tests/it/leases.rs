@@ -4,7 +4,9 @@ use chrono::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{assert_error, eventually, manual_clock, spawn_app_with};
+use crate::support::{
+    Backend, assert_error, eventually, manual_clock, on_both_backends, spawn_app_with,
+};
 
 async fn status_of(app: &crate::support::TestApp, service: &str) -> Option<String> {
     let r = app.get_service("tenant1", service).await;
@@ -15,10 +17,11 @@ async fn status_of(app: &crate::support::TestApp, service: &str) -> Option<Strin
     Some(body["instances"][0]["status"].as_str().unwrap().to_owned())
 }
 
-#[tokio::test]
-async fn expiry_turns_critical_then_removes_and_reregistering_restores() {
+async fn expiry_turns_critical_then_removes_and_reregistering_restores(backend: Backend) {
     let clock = manual_clock();
-    let app = spawn_app_with(&[], Some(clock.clone())).await;
+    let Some(app) = spawn_app_with(backend, &[], Some(clock.clone())).await else {
+        return;
+    };
     let r = app
         .register(
             "tenant1",
@@ -74,10 +77,11 @@ async fn expiry_turns_critical_then_removes_and_reregistering_restores() {
     assert_eq!(status_of(&app, "svc").await.as_deref(), Some("passing"));
 }
 
-#[tokio::test]
-async fn heartbeats_keep_an_instance_passing_and_revive_a_critical_one() {
+async fn heartbeats_keep_an_instance_passing_and_revive_a_critical_one(backend: Backend) {
     let clock = manual_clock();
-    let app = spawn_app_with(&[], Some(clock.clone())).await;
+    let Some(app) = spawn_app_with(backend, &[], Some(clock.clone())).await else {
+        return;
+    };
     for svc in ["kept", "lapsed"] {
         let r = app
             .register(
@@ -110,3 +114,8 @@ async fn heartbeats_keep_an_instance_passing_and_revive_a_critical_one() {
     assert_eq!(body["status"], "passing");
     assert_eq!(status_of(&app, "lapsed").await.as_deref(), Some("passing"));
 }
+
+on_both_backends!(
+    expiry_turns_critical_then_removes_and_reregistering_restores,
+    heartbeats_keep_an_instance_passing_and_revive_a_critical_one,
+);

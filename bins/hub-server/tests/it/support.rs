@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use hub_core::memory::ManualClock;
 use hub_core::ports::Clock;
 use hub_server::{Application, Settings, StopHandle};
+use hub_store::testing::TestDb;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
 
@@ -15,10 +16,21 @@ pub const OPERATOR_KEY: &str = "test-operator-key";
 /// A key bound to tenant1 and tenant3 (tenant1 is its default).
 pub const BOUND_KEY: &str = "test-bound-key";
 
+/// Which store the app runs on: every contract test runs on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    Postgres,
+}
+
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     stop: StopHandle,
+    /// The test's own database (PostgreSQL mode), kept alive as long as the
+    /// app; tests that restart the server or look at the tables use it.
+    #[allow(dead_code)]
+    pub db: Option<TestDb>,
 }
 
 impl Drop for TestApp {
@@ -48,17 +60,32 @@ fn env(extra: &[(&str, &str)]) -> HashMap<String, String> {
     env
 }
 
-/// Starts the app (embedded mode) on a free port with the system clock.
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(&[], None).await
+/// Starts the app on a free port with the system clock. `None` only in
+/// PostgreSQL mode outside CI when PostgreSQL is unreachable (said on stderr).
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, &[], None).await
 }
 
 /// Starts the app with extra environment variables and optionally a manual clock.
 pub async fn spawn_app_with(
+    backend: Backend,
     extra_env: &[(&str, &str)],
     clock: Option<Arc<ManualClock>>,
-) -> TestApp {
-    let settings = Settings::load(&env(extra_env)).unwrap();
+) -> Option<TestApp> {
+    let mut env = env(extra_env);
+    let db = match backend {
+        Backend::Embedded => None,
+        Backend::Postgres => {
+            let db = TestDb::create().await?;
+            env.insert("POSTGRES_HOST".into(), db.app.host.clone());
+            env.insert("POSTGRES_PORT".into(), db.app.port.to_string());
+            env.insert("POSTGRES_DB".into(), db.app.dbname.clone());
+            env.insert("POSTGRES_USER".into(), db.app.user.clone());
+            env.insert("HUB_PG_POOL_SIZE".into(), "8".into());
+            Some(db)
+        }
+    };
+    let settings = Settings::load(&env).unwrap();
     let app = match &clock {
         Some(c) => Application::build_with_clock(settings, c.clone() as Arc<dyn Clock>)
             .await
@@ -68,12 +95,37 @@ pub async fn spawn_app_with(
     let base = format!("http://127.0.0.1:{}", app.port());
     let stop = app.stop_handle();
     tokio::spawn(app.run_until_stopped());
-    TestApp {
+    Some(TestApp {
         base,
         client: reqwest::Client::new(),
         stop,
-    }
+        db,
+    })
 }
+
+/// Runs each named test `fn name(backend: Backend)` once per backend, in
+/// modules `embedded` and `postgres`: one suite, two stores.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Embedded).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_both_backends;
 
 /// A manual clock at a fixed, recent instant.
 pub fn manual_clock() -> Arc<ManualClock> {

@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::{OPERATOR_KEY, TestApp, assert_error, spawn_app};
+use crate::support::{Backend, OPERATOR_KEY, TestApp, assert_error, on_both_backends, spawn_app};
 
 const REGISTER: &str = "/api/v1/discovery/register";
 
@@ -25,9 +25,10 @@ async fn snapshot(app: &TestApp) -> Value {
     body
 }
 
-#[tokio::test]
-async fn invalid_registrations_are_422_naming_the_field_and_change_nothing() {
-    let app = spawn_app().await;
+async fn invalid_registrations_are_422_naming_the_field_and_change_nothing(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     assert_eq!(
         app.register("tenant1", base()).await.status(),
         StatusCode::CREATED
@@ -77,9 +78,10 @@ async fn invalid_registrations_are_422_naming_the_field_and_change_nothing() {
     assert_eq!(app.list_ids("tenant1").await.len(), 1);
 }
 
-#[tokio::test]
-async fn unreadable_bodies_get_400_413_415() {
-    let app = spawn_app().await;
+async fn unreadable_bodies_get_400_413_415(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     assert_eq!(
         app.register("tenant1", base()).await.status(),
         StatusCode::CREATED
@@ -145,9 +147,10 @@ async fn unreadable_bodies_get_400_413_415() {
     );
 }
 
-#[tokio::test]
-async fn bad_tenant_headers_are_400_never_replaced() {
-    let app = spawn_app().await;
+async fn bad_tenant_headers_are_400_never_replaced(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     app.register_ok("system", "victim", "victim").await;
     for bad in [
         "tenant.1",
@@ -196,9 +199,10 @@ async fn bad_tenant_headers_are_400_never_replaced() {
     );
 }
 
-#[tokio::test]
-async fn unknown_routes_and_wrong_methods_are_json() {
-    let app = spawn_app().await;
+async fn unknown_routes_and_wrong_methods_are_json(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     for path in ["/nope", "/api/v1/discovery", "/api/v2/discovery/services"] {
         let r = app.request(Method::GET, path, None).send().await.unwrap();
         assert_error(r, StatusCode::NOT_FOUND, "not_found").await;
@@ -214,9 +218,10 @@ async fn unknown_routes_and_wrong_methods_are_json() {
     }
 }
 
-#[tokio::test]
-async fn bad_query_parameters_are_422() {
-    let app = spawn_app().await;
+async fn bad_query_parameters_are_422(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     for (query, field) in [
         ("?limit=0", "limit"),
         ("?limit=10001", "limit"),
@@ -239,9 +244,10 @@ async fn bad_query_parameters_are_422() {
     assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
 }
 
-#[tokio::test]
-async fn bad_heartbeats_are_rejected() {
-    let app = spawn_app().await;
+async fn bad_heartbeats_are_rejected(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     app.register_ok("tenant1", "svc", "svc").await;
     for (body, field) in [
         (json!({"service_name": "svc", "status": "dead"}), "status"),
@@ -271,3 +277,12 @@ async fn bad_heartbeats_are_rejected() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["instances"][0]["status"], "passing");
 }
+
+on_both_backends!(
+    invalid_registrations_are_422_naming_the_field_and_change_nothing,
+    unreadable_bodies_get_400_413_415,
+    bad_tenant_headers_are_400_never_replaced,
+    unknown_routes_and_wrong_methods_are_json,
+    bad_query_parameters_are_422,
+    bad_heartbeats_are_rejected,
+);

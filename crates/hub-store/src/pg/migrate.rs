@@ -26,6 +26,8 @@ pub struct RoleCheck {
     pub superuser: bool,
     /// So do roles with BYPASSRLS.
     pub bypass_rls: bool,
+    /// Whether the registry tables exist (migrations have run).
+    pub schema_ready: bool,
 }
 
 impl RoleCheck {
@@ -108,7 +110,9 @@ pub async fn role_check(config: &PgConfig) -> Result<RoleCheck, RegistryError> {
     let client = connect(config).await?;
     let row = client
         .query_one(
-            "SELECT current_user::text, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user",
+            "SELECT current_user::text, rolsuper, rolbypassrls, \
+                    to_regclass('service_registry') IS NOT NULL \
+             FROM pg_roles WHERE rolname = current_user",
             &[],
         )
         .await
@@ -117,5 +121,6 @@ pub async fn role_check(config: &PgConfig) -> Result<RoleCheck, RegistryError> {
         role: row.try_get(0).map_err(from_pg)?,
         superuser: row.try_get(1).map_err(from_pg)?,
         bypass_rls: row.try_get(2).map_err(from_pg)?,
+        schema_ready: row.try_get(3).map_err(from_pg)?,
     })
 }
