@@ -2,6 +2,8 @@
 
 mod config;
 mod error;
+#[cfg(all(test, feature = "testing"))]
+mod hygiene_tests;
 pub mod migrate;
 mod rows;
 mod scoped;

@@ -1,2 +1,258 @@
-//! placeholder
-pub fn _y() {}
+//! SQL-level proof of row-level security on every tenant table, as the application role and as the table owner.
+
+use hub_store::testing::TestDb;
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+
+/// A tenant table and how to insert a valid row of tenant `$1` (with `$2`
+/// making the row unique).
+struct Table {
+    name: &'static str,
+    insert: &'static str,
+    /// Whether the application role may UPDATE (the audit and metrics tables
+    /// are append-only for it).
+    app_may_change: bool,
+    /// Whether it may DELETE (only instances are ever deleted).
+    app_may_delete: bool,
+}
+
+const TABLES: [Table; 4] = [
+    Table {
+        name: "service_registry",
+        insert: "INSERT INTO service_registry (tenant_id, service_name, instance_id, host, port, \
+                 protocol, health_endpoint, ttl_seconds, status, registered_at, last_heartbeat, \
+                 lease_expires_at, revision) \
+                 VALUES ($1, 'svc', $2, 'h', 80, 'http', '/health', 30, 'passing', now(), now(), now(), 1)",
+        app_may_change: true,
+        app_may_delete: true,
+    },
+    Table {
+        name: "health_metrics",
+        insert: "INSERT INTO health_metrics (tenant_id, service_name, instance_id, status) \
+                 VALUES ($1, 'svc', $2, 'passing')",
+        app_may_change: false,
+        app_may_delete: false,
+    },
+    Table {
+        name: "coordination_history",
+        insert: "INSERT INTO coordination_history (tenant_id, revision, event_type, service_name, instance_id) \
+                 VALUES ($1, 1, 'service.registered', 'svc', $2)",
+        app_may_change: false,
+        app_may_delete: false,
+    },
+    Table {
+        name: "tenant_state",
+        insert: "INSERT INTO tenant_state (tenant_id, revision) VALUES ($1, length($2)) \
+                 ON CONFLICT (tenant_id) DO UPDATE SET revision = EXCLUDED.revision",
+        app_may_change: true,
+        app_may_delete: false,
+    },
+];
+
+/// How a transaction sets its tenant before the statements under test.
+#[derive(Debug, Clone, Copy)]
+enum Acting {
+    Unset,
+    Empty,
+    As(&'static str),
+}
+
+async fn begin(client: &Client, acting: Acting) {
+    client.batch_execute("BEGIN").await.unwrap();
+    match acting {
+        Acting::Unset => {}
+        Acting::Empty => {
+            client
+                .execute("SELECT set_config('app.tenant_id', '', true)", &[])
+                .await
+                .unwrap();
+        }
+        Acting::As(t) => {
+            client
+                .execute("SELECT set_config('app.tenant_id', $1, true)", &[&t])
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn rollback(client: &Client) {
+    client.batch_execute("ROLLBACK").await.unwrap();
+}
+
+/// The tenants of the rows this transaction can see.
+async fn visible(client: &Client, table: &Table, acting: Acting) -> Vec<String> {
+    begin(client, acting).await;
+    let rows = client
+        .query(
+            &format!("SELECT tenant_id FROM {} ORDER BY tenant_id", table.name),
+            &[],
+        )
+        .await
+        .unwrap();
+    rollback(client).await;
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+fn is_denied(result: Result<u64, tokio_postgres::Error>) -> bool {
+    matches!(result, Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE))
+}
+
+/// Runs one statement in its own transaction acting as `acting`.
+async fn attempt(
+    client: &Client,
+    acting: Acting,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<u64, tokio_postgres::Error> {
+    begin(client, acting).await;
+    let result = client.execute(sql, params).await;
+    rollback(client).await;
+    result
+}
+
+async fn prove(client: &Client, table: &Table, may_change: bool, may_delete: bool, who: &str) {
+    let name = table.name;
+    let update_all = format!("UPDATE {name} SET tenant_id = tenant_id");
+    let delete_all = format!("DELETE FROM {name}");
+    let update_b = format!("UPDATE {name} SET tenant_id = tenant_id WHERE tenant_id = 'tenant-b'");
+    let delete_b = format!("DELETE FROM {name} WHERE tenant_id = 'tenant-b'");
+    let move_to_b = format!("UPDATE {name} SET tenant_id = 'tenant-b'");
+    let a = Acting::As("tenant-a");
+
+    for acting in [Acting::Unset, Acting::Empty] {
+        let ctx = format!("{who} {name} {acting:?}");
+        assert!(
+            visible(client, table, acting).await.is_empty(),
+            "{ctx}: no tenant, no rows"
+        );
+        let insert = attempt(client, acting, table.insert, &[&"tenant-a", &"x"]).await;
+        assert!(
+            is_denied(insert),
+            "{ctx}: insert without a tenant must fail"
+        );
+        if may_change {
+            let updated = attempt(client, acting, &update_all, &[]).await.unwrap();
+            assert_eq!(updated, 0, "{ctx}: update reaches nothing");
+        }
+        if may_delete {
+            let deleted = attempt(client, acting, &delete_all, &[]).await.unwrap();
+            assert_eq!(deleted, 0, "{ctx}: delete reaches nothing");
+        }
+    }
+
+    let ctx = format!("{who} {name}");
+    assert_eq!(visible(client, table, a).await, ["tenant-a"], "{ctx}");
+    assert_eq!(
+        visible(client, table, Acting::As("tenant-b")).await,
+        ["tenant-b"],
+        "{ctx}"
+    );
+    assert!(
+        visible(client, table, Acting::As("tenant-c"))
+            .await
+            .is_empty(),
+        "{ctx}"
+    );
+    let foreign = attempt(client, a, table.insert, &[&"tenant-b", &"yy"]).await;
+    assert!(
+        is_denied(foreign),
+        "{ctx}: acting as A, inserting a row of B must fail"
+    );
+    let own = attempt(client, a, table.insert, &[&"tenant-a", &"zzz"])
+        .await
+        .unwrap();
+    assert_eq!(own, 1, "{ctx}: acting as A, inserting a row of A works");
+
+    if may_change {
+        assert!(
+            is_denied(attempt(client, a, &move_to_b, &[]).await),
+            "{ctx}: moving A's row to B must fail (WITH CHECK)"
+        );
+        let touched = attempt(client, a, &update_b, &[]).await.unwrap();
+        assert_eq!(touched, 0, "{ctx}: B's rows are out of reach");
+    } else {
+        assert!(
+            is_denied(attempt(client, a, &update_all, &[]).await),
+            "{ctx}: the application may not update"
+        );
+    }
+    if may_delete {
+        let deleted = attempt(client, a, &delete_b, &[]).await.unwrap();
+        assert_eq!(deleted, 0, "{ctx}: B's rows cannot be deleted");
+        let own = attempt(client, a, &delete_all, &[]).await.unwrap();
+        assert_eq!(own, 1, "{ctx}: A's own row can be deleted");
+    } else {
+        assert!(
+            is_denied(attempt(client, a, &delete_all, &[]).await),
+            "{ctx}: the application may not delete"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_tenant_table_is_isolated_for_the_app_role_and_the_owner() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let app = TestDb::connect(&db.app).await;
+    let owner = TestDb::connect(&db.owner).await;
+    for table in &TABLES {
+        // One committed row per tenant, each written acting as its tenant.
+        for (tenant, unique) in [("tenant-a", "a"), ("tenant-b", "bb")] {
+            begin(&app, Acting::As(tenant)).await;
+            app.execute(table.insert, &[&tenant, &unique])
+                .await
+                .unwrap();
+            app.batch_execute("COMMIT").await.unwrap();
+        }
+        prove(
+            &app,
+            table,
+            table.app_may_change,
+            table.app_may_delete,
+            "app role",
+        )
+        .await;
+        // FORCE ROW LEVEL SECURITY binds the owner as well.
+        prove(&owner, table, true, true, "owner").await;
+    }
+    // After all those transactions the session carries no tenant.
+    let setting: Option<String> = app
+        .query_one("SELECT current_setting('app.tenant_id', true)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(setting.unwrap_or_default().is_empty());
+}
+
+#[tokio::test]
+async fn the_app_role_cannot_switch_security_off() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let app = TestDb::connect(&db.app).await;
+    for sql in [
+        "ALTER TABLE service_registry DISABLE ROW LEVEL SECURITY",
+        "ALTER TABLE service_registry NO FORCE ROW LEVEL SECURITY",
+        "DROP POLICY tenant_isolation ON service_registry",
+        "SET row_security = off; SELECT count(*) FROM service_registry",
+    ] {
+        let result = app.batch_execute(sql).await;
+        assert!(
+            result.is_err(),
+            "{sql} must be refused to the application role"
+        );
+    }
+    let role: (bool, bool) = {
+        let row = app
+            .query_one(
+                "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(role, (false, false), "tests connect as a plain role");
+}
