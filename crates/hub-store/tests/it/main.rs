@@ -1,7 +1,6 @@
 //! hub-store integration tests against the machine's real PostgreSQL: a fresh database per test, non-superuser roles.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod pool;
 mod rls;
 mod store;
 mod support;
