@@ -72,19 +72,26 @@ impl PgStore {
 /// transaction takes this lock first, so changes of one tenant are ordered
 /// and two transactions never wait on each other in opposite orders.
 async fn lock_revision(scoped: &Scoped, tenant: &TenantId) -> Result<i64, DbError> {
-    scoped
-        .execute(
-            "INSERT INTO tenant_state (tenant_id, revision) VALUES ($1, 0) ON CONFLICT (tenant_id) DO NOTHING",
-            &[&tenant.as_str()],
-        )
-        .await?;
+    Ok(bump_revision(scoped, tenant, 0).await?.0)
+}
+
+/// Takes the tenant's revision row lock and adds `by` to the revision in one
+/// statement; returns the new revision and whether the tenant is new (its
+/// row was created now).
+async fn bump_revision(
+    scoped: &Scoped,
+    tenant: &TenantId,
+    by: i64,
+) -> Result<(i64, bool), DbError> {
     let row = scoped
         .query_one(
-            "SELECT revision FROM tenant_state WHERE tenant_id = $1 FOR UPDATE",
-            &[&tenant.as_str()],
+            "INSERT INTO tenant_state AS s (tenant_id, revision) VALUES ($1, $2) \
+             ON CONFLICT (tenant_id) DO UPDATE SET revision = s.revision + $2 \
+             RETURNING revision, (xmax = 0) AS created",
+            &[&tenant.as_str(), &by],
         )
         .await?;
-    Ok(row.try_get(0)?)
+    Ok((row.try_get(0)?, row.try_get(1)?))
 }
 
 async fn set_revision(scoped: &Scoped, tenant: &TenantId, revision: i64) -> Result<(), DbError> {
@@ -162,71 +169,78 @@ impl RegistryStore for PgStore {
         let metadata = Value::Object(registration.metadata().clone());
         let registration = &registration;
         let (registered_at, created, revision) = in_tenant!(&self.pool, tenant, |scoped| {
-            let revision = lock_revision(scoped, tenant).await? + 1;
-            scoped
-                .execute(
-                    "INSERT INTO hub_tenants (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING",
-                    &[&tenant.as_str()],
-                )
-                .await?;
+            let (revision, new_tenant) = bump_revision(scoped, tenant, 1).await?;
+            if new_tenant {
+                scoped
+                    .execute(
+                        "INSERT INTO hub_tenants (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                        &[&tenant.as_str()],
+                    )
+                    .await?;
+            }
+            let t = tenant.as_str();
+            let service = registration.service_name().as_str();
+            let instance = registration.instance_id().as_str();
+            let host = registration.host().as_str();
+            let port = i32::from(registration.port());
+            let protocol = registration.protocol().as_str();
+            let health = registration.health_endpoint();
+            let version = registration.version();
+            let tags = registration.tags();
+            let ttl = i32::try_from(registration.ttl_seconds()).unwrap_or(i32::MAX);
+            let payload = rows::registration_payload(registration, HealthStatus::Passing, lease);
+            let actor = context.actor();
+            let request_id = context.request_id();
+            let params: [&(dyn ToSql + Sync); 17] = [
+                &t,
+                &service,
+                &instance,
+                &host,
+                &port,
+                &protocol,
+                &health,
+                &version,
+                &tags,
+                &metadata,
+                &ttl,
+                &now,
+                &lease,
+                &revision,
+                &actor,
+                &request_id,
+                &payload,
+            ];
+            // One statement writes the instance and its audit row: the
+            // audit part reads `created` from the upsert's RETURNING.
             let row = scoped
                 .query_one(
-                    "INSERT INTO service_registry (tenant_id, service_name, instance_id, host, port, \
-                         protocol, health_endpoint, version, tags, metadata, ttl_seconds, status, \
-                         registered_at, last_heartbeat, lease_expires_at, revision) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'passing', $12, $12, $13, $14) \
-                     ON CONFLICT (tenant_id, service_name, instance_id) DO UPDATE SET \
-                         host = EXCLUDED.host, port = EXCLUDED.port, protocol = EXCLUDED.protocol, \
-                         health_endpoint = EXCLUDED.health_endpoint, version = EXCLUDED.version, \
-                         tags = EXCLUDED.tags, metadata = EXCLUDED.metadata, \
-                         ttl_seconds = EXCLUDED.ttl_seconds, status = 'passing', \
-                         last_heartbeat = EXCLUDED.last_heartbeat, \
-                         lease_expires_at = EXCLUDED.lease_expires_at, revision = EXCLUDED.revision \
-                     RETURNING registered_at, (xmax = 0) AS created",
-                    &[
-                        &tenant.as_str(),
-                        &registration.service_name().as_str(),
-                        &registration.instance_id().as_str(),
-                        &registration.host().as_str(),
-                        &i32::from(registration.port()),
-                        &registration.protocol().as_str(),
-                        &registration.health_endpoint(),
-                        &registration.version(),
-                        &registration.tags(),
-                        &metadata,
-                        &i32::try_from(registration.ttl_seconds()).unwrap_or(i32::MAX),
-                        &now,
-                        &lease,
-                        &revision,
-                    ],
+                    "WITH up AS ( \
+                         INSERT INTO service_registry (tenant_id, service_name, instance_id, host, port, \
+                             protocol, health_endpoint, version, tags, metadata, ttl_seconds, status, \
+                             registered_at, last_heartbeat, lease_expires_at, revision) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'passing', $12, $12, $13, $14) \
+                         ON CONFLICT (tenant_id, service_name, instance_id) DO UPDATE SET \
+                             host = EXCLUDED.host, port = EXCLUDED.port, protocol = EXCLUDED.protocol, \
+                             health_endpoint = EXCLUDED.health_endpoint, version = EXCLUDED.version, \
+                             tags = EXCLUDED.tags, metadata = EXCLUDED.metadata, \
+                             ttl_seconds = EXCLUDED.ttl_seconds, status = 'passing', \
+                             last_heartbeat = EXCLUDED.last_heartbeat, \
+                             lease_expires_at = EXCLUDED.lease_expires_at, revision = EXCLUDED.revision \
+                         RETURNING registered_at, (xmax = 0) AS created \
+                     ), audit AS ( \
+                         INSERT INTO coordination_history (tenant_id, revision, event_type, service_name, \
+                             instance_id, actor, request_id, occurred_at, payload) \
+                         SELECT $1, $14, CASE WHEN up.created THEN 'service.registered' \
+                                              ELSE 'service.updated' END, \
+                                $2, $3, $15::varchar, $16::varchar, $12, $17::jsonb \
+                         FROM up \
+                     ) \
+                     SELECT registered_at, created FROM up",
+                    &params,
                 )
                 .await?;
-            set_revision(scoped, tenant, revision).await?;
             let registered_at: DateTime<Utc> = row.try_get(0)?;
             let created: bool = row.try_get(1)?;
-            let kind = if created {
-                EventKind::Registered
-            } else {
-                EventKind::Updated
-            };
-            scoped
-                .execute(
-                    "INSERT INTO coordination_history (tenant_id, revision, event_type, service_name, \
-                         instance_id, actor, request_id, occurred_at, payload) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    &[
-                        &tenant.as_str(),
-                        &revision,
-                        &kind.as_str(),
-                        &registration.service_name().as_str(),
-                        &registration.instance_id().as_str(),
-                        &context.actor(),
-                        &context.request_id(),
-                        &now,
-                        &rows::registration_payload(registration, HealthStatus::Passing, lease),
-                    ],
-                )
-                .await?;
             Ok((registered_at, created, revision))
         })?;
         let instance = Instance::registered(
