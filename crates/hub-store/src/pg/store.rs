@@ -72,17 +72,14 @@ impl PgStore {
 /// transaction takes this lock first, so changes of one tenant are ordered
 /// and two transactions never wait on each other in opposite orders.
 async fn lock_revision(scoped: &Scoped, tenant: &TenantId) -> Result<i64, DbError> {
-    Ok(bump_revision(scoped, tenant, 0).await?.0)
+    bump_revision(scoped, tenant, 0).await
 }
 
 /// Takes the tenant's revision row lock and adds `by` to the revision in one
-/// statement; returns the new revision and whether the tenant is new (its
-/// row was created now).
-async fn bump_revision(
-    scoped: &Scoped,
-    tenant: &TenantId,
-    by: i64,
-) -> Result<(i64, bool), DbError> {
+/// statement; returns the new revision. A tenant seen for the first time is
+/// also entered in `hub_tenants`, whichever change comes first, so the lease
+/// reaper visits every tenant that has a revision row.
+async fn bump_revision(scoped: &Scoped, tenant: &TenantId, by: i64) -> Result<i64, DbError> {
     let row = scoped
         .query_one(
             "INSERT INTO tenant_state AS s (tenant_id, revision) VALUES ($1, $2) \
@@ -91,7 +88,15 @@ async fn bump_revision(
             &[&tenant.as_str(), &by],
         )
         .await?;
-    Ok((row.try_get(0)?, row.try_get(1)?))
+    if row.try_get::<_, bool>(1)? {
+        scoped
+            .execute(
+                "INSERT INTO hub_tenants (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                &[&tenant.as_str()],
+            )
+            .await?;
+    }
+    Ok(row.try_get(0)?)
 }
 
 async fn set_revision(scoped: &Scoped, tenant: &TenantId, revision: i64) -> Result<(), DbError> {
@@ -169,15 +174,7 @@ impl RegistryStore for PgStore {
         let metadata = Value::Object(registration.metadata().clone());
         let registration = &registration;
         let (registered_at, created, revision) = in_tenant!(&self.pool, tenant, |scoped| {
-            let (revision, new_tenant) = bump_revision(scoped, tenant, 1).await?;
-            if new_tenant {
-                scoped
-                    .execute(
-                        "INSERT INTO hub_tenants (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING",
-                        &[&tenant.as_str()],
-                    )
-                    .await?;
-            }
+            let revision = bump_revision(scoped, tenant, 1).await?;
             let t = tenant.as_str();
             let service = registration.service_name().as_str();
             let instance = registration.instance_id().as_str();

@@ -281,3 +281,29 @@ async fn tenants_do_not_see_each_other_through_the_store() {
         1
     );
 }
+
+#[tokio::test]
+async fn the_reaper_visits_a_tenant_whose_first_request_changed_nothing() {
+    // A tenant's first request may be a heartbeat or deregistration that
+    // finds nothing; its later registrations must still expire.
+    let Some(w) = world().await else { return };
+    let t = tenant("late-registrar");
+    let svc = ServiceName::parse("svc").unwrap();
+    let ctx = ChangeContext::default();
+    assert!(matches!(
+        w.registry.deregister(&t, &svc, None, &ctx).await,
+        Err(RegistryError::NotFound(_))
+    ));
+    assert!(matches!(
+        w.registry
+            .heartbeat(&t, &svc, None, &Heartbeat::default(), &ctx)
+            .await,
+        Err(RegistryError::NotFound(_))
+    ));
+    w.registry
+        .register(&t, registration("svc", "a"), &ctx)
+        .await
+        .unwrap();
+    w.clock.advance(Duration::seconds(11));
+    assert_eq!(w.registry.expire_leases().await.unwrap().expired, 1);
+}
