@@ -5,6 +5,7 @@ mod auth;
 mod concurrency;
 mod discovery;
 mod leases;
+mod pg_lifecycle;
 mod support;
 mod validation;
 mod walkthrough;
