@@ -31,6 +31,9 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
+/// The advisory lock of the lease reaper (an arbitrary constant).
+const REAPER_LOCK: i64 = 0x00C3_7A11_4EA9;
+
 /// The tenant's current revision (no row: it never changed anything).
 const REVISION: &str = "SELECT revision FROM tenant_state WHERE tenant_id = $1";
 
@@ -493,6 +496,47 @@ impl RegistryStore for PgStore {
              WHERE tenant_id = $1 AND lease_expires_at <= $2 \
              ORDER BY service_name, instance_id FOR UPDATE"
         );
+        // One replica at a time runs a pass: the others find the advisory
+        // lock taken and skip this tick. (Two passes at once would still be
+        // correct, since every change re-reads its rows under row locks, but
+        // they would only do the same work twice.) The lock is held on a
+        // connection of its own for the length of the pass; if the process
+        // dies, PostgreSQL releases it with the connection.
+        let lock = self.pool.get().await.map_err(from_pool)?;
+        let taken: bool = lock
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&REAPER_LOCK])
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(from_pg)?;
+        if !taken {
+            return Ok(Vec::new());
+        }
+        let result = self.expire_all(now, &candidates_sql).await;
+        if lock
+            .execute("SELECT pg_advisory_unlock($1)", &[&REAPER_LOCK])
+            .await
+            .is_err()
+        {
+            // A connection that may still hold the lock must not go back to the pool.
+            drop(deadpool_postgres::Object::take(lock));
+        }
+        result
+    }
+
+    async fn check(&self) -> Result<(), RegistryError> {
+        let client = self.pool.get().await.map_err(from_pool)?;
+        client.simple_query("SELECT 1").await.map_err(from_pg)?;
+        Ok(())
+    }
+}
+
+impl PgStore {
+    /// One reaper pass over every tenant, each in its own scoped transaction.
+    async fn expire_all(
+        &self,
+        now: DateTime<Utc>,
+        candidates_sql: &str,
+    ) -> Result<Vec<LeaseChange>, RegistryError> {
         let context = ChangeContext::reaper();
         let mut changes = Vec::new();
         for tenant in self.known_tenants().await? {
@@ -590,11 +634,5 @@ impl RegistryStore for PgStore {
             changes.extend(outcome?);
         }
         Ok(changes)
-    }
-
-    async fn check(&self) -> Result<(), RegistryError> {
-        let client = self.pool.get().await.map_err(from_pool)?;
-        client.simple_query("SELECT 1").await.map_err(from_pg)?;
-        Ok(())
     }
 }

@@ -307,3 +307,28 @@ async fn the_reaper_visits_a_tenant_whose_first_request_changed_nothing() {
     w.clock.advance(Duration::seconds(11));
     assert_eq!(w.registry.expire_leases().await.unwrap().expired, 1);
 }
+
+#[tokio::test]
+async fn one_reaper_at_a_time() {
+    let Some(w) = world().await else { return };
+    let t = tenant("t1");
+    w.registry
+        .register(&t, registration("svc", "a"), &ChangeContext::default())
+        .await
+        .unwrap();
+    w.clock.advance(Duration::seconds(11));
+    // Another replica holds the reaper's advisory lock: this one skips the pass.
+    let other = TestDb::connect(&w.db.app).await;
+    let held: bool = other
+        .query_one("SELECT pg_try_advisory_lock(x'00C37A114EA9'::bigint)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(held);
+    assert_eq!(w.registry.expire_leases().await.unwrap().expired, 0);
+    other
+        .execute("SELECT pg_advisory_unlock(x'00C37A114EA9'::bigint)", &[])
+        .await
+        .unwrap();
+    assert_eq!(w.registry.expire_leases().await.unwrap().expired, 1);
+}
