@@ -122,6 +122,15 @@ impl TestDb {
         db
     }
 
+    /// The administrative (superuser) connection that made this database,
+    /// for tests that need to create special roles. Never use it on the
+    /// tables under test: a superuser bypasses row-level security.
+    pub async fn admin(&self) -> tokio_postgres::Client {
+        admin_client(&self.admin)
+            .await
+            .unwrap_or_else(|e| panic!("admin connection: {e}"))
+    }
+
     /// A raw connection as `config`'s role, for SQL-level tests.
     pub async fn connect(config: &PgConfig) -> tokio_postgres::Client {
         let (client, connection) = config
@@ -138,15 +147,16 @@ impl TestDb {
 
 impl Drop for TestDb {
     /// Drops the database and its two roles (best effort, on a thread of its
-    /// own because the test's runtime may be shutting down).
+    /// own because the test's runtime may be shutting down). One statement
+    /// at a time: several in one simple query form an implicit transaction,
+    /// and `DROP DATABASE` refuses to run inside one.
     fn drop(&mut self) {
         let admin = self.admin.clone();
-        let statements = format!(
-            "DROP DATABASE IF EXISTS {db} WITH (FORCE); DROP ROLE IF EXISTS {owner}; DROP ROLE IF EXISTS {app};",
-            db = self.name,
-            owner = self.owner.user,
-            app = self.app.user
-        );
+        let statements = [
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            format!("DROP ROLE IF EXISTS {}", self.owner.user),
+            format!("DROP ROLE IF EXISTS {}", self.app.user),
+        ];
         let cleanup = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -155,8 +165,16 @@ impl Drop for TestDb {
                 return;
             };
             runtime.block_on(async move {
-                if let Ok(client) = admin_client(&admin).await {
-                    let _ = client.batch_execute(&statements).await;
+                let Ok(client) = admin_client(&admin).await else {
+                    return;
+                };
+                for statement in &statements {
+                    if let Err(error) = client.batch_execute(statement).await {
+                        #[allow(clippy::print_stderr)]
+                        {
+                            eprintln!("test cleanup: {statement}: {error}");
+                        }
+                    }
                 }
             });
         });

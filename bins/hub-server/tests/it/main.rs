@@ -6,6 +6,7 @@ mod concurrency;
 mod discovery;
 mod leases;
 mod pg_lifecycle;
+mod startup_guard;
 mod support;
 mod validation;
 mod walkthrough;

@@ -1,0 +1,101 @@
+//! The start-up guard: a database role that bypasses row-level security is refused unless explicitly allowed.
+
+use std::collections::HashMap;
+
+use hub_server::{Application, Settings};
+use hub_store::testing::TestDb;
+
+fn env(db: &TestDb, user: &str, extra: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut env: HashMap<String, String> = [
+        ("HUB_BIND", "127.0.0.1:0".to_owned()),
+        ("CENTRAL_HUB_API_KEYS", "guard-key".to_owned()),
+        ("POSTGRES_HOST", db.app.host.clone()),
+        ("POSTGRES_PORT", db.app.port.to_string()),
+        ("POSTGRES_DB", db.app.dbname.clone()),
+        ("POSTGRES_USER", user.to_owned()),
+        ("HUB_PG_STARTUP_TIMEOUT_SECS", "5".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    for (k, v) in extra {
+        env.insert((*k).to_owned(), (*v).to_owned());
+    }
+    env
+}
+
+/// Builds the app; one that starts is stopped again at once (its HTTP
+/// workers run from the moment it is built).
+async fn start(env: &HashMap<String, String>) -> Result<(), String> {
+    let app = Application::build(Settings::load(env).unwrap())
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    app.stop_handle().stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn roles_that_bypass_rls_are_refused_unless_allowed() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let bypass = format!("{}_bypass", db.app.user);
+    let admin = db.admin().await;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {bypass} LOGIN BYPASSRLS; GRANT central_hub_app TO {bypass}"
+        ))
+        .await
+        .unwrap();
+
+    // The application role starts.
+    start(&env(&db, &db.app.user, &[])).await.unwrap();
+
+    for user in ["postgres", bypass.as_str()] {
+        let error = match start(&env(&db, user, &[])).await {
+            Ok(_) => panic!("{user} must be refused"),
+            Err(e) => e,
+        };
+        assert!(error.contains("refusing to start"), "{error}");
+        assert!(error.contains("row-level security"), "{error}");
+        assert!(
+            error.contains("HUB_ALLOW_RLS_BYPASS"),
+            "says how to override: {error}"
+        );
+        // Explicitly allowed (development only): it starts.
+        let allowed = start(&env(&db, user, &[("HUB_ALLOW_RLS_BYPASS", "true")])).await;
+        assert!(
+            allowed.is_ok(),
+            "{user} with HUB_ALLOW_RLS_BYPASS=true: {:?}",
+            allowed.err()
+        );
+    }
+    admin
+        .batch_execute(&format!("DROP ROLE {bypass}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_database_without_the_schema_is_refused_with_the_fix() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let admin = db.admin().await;
+    let empty = format!("{}_empty", db.name);
+    admin
+        .batch_execute(&format!("CREATE DATABASE {empty}"))
+        .await
+        .unwrap();
+    let mut env = env(&db, &db.app.user, &[]);
+    env.insert("POSTGRES_DB".into(), empty.clone());
+    let error = match start(&env).await {
+        Ok(_) => panic!("an unmigrated database must be refused"),
+        Err(e) => e,
+    };
+    assert!(error.contains("cargo xtask migrate"), "{error}");
+    admin
+        .batch_execute(&format!("DROP DATABASE {empty} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
