@@ -30,7 +30,10 @@ async fn start(env: &HashMap<String, String>) -> Result<(), String> {
     let app = Application::build(Settings::load(env).unwrap())
         .await
         .map_err(|e| format!("{e:#}"))?;
-    app.stop_handle().stop().await;
+    let stop = app.stop_handle();
+    let running = tokio::spawn(app.run_until_stopped());
+    stop.stop().await;
+    running.await.unwrap().unwrap();
     Ok(())
 }
 

@@ -26,7 +26,9 @@ pub struct RoleCheck {
     pub superuser: bool,
     /// So do roles with BYPASSRLS.
     pub bypass_rls: bool,
-    /// Whether the registry tables exist (migrations have run).
+    /// Whether the registry tables exist (migrations have run). Checked on
+    /// `tenant_state`, which only the migrated schema has: the original
+    /// single-tenant schema also has a `service_registry`.
     pub schema_ready: bool,
 }
 
@@ -111,7 +113,7 @@ pub async fn role_check(config: &PgConfig) -> Result<RoleCheck, RegistryError> {
     let row = client
         .query_one(
             "SELECT current_user::text, rolsuper, rolbypassrls, \
-                    to_regclass('service_registry') IS NOT NULL \
+                    to_regclass('tenant_state') IS NOT NULL \
              FROM pg_roles WHERE rolname = current_user",
             &[],
         )

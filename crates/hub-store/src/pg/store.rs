@@ -560,7 +560,7 @@ impl PgStore {
                 // committed meanwhile has moved its lease and is no longer
                 // selected (the heartbeat wins).
                 let rows = scoped
-                    .query(&candidates_sql, &[&tenant.as_str(), &now])
+                    .query(candidates_sql, &[&tenant.as_str(), &now])
                     .await?;
                 let found = instances(tenant, &rows)?;
                 let mut tenant_changes = Vec::new();
