@@ -9,11 +9,16 @@
 --
 -- Upgrade path: a database of the original single-tenant hub has
 -- `service_registry`, `health_metrics` and `coordination_history` without a
--- `tenant_id` column. Those tables are renamed to `legacy_*`, the new tables
--- are created, every old row is copied into tenant `system`, and the legacy
--- tables are dropped at the end (all in this migration's transaction).
+-- `tenant_id` column. Those tables are renamed to `legacy_*` (with their
+-- indexes and sequences), the new tables are created, and every old row that
+-- fits the new constraints is copied into tenant `system` (all in this
+-- migration's transaction). The legacy tables are kept, untouched and not
+-- granted to the application, so that the operator can check the import and
+-- see the rows it left out; dropping them is the operator's call.
 
 DO $$
+DECLARE
+    legacy record;
 BEGIN
     IF EXISTS (
         SELECT 1 FROM information_schema.tables
@@ -30,6 +35,30 @@ BEGIN
         IF to_regclass('coordination_history') IS NOT NULL THEN
             ALTER TABLE coordination_history RENAME TO legacy_coordination_history;
         END IF;
+        -- A renamed table keeps the names of its indexes and of its serial
+        -- columns' sequences (`health_metrics_pkey`, `health_metrics_id_seq`).
+        -- Left so, the new tables' would be created as `health_metrics_id_seq1`
+        -- and so on, and the sequence grants below would go to the legacy
+        -- sequences: the application could not insert a metric or an audit
+        -- row. They take the `legacy_` prefix as well.
+        FOR legacy IN
+            SELECT 'INDEX' AS kind, i.indexrelid::regclass::text AS object, c.relname
+            FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+            WHERE i.indrelid IN (to_regclass('legacy_service_registry'),
+                                 to_regclass('legacy_health_metrics'),
+                                 to_regclass('legacy_coordination_history'))
+            UNION ALL
+            SELECT 'SEQUENCE', d.objid::regclass::text, c.relname
+            FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+            WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+              AND c.relkind = 'S' AND d.deptype IN ('a', 'i')
+              AND d.refobjid IN (to_regclass('legacy_service_registry'),
+                                 to_regclass('legacy_health_metrics'),
+                                 to_regclass('legacy_coordination_history'))
+        LOOP
+            EXECUTE format('ALTER %s %s RENAME TO %I',
+                           legacy.kind, legacy.object, left('legacy_' || legacy.relname, 63));
+        END LOOP;
     END IF;
 END
 $$;

@@ -4,3 +4,4 @@
 mod rls;
 mod store;
 mod support;
+mod upgrade;
