@@ -1,13 +1,20 @@
-//! `cargo xtask bench`: starts a release hub-server in embedded mode and measures registration, lookup and `/health` over loopback.
+//! `cargo xtask bench`: starts a release hub-server in embedded and in PostgreSQL mode and measures registration, lookup and `/health` over loopback.
 //!
 //! Each run starts a fresh server, then drives three closed-loop phases with
 //! one keep-alive HTTP/1.1 connection per task: registration of distinct
 //! instances, time-bound service lookups, and time-bound `GET /health`, which
 //! is the ceiling of this machine (the same HTTP stack with no registry work).
-//! The medians over the runs are compared with the targets of the issue.
+//! Then, unless PostgreSQL is skipped or unreachable, the same run starts a
+//! second server on a throwaway database and drives registration and lookups
+//! against it, sampling the CPU time of the server, of every `postgres`
+//! process and of the load generator, so that the report can say which of
+//! them bounds the figures. The medians over the runs are compared with the
+//! targets of the issue.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs::File;
+use std::io::Read as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,6 +31,8 @@ use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_postgres::NoTls;
+use tokio_postgres::config::Host;
 
 const USAGE: &str = "usage: cargo xtask bench [options]
 
@@ -32,7 +41,16 @@ options:
   --runs N            fresh-server runs; the medians are reported (default 3)
   --connections N     concurrent keep-alive connections (default 64)
   --log-level LEVEL   RUST_LOG of the server (default info: the access log is measured)
-  --quick             smoke test: 2 s phases, 1 run, 2000 registrations";
+  --pg-pool N         HUB_PG_POOL_SIZE of the PostgreSQL-mode server (default 16)
+  --postgres          fail if PostgreSQL cannot be reached (default: skip its phases)
+  --skip-postgres     measure the embedded mode only
+  --quick             smoke test: 2 s phases, 1 run, 2000 registrations
+
+environment:
+  HUB_BENCH_PG_ADMIN  libpq key=value connection of a role that may create databases
+                      and roles (default: host=127.0.0.1 port=5432 user=postgres dbname=postgres);
+                      each run creates a database hub_bench_<hex> and a login hub_bench_<hex>_app
+                      and drops both at its end";
 
 /// The operator key the server is started with; it may act for any tenant.
 const API_KEY: &str = "bench-key";
@@ -41,11 +59,28 @@ const SERVICES_PER_TENANT: usize = 10;
 const REGISTRATIONS: usize = 10_000;
 const QUICK_REGISTRATIONS: usize = 2_000;
 const READY_DEADLINE: Duration = Duration::from_secs(30);
+const PG_ADMIN_ENV: &str = "HUB_BENCH_PG_ADMIN";
+const PG_ADMIN_DEFAULT: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
+const PG_POOL_DEFAULT: usize = 16;
+/// Longest the admin connection waits to connect, so that an unreachable
+/// server is reported quickly instead of hanging the benchmark.
+const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The store's default timeout of 5 s is meant for requests; the migrations
+/// are DDL on a fresh database, which a loaded machine can make slower.
+const PG_MIGRATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Linux reports process CPU time in clock ticks of `USER_HZ`, which the
+/// kernel fixes at 100 for user space on every architecture it supports.
+const USER_HZ: f64 = 100.0;
+/// Above this share of all cores busy, the machine itself is the bound.
+const SATURATED: f64 = 0.90;
 
 /// Targets of the issue, as ratios of the medians.
 const LOOKUP_THROUGHPUT_TARGET: f64 = 0.60;
 const LOOKUP_P99_TARGET: f64 = 1.5;
 const REGISTER_THROUGHPUT_TARGET: f64 = 0.30;
+/// Targets of the PostgreSQL mode, in absolute figures.
+const PG_REGISTER_TARGET: f64 = 4000.0;
+const PG_LOOKUP_P99_TARGET_MS: f64 = 5.0;
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let Some(options) = Options::parse(args)? else {
@@ -91,6 +126,21 @@ struct Options {
     connections: usize,
     registrations: usize,
     log_level: String,
+    postgres: PgMode,
+    pg_pool: usize,
+    /// The libpq string of `HUB_BENCH_PG_ADMIN`, or the default.
+    pg_admin: String,
+}
+
+/// Whether the PostgreSQL phases run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PgMode {
+    /// Run them if PostgreSQL answers, and say so if it does not.
+    Auto,
+    /// Run them, and fail if PostgreSQL does not answer (`--postgres`).
+    Require,
+    /// Do not run them (`--skip-postgres`).
+    Skip,
 }
 
 impl Options {
@@ -101,6 +151,9 @@ impl Options {
         let mut runs = None;
         let mut connections = None;
         let mut log_level = None;
+        let mut pg_pool = None;
+        let mut require_postgres = false;
+        let mut skip_postgres = false;
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             // Both `--flag value` and `--flag=value` are accepted.
@@ -119,11 +172,24 @@ impl Options {
                 "--runs" => runs = Some(positive(flag, &value()?)?),
                 "--connections" => connections = Some(positive(flag, &value()?)?),
                 "--log-level" => log_level = Some(value()?),
+                "--pg-pool" => pg_pool = Some(positive(flag, &value()?)?),
+                "--postgres" => require_postgres = true,
+                "--skip-postgres" => skip_postgres = true,
                 "--quick" => quick = true,
                 "--help" | "-h" => return Ok(None),
                 other => bail!("unknown option {other:?}\n\n{USAGE}"),
             }
         }
+        let postgres = match (require_postgres, skip_postgres) {
+            (true, true) => bail!("--postgres and --skip-postgres contradict each other"),
+            (true, false) => PgMode::Require,
+            (false, true) => PgMode::Skip,
+            (false, false) => PgMode::Auto,
+        };
+        let pg_admin = std::env::var(PG_ADMIN_ENV)
+            .ok()
+            .filter(|value| !value.trim().is_empty())
+            .unwrap_or_else(|| PG_ADMIN_DEFAULT.to_owned());
         let duration_secs = duration_secs.unwrap_or(if quick { 2 } else { 10 });
         Ok(Some(Self {
             duration: Duration::from_secs(u64::try_from(duration_secs)?),
@@ -135,6 +201,9 @@ impl Options {
                 REGISTRATIONS
             },
             log_level: log_level.unwrap_or_else(|| "info".to_owned()),
+            postgres,
+            pg_pool: pg_pool.unwrap_or(PG_POOL_DEFAULT),
+            pg_admin,
         }))
     }
 }
@@ -176,10 +245,22 @@ struct Figures {
     p99_ms: f64,
 }
 
-/// The figures of one run, in `Phase::ALL` order, and the server's peak RSS.
+/// The figures of one run, in `Phase::ALL` order, the server's peak RSS, and
+/// the PostgreSQL-mode figures when that mode ran.
 #[derive(Debug)]
 struct RunResult {
     phases: [Figures; 3],
+    peak_rss_kib: u64,
+    pg: Option<PgResult>,
+}
+
+/// The figures of the PostgreSQL-mode server of one run.
+#[derive(Debug)]
+struct PgResult {
+    register: Figures,
+    lookup: Figures,
+    register_cpu: CpuUsage,
+    lookup_cpu: CpuUsage,
     peak_rss_kib: u64,
 }
 
@@ -187,19 +268,19 @@ async fn bench(options: &Options, binary: &Path, log_dir: &Path) -> anyhow::Resu
     let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     // Other work on the machine (a compiler, say) skews every figure, so the
     // load average before the start is part of the record.
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load = load.split_whitespace().next().unwrap_or("?");
     report(&format!(
-        "machine: nproc={cores}, 1-min load {load} before start; the load generator (2 tokio workers) \
+        "machine: nproc={cores}, 1-min load {} before start; the load generator (2 tokio workers) \
          and hub-server share these cores, so absolute figures understate a dedicated server\n\
          setup: {} connections, {} registrations over {TENANTS} tenants, {} s lookup and health phases, \
          {} run(s), server RUST_LOG={}\n",
+        load_average(),
         options.connections,
         options.registrations,
         options.duration.as_secs(),
         options.runs,
         options.log_level,
     ));
+    let admin = postgres_admin(options).await?;
     let mut runs = Vec::with_capacity(options.runs);
     for run in 1..=options.runs {
         let log_path = log_dir.join(format!("server-run{run}.log"));
@@ -209,47 +290,505 @@ async fn bench(options: &Options, binary: &Path, log_dir: &Path) -> anyhow::Resu
             binary.display(),
             log_path.display()
         ));
-        let mut server = Server::start(binary, &log_path, &options.log_level)?;
-        server.wait_ready().await?;
-        let result = one_run(options, &mut server)
+        let mut server = Server::start(binary, &log_path, &options.log_level, &[])?;
+        server.wait_ready("/health").await?;
+        let (phases, peak_rss_kib) = one_run(options, &mut server)
             .await
             .with_context(|| format!("run {run} (server log: {})", log_path.display()))?;
         drop(server);
-        report(&run_table(run, &result));
+        let pg = match &admin {
+            Some(admin) => {
+                let log_path = log_dir.join(format!("server-pg-run{run}.log"));
+                let result = pg_run(options, admin, binary, &log_path)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "run {run}, PostgreSQL mode (server log: {})",
+                            log_path.display()
+                        )
+                    })?;
+                Some(result)
+            }
+            None => None,
+        };
+        let result = RunResult {
+            phases,
+            peak_rss_kib,
+            pg,
+        };
+        report(&run_table(run, &result, options.pg_pool));
         runs.push(result);
     }
-    report(&summary(&runs));
+    report(&summary(&runs, options.pg_pool));
     Ok(())
+}
+
+/// The 1-minute load average, or `?` where /proc does not say.
+fn load_average() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    load.split_whitespace().next().unwrap_or("?").to_owned()
+}
+
+/// Decides whether the PostgreSQL phases run: `None` means they do not, and
+/// the report says why.
+async fn postgres_admin(options: &Options) -> anyhow::Result<Option<PgAdmin>> {
+    if options.postgres == PgMode::Skip {
+        report("postgres: skipped (--skip-postgres)\n");
+        return Ok(None);
+    }
+    let admin = PgAdmin::parse(&options.pg_admin);
+    let probed = match admin {
+        Ok(admin) => admin.probe().await.map(|()| admin),
+        Err(error) => Err(error),
+    };
+    match probed {
+        Ok(admin) => {
+            report(&format!(
+                "postgres: {} as {} (admin), HUB_PG_POOL_SIZE={}; a throwaway database and login per run\n",
+                admin.endpoint(),
+                admin.user,
+                options.pg_pool
+            ));
+            Ok(Some(admin))
+        }
+        Err(error) if options.postgres == PgMode::Auto => {
+            report(&format!(
+                "postgres: SKIPPED, the admin connection ({PG_ADMIN_ENV} or its default) failed: {error:#}; \
+                 pass --postgres to make this an error\n"
+            ));
+            Ok(None)
+        }
+        Err(error) => Err(error.context("--postgres was given but PostgreSQL is not usable")),
+    }
 }
 
 /// Registration, then lookups of what was registered, then the health ceiling
 /// against the same server (so both time-bound phases see the same state).
-async fn one_run(options: &Options, server: &mut Server) -> anyhow::Result<RunResult> {
+/// Returns the figures in `Phase::ALL` order and the server's peak RSS.
+async fn one_run(options: &Options, server: &mut Server) -> anyhow::Result<([Figures; 3], u64)> {
     let mut phases = Vec::with_capacity(Phase::ALL.len());
     let mut peak_rss_kib = 0;
     for phase in Phase::ALL {
         progress(&format!("  {}...", phase.name()));
-        let workload = Workload::new(phase, options, server.addr)?;
-        let stop = match phase {
-            Phase::Register => Stop::After(options.registrations),
-            Phase::Lookup | Phase::Health => Stop::At(options.duration),
-        };
-        let figures = drive(server.addr, options.connections, Arc::new(workload), stop)
-            .await
-            .with_context(|| format!("{} phase", phase.name()))?;
-        server.check_alive()?;
+        let figures = measure(options, server, phase, OnError::Fail).await?;
         peak_rss_kib = peak_rss_kib.max(server.peak_rss_kib()?);
-        if phase == Phase::Register {
-            verify_registrations(server.addr, options.registrations).await?;
-        }
         phases.push(figures);
     }
     let phases = <[Figures; 3]>::try_from(phases)
         .map_err(|_| anyhow::anyhow!("expected one set of figures per phase"))?;
-    Ok(RunResult {
-        phases,
+    Ok((phases, peak_rss_kib))
+}
+
+/// Drives one phase against `server`, checks that the server survived it, and
+/// after registration that every instance can be found.
+async fn measure(
+    options: &Options,
+    server: &mut Server,
+    phase: Phase,
+    on_error: OnError,
+) -> anyhow::Result<Figures> {
+    let workload = Workload::new(phase, options, server.addr)?;
+    let stop = match phase {
+        Phase::Register => Stop::After(options.registrations),
+        Phase::Lookup | Phase::Health => Stop::At(options.duration),
+    };
+    let figures = drive(
+        server.addr,
+        options.connections,
+        Arc::new(workload),
+        stop,
+        on_error,
+    )
+    .await
+    .with_context(|| format!("{} phase", phase.name()))?;
+    server.check_alive()?;
+    if phase == Phase::Register {
+        verify_registrations(server.addr, options.registrations).await?;
+    }
+    Ok(figures)
+}
+
+/// The PostgreSQL mode of one run: a fresh database migrated as the admin, a
+/// server connected as a fresh non-superuser login (as in production, where
+/// row-level security must apply), then registration and lookups.
+async fn pg_run(
+    options: &Options,
+    admin: &PgAdmin,
+    binary: &Path,
+    log_path: &Path,
+) -> anyhow::Result<PgResult> {
+    // Declared before the server, so that it is dropped after it: the
+    // database goes away only once nothing uses it any more.
+    let scratch = Scratch::create(admin).await?;
+    progress(&format!(
+        "  postgres: database {}, login {}; migrating (server log: {})",
+        scratch.database,
+        scratch.role,
+        log_path.display()
+    ));
+    let as_admin = admin.pg_config(&scratch.database);
+    hub_store::pg::migrate::run(&as_admin)
+        .await
+        .with_context(|| format!("applying the migrations to {}", scratch.database))?;
+    hub_store::pg::migrate::grant_app_role(&as_admin, &scratch.role, Some(&scratch.password))
+        .await
+        .with_context(|| format!("creating the login {}", scratch.role))?;
+    let env = [
+        ("POSTGRES_HOST", admin.host.clone()),
+        ("POSTGRES_PORT", admin.port.to_string()),
+        ("POSTGRES_DB", scratch.database.clone()),
+        ("POSTGRES_USER", scratch.role.clone()),
+        ("POSTGRES_PASSWORD", scratch.password.clone()),
+        ("HUB_PG_POOL_SIZE", options.pg_pool.to_string()),
+    ];
+    let mut server = Server::start(binary, log_path, &options.log_level, &env)?;
+    server.wait_ready("/health/ready").await?;
+    let pid = server.child.id();
+
+    progress("  pg register...");
+    let before = CpuSample::take(pid, &scratch.database)?;
+    let register = measure(options, &mut server, Phase::Register, OnError::Fail).await?;
+    let register_cpu = CpuSample::take(pid, &scratch.database)?.since(&before);
+
+    // Errors are counted rather than fatal here: a store that times out under
+    // load is a finding to report next to the latency, not a broken bench.
+    progress("  pg lookup...");
+    let before = CpuSample::take(pid, &scratch.database)?;
+    let lookup = measure(options, &mut server, Phase::Lookup, OnError::Count).await?;
+    let lookup_cpu = CpuSample::take(pid, &scratch.database)?.since(&before);
+
+    let peak_rss_kib = server.peak_rss_kib()?;
+    drop(server);
+    drop(scratch);
+    Ok(PgResult {
+        register,
+        lookup,
+        register_cpu,
+        lookup_cpu,
         peak_rss_kib,
     })
+}
+
+/// How to reach PostgreSQL as a role that may create databases and roles.
+#[derive(Debug)]
+struct PgAdmin {
+    config: tokio_postgres::Config,
+    /// A TCP host name or a Unix socket folder; the server gets the same.
+    host: String,
+    port: u16,
+    user: String,
+    password: Option<String>,
+}
+
+impl PgAdmin {
+    fn parse(libpq: &str) -> anyhow::Result<Self> {
+        let mut config: tokio_postgres::Config = libpq
+            .parse()
+            .with_context(|| format!("{PG_ADMIN_ENV} is not a libpq key=value string"))?;
+        let host = match config.get_hosts().first() {
+            Some(Host::Tcp(host)) => host.clone(),
+            Some(Host::Unix(folder)) => folder.display().to_string(),
+            None => bail!("{PG_ADMIN_ENV} names no host="),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let user = config.get_user().unwrap_or("postgres").to_owned();
+        let password = config
+            .get_password()
+            .map(|bytes| String::from_utf8_lossy(bytes).into_owned());
+        if config.get_user().is_none() {
+            config.user(&user);
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(PG_CONNECT_TIMEOUT);
+        }
+        config.application_name("hub-bench");
+        Ok(Self {
+            config,
+            host,
+            port,
+            user,
+            password,
+        })
+    }
+
+    fn endpoint(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// Connects and asks for nothing, to learn whether the phases can run.
+    async fn probe(&self) -> anyhow::Result<()> {
+        let client = admin_client(&self.config).await?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .context("querying PostgreSQL")?;
+        Ok(())
+    }
+
+    /// The store's configuration for the admin in `database`, used to migrate
+    /// it and to create the server's login.
+    fn pg_config(&self, database: &str) -> hub_store::PgConfig {
+        let mut config = hub_store::PgConfig::new(self.host.clone());
+        config.port = self.port;
+        config.dbname = database.to_owned();
+        config.user.clone_from(&self.user);
+        config.password.clone_from(&self.password);
+        config.pool_size = 1;
+        config.statement_timeout = PG_MIGRATE_TIMEOUT;
+        config
+    }
+}
+
+async fn admin_client(config: &tokio_postgres::Config) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .context("connecting to PostgreSQL")?;
+    // The connection's own error also fails the next query, which reports it.
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// A throwaway database and login, both dropped when this is dropped, on the
+/// error paths too.
+#[derive(Debug)]
+struct Scratch {
+    admin: tokio_postgres::Config,
+    database: String,
+    role: String,
+    /// The login gets a random password so that the bench also works where
+    /// the server does not trust loopback connections.
+    password: String,
+}
+
+impl Scratch {
+    async fn create(admin: &PgAdmin) -> anyhow::Result<Self> {
+        let id = random_hex(6)?;
+        // Built before anything is created, so that a failure of the CREATE
+        // itself still runs the (IF EXISTS) cleanup.
+        let scratch = Self {
+            admin: admin.config.clone(),
+            database: format!("hub_bench_{id}"),
+            role: format!("hub_bench_{id}_app"),
+            password: random_hex(16)?,
+        };
+        let client = admin_client(&scratch.admin).await?;
+        // The name is made of letters, digits and '_' only, and identifiers
+        // cannot be bind parameters.
+        client
+            .batch_execute(&format!("CREATE DATABASE \"{}\"", scratch.database))
+            .await
+            .with_context(|| format!("creating the database {}", scratch.database))?;
+        Ok(scratch)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // Drop cannot await, and the calling thread belongs to the load
+        // generator's runtime, which cannot be blocked on from inside; a
+        // short-lived thread with a runtime of its own does the cleanup.
+        let admin = self.admin.clone();
+        let statements = [
+            format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database),
+            format!("DROP ROLE IF EXISTS \"{}\"", self.role),
+        ];
+        let outcome = std::thread::spawn(move || -> anyhow::Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting a runtime for the cleanup")?;
+            runtime.block_on(async {
+                let client = admin_client(&admin).await?;
+                for statement in &statements {
+                    client
+                        .batch_execute(statement)
+                        .await
+                        .with_context(|| statement.clone())?;
+                }
+                Ok(())
+            })
+        })
+        .join();
+        let error = match outcome {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => format!("{error:#}"),
+            Err(_) => "the cleanup thread panicked".to_owned(),
+        };
+        progress(&format!(
+            "warning: could not drop the database {} and the role {} ({error}); drop them by hand",
+            self.database, self.role
+        ));
+    }
+}
+
+fn random_hex(bytes: usize) -> anyhow::Result<String> {
+    let mut buffer = vec![0_u8; bytes];
+    File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut buffer))
+        .context("reading /dev/urandom")?;
+    Ok(buffer.iter().fold(String::new(), |mut hex, byte| {
+        let _ = write!(hex, "{byte:02x}");
+        hex
+    }))
+}
+
+/// CPU time consumed during a phase, in seconds, and how busy the whole
+/// machine was (0 to 1 over all cores).
+#[derive(Debug, Clone, Copy)]
+struct CpuUsage {
+    wall_s: f64,
+    server_s: f64,
+    postgres_s: f64,
+    /// The part of `postgres_s` spent by backends connected to the bench's
+    /// database; the rest is the cluster's own processes and other users.
+    postgres_bench_s: f64,
+    generator_s: f64,
+    machine_busy: f64,
+}
+
+impl CpuUsage {
+    /// Percent of one core.
+    fn percent(&self, seconds: f64) -> f64 {
+        if self.wall_s > 0.0 {
+            seconds / self.wall_s * 100.0
+        } else {
+            f64::NAN
+        }
+    }
+}
+
+/// CPU counters at one instant, in clock ticks.
+#[derive(Debug)]
+struct CpuSample {
+    at: Instant,
+    server: u64,
+    /// Every process whose comm is `postgres`: ticks, and whether it is a
+    /// backend of the bench's database.
+    postgres: HashMap<u32, (u64, bool)>,
+    generator: u64,
+    machine_total: u64,
+    machine_idle: u64,
+}
+
+impl CpuSample {
+    fn take(server_pid: u32, database: &str) -> anyhow::Result<Self> {
+        let server =
+            process_ticks(&server_pid.to_string()).context("reading the CPU time of hub-server")?;
+        let generator = process_ticks("self").context("reading the CPU time of the bench")?;
+        let (machine_total, machine_idle) = machine_ticks()?;
+        Ok(Self {
+            at: Instant::now(),
+            server,
+            postgres: postgres_ticks(database),
+            generator,
+            machine_total,
+            machine_idle,
+        })
+    }
+
+    fn since(&self, before: &Self) -> CpuUsage {
+        let seconds = |ticks: u64| ticks as f64 / USER_HZ;
+        // Per process, so that a backend that exits during the phase only
+        // loses its own share instead of making the sum go down; one that
+        // starts during the phase counts whole.
+        let (mut postgres, mut bench) = (0, 0);
+        for (pid, (ticks, ours)) in &self.postgres {
+            let start = before.postgres.get(pid).map_or(0, |(ticks, _)| *ticks);
+            let spent = ticks.saturating_sub(start);
+            postgres += spent;
+            if *ours {
+                bench += spent;
+            }
+        }
+        let total = self.machine_total.saturating_sub(before.machine_total);
+        let idle = self.machine_idle.saturating_sub(before.machine_idle);
+        CpuUsage {
+            wall_s: self.at.duration_since(before.at).as_secs_f64(),
+            server_s: seconds(self.server.saturating_sub(before.server)),
+            postgres_s: seconds(postgres),
+            postgres_bench_s: seconds(bench),
+            generator_s: seconds(self.generator.saturating_sub(before.generator)),
+            machine_busy: if total > 0 {
+                1.0 - idle as f64 / total as f64
+            } else {
+                f64::NAN
+            },
+        }
+    }
+}
+
+/// utime + stime of `/proc/<pid>/stat`.
+fn process_ticks(pid: &str) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name in parentheses may hold spaces, so the fields are
+    // counted from the last ')': state is field 3, utime 14 and stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |index: usize| -> anyhow::Result<u64> {
+        fields
+            .get(index - 3)
+            .and_then(|value| value.parse().ok())
+            .with_context(|| format!("field {index} of {path} is not a number"))
+    };
+    Ok(field(14)? + field(15)?)
+}
+
+/// The ticks of every `postgres` process this user can see. Processes come
+/// and go while /proc is read, so one that cannot be read is left out.
+fn postgres_ticks(database: &str) -> HashMap<u32, (u64, bool)> {
+    let mut found = HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let is_postgres = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| comm.trim_end() == "postgres");
+        if !is_postgres {
+            continue;
+        }
+        let Ok(ticks) = process_ticks(&pid.to_string()) else {
+            continue;
+        };
+        // A backend's title is "postgres: <cluster>: <user> <database> ...".
+        let ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+            String::from_utf8_lossy(&cmdline)
+                .split(|c: char| c.is_whitespace() || c == '\0')
+                .any(|word| word == database)
+        });
+        found.insert(pid, (ticks, ours));
+    }
+    found
+}
+
+/// All and idle (idle + iowait) ticks of the machine, from `/proc/stat`.
+fn machine_ticks() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("cpu "))
+        .context("/proc/stat does not start with the cpu line")?
+        .split_whitespace()
+        .filter_map(|value| value.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal; guest time is already
+    // part of user, so the later columns are not added again.
+    let total = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    Ok((total, idle))
 }
 
 /// A hub-server child process, killed when dropped so that no error path
@@ -262,20 +801,27 @@ struct Server {
 }
 
 impl Server {
-    fn start(binary: &Path, log_path: &Path, log_level: &str) -> anyhow::Result<Self> {
+    /// `env` comes on top of what every mode gets; it selects the store.
+    fn start(
+        binary: &Path,
+        log_path: &Path,
+        log_level: &str,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
         let addr = free_port()?;
         let log =
             File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let log_err = log.try_clone().context("duplicating the log file handle")?;
         // A cleared environment keeps the developer's variables out of the
-        // measurement; in particular the server refuses to start when a
-        // backend such as POSTGRES_HOST or NATS_URL is set. The log goes to a
-        // file so that a terminal cannot become the bottleneck.
+        // measurement; in particular a POSTGRES_HOST of the developer would
+        // turn the embedded run into a PostgreSQL one. The log goes to a file
+        // so that a terminal cannot become the bottleneck.
         let child = Command::new(binary)
             .env_clear()
             .env("HUB_BIND", addr.to_string())
             .env("CENTRAL_HUB_API_KEYS", API_KEY)
             .env("RUST_LOG", log_level)
+            .envs(env.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -288,13 +834,13 @@ impl Server {
         })
     }
 
-    /// Polls `GET /health` until it answers 200, the process exits, or the
+    /// Polls `GET path` until it answers 200, the process exits, or the
     /// deadline passes.
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+    async fn wait_ready(&mut self, path: &str) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_DEADLINE;
         loop {
             self.check_alive()?;
-            let last_error = match get_status(self.addr, "/health").await {
+            let last_error = match get_status(self.addr, path).await {
                 Ok(200) => return Ok(()),
                 Ok(status) => format!("status {status}"),
                 Err(error) => format!("{error:#}"),
@@ -539,6 +1085,17 @@ impl Workload {
     }
 }
 
+/// What a failed request does to a phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnError {
+    /// The phase fails.
+    Fail,
+    /// The phase goes on; the error answers are counted and the first one is
+    /// shown. A lost connection still fails it: that is a server going away,
+    /// not a slow store.
+    Count,
+}
+
 /// When a phase ends.
 #[derive(Debug, Clone, Copy)]
 enum Stop {
@@ -554,6 +1111,8 @@ struct TaskResult {
     histogram: Histogram<u64>,
     errors: u64,
     first_error: Option<String>,
+    /// Why the connection was lost, if it was (which ended this task).
+    lost: Option<String>,
 }
 
 /// Runs one closed-loop phase: `connections` tasks, each with its own
@@ -563,6 +1122,7 @@ async fn drive(
     connections: usize,
     workload: Arc<Workload>,
     stop: Stop,
+    on_error: OnError,
 ) -> anyhow::Result<Figures> {
     // Connections are opened before the clock starts: the figures are about
     // requests, not TCP handshakes.
@@ -591,6 +1151,7 @@ async fn drive(
     let mut histogram = new_histogram()?;
     let mut errors = 0;
     let mut first_error = None;
+    let mut lost = None;
     for task in tasks {
         let result = task.await.context("a load generator task panicked")??;
         histogram
@@ -598,11 +1159,20 @@ async fn drive(
             .context("merging latency histograms")?;
         errors += result.errors;
         first_error = first_error.or(result.first_error);
+        lost = lost.or(result.lost);
     }
     let elapsed = started.elapsed().as_secs_f64();
     let requests = histogram.len();
+    if let Some(lost) = lost {
+        bail!("{errors} of {requests} requests failed, and a connection was lost: {lost}");
+    }
     if let Some(first) = first_error {
-        bail!("{errors} of {requests} requests failed; the first: {first}");
+        if on_error == OnError::Fail {
+            bail!("{errors} of {requests} requests failed; the first: {first}");
+        }
+        progress(&format!(
+            "  warning: {errors} of {requests} requests failed; the first: {first}"
+        ));
     }
     if requests == 0 {
         bail!("no request completed");
@@ -636,6 +1206,7 @@ async fn connection_loop(
         histogram: new_histogram()?,
         errors: 0,
         first_error: None,
+        lost: None,
     };
     loop {
         if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
@@ -657,9 +1228,10 @@ async fn connection_loop(
                 result
                     .first_error
                     .get_or_insert_with(|| format!("{error:#}"));
-                // A transport error leaves the connection unusable, and one
-                // error already fails the phase, so this task stops here.
+                // A transport error leaves the connection unusable, and it
+                // fails the phase, so this task stops here.
                 if error.downcast_ref::<hyper::Error>().is_some() {
+                    result.lost = Some(format!("{error:#}"));
                     break;
                 }
             }
@@ -706,45 +1278,146 @@ const HEADER: &str = "phase          requests        rps   p50 ms   p99 ms   err
 fn row(out: &mut String, name: &str, requests: u64, figures: &Figures) {
     let _ = writeln!(
         out,
-        "{name:<10} {requests:>12} {:>10.1} {:>8.3} {:>8.3} {:>8}",
+        "{name:<12} {requests:>10} {:>10.1} {:>8.3} {:>8.3} {:>8}",
         figures.rps, figures.p50_ms, figures.p99_ms, figures.errors
     );
 }
 
-fn run_table(run: usize, result: &RunResult) -> String {
-    let mut out = format!("\nrun {run}\n{HEADER}\n");
+/// Where the CPU time of a PostgreSQL phase went, and what that says about
+/// the bound.
+fn cpu_line(out: &mut String, name: &str, cpu: &CpuUsage) {
+    let _ = writeln!(
+        out,
+        "{name} CPU (% of one core): hub-server {:.0}, postgres {:.0} (bench backends {:.0}), \
+         load generator {:.0}; machine {:.0}% busy over all cores -> {}",
+        cpu.percent(cpu.server_s),
+        cpu.percent(cpu.postgres_s),
+        cpu.percent(cpu.postgres_bench_s),
+        cpu.percent(cpu.generator_s),
+        cpu.machine_busy * 100.0,
+        bound(cpu),
+    );
+}
+
+/// The bench's reading of the CPU figures: with the cores saturated, the
+/// biggest consumer is the bound; otherwise it is waiting (round trips,
+/// locks, WAL flushes), which CPU time cannot show.
+fn bound(cpu: &CpuUsage) -> String {
+    if cpu.machine_busy.is_nan() {
+        return "bound unknown".to_owned();
+    }
+    if cpu.machine_busy < SATURATED {
+        return "cores not saturated: bound by waiting (round trips, locks, WAL flushes), not CPU"
+            .to_owned();
+    }
+    let shares = [
+        ("hub-server", cpu.server_s),
+        ("postgres", cpu.postgres_s),
+        ("the load generator", cpu.generator_s),
+    ];
+    let biggest = shares
+        .iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map_or("?", |(name, _)| name);
+    format!("cores saturated: CPU-bound, biggest consumer {biggest}")
+}
+
+fn run_table(run: usize, result: &RunResult, pg_pool: usize) -> String {
+    let mut out = format!(
+        "\nrun {run} (1-min load {} at its end)\n{HEADER}\n",
+        load_average()
+    );
     for (phase, figures) in Phase::ALL.iter().zip(&result.phases) {
         row(&mut out, phase.name(), figures.requests, figures);
     }
+    if let Some(pg) = &result.pg {
+        row(&mut out, "pg register", pg.register.requests, &pg.register);
+        row(&mut out, "pg lookup", pg.lookup.requests, &pg.lookup);
+    }
     let _ = writeln!(out, "peak RSS: {:.1} MiB", mib(result.peak_rss_kib));
+    if let Some(pg) = &result.pg {
+        let _ = writeln!(
+            out,
+            "pg peak RSS: {:.1} MiB; HUB_PG_POOL_SIZE={pg_pool}",
+            mib(pg.peak_rss_kib)
+        );
+        cpu_line(&mut out, "pg register", &pg.register_cpu);
+        cpu_line(&mut out, "pg lookup", &pg.lookup_cpu);
+    }
     out
 }
 
-fn summary(runs: &[RunResult]) -> String {
+/// The median of each figure separately, and the errors and requests summed.
+fn median_figures(all: &[&Figures]) -> (u64, Figures) {
+    let of = |f: fn(&Figures) -> f64| median(all.iter().map(|figures| f(figures)).collect());
+    let figures = Figures {
+        requests: 0,
+        errors: all.iter().map(|figures| figures.errors).sum(),
+        rps: of(|f| f.rps),
+        p50_ms: of(|f| f.p50_ms),
+        p99_ms: of(|f| f.p99_ms),
+    };
+    (all.iter().map(|figures| figures.requests).sum(), figures)
+}
+
+fn median_cpu(all: &[&CpuUsage]) -> CpuUsage {
+    let of = |f: fn(&CpuUsage) -> f64| median(all.iter().map(|cpu| f(cpu)).collect());
+    // Every share is a median of its own, over the same wall time of one
+    // second, so that `percent` reads them back unchanged.
+    CpuUsage {
+        wall_s: 1.0,
+        server_s: of(|c| c.server_s / c.wall_s),
+        postgres_s: of(|c| c.postgres_s / c.wall_s),
+        postgres_bench_s: of(|c| c.postgres_bench_s / c.wall_s),
+        generator_s: of(|c| c.generator_s / c.wall_s),
+        machine_busy: of(|c| c.machine_busy),
+    }
+}
+
+fn summary(runs: &[RunResult], pg_pool: usize) -> String {
     let mut out = format!(
-        "\nmedians of {} run(s) (each figure separately)\n{HEADER}\n",
-        runs.len()
+        "\nmedians of {} run(s) (each figure separately; 1-min load {} at the end)\n{HEADER}\n",
+        runs.len(),
+        load_average()
     );
     let mut medians = Vec::new();
     for (i, phase) in Phase::ALL.iter().enumerate() {
-        let of = |f: fn(&Figures) -> f64| median(runs.iter().map(|r| f(&r.phases[i])).collect());
-        let figures = Figures {
-            requests: 0,
-            errors: runs.iter().map(|r| r.phases[i].errors).sum(),
-            rps: of(|f| f.rps),
-            p50_ms: of(|f| f.p50_ms),
-            p99_ms: of(|f| f.p99_ms),
-        };
-        let requests = runs.iter().map(|r| r.phases[i].requests).sum();
+        let all: Vec<&Figures> = runs.iter().map(|r| &r.phases[i]).collect();
+        let (requests, figures) = median_figures(&all);
         row(&mut out, phase.name(), requests, &figures);
         medians.push((*phase, figures));
     }
+    let pg_runs: Vec<&PgResult> = runs.iter().filter_map(|r| r.pg.as_ref()).collect();
+    // Either every run measured PostgreSQL or none did: a failed one fails
+    // the bench.
+    let pg = (!pg_runs.is_empty()).then(|| {
+        let register: Vec<&Figures> = pg_runs.iter().map(|pg| &pg.register).collect();
+        let lookup: Vec<&Figures> = pg_runs.iter().map(|pg| &pg.lookup).collect();
+        let (requests, register) = median_figures(&register);
+        row(&mut out, "pg register", requests, &register);
+        let (requests, lookup) = median_figures(&lookup);
+        row(&mut out, "pg lookup", requests, &lookup);
+        (register, lookup)
+    });
     let peak = runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0);
     let _ = writeln!(
         out,
-        "peak RSS: {:.1} MiB (max over runs; requests column is the total of all runs)\n",
+        "peak RSS: {:.1} MiB (max over runs; requests column is the total of all runs)",
         mib(peak)
     );
+    if pg.is_some() {
+        let peak = pg_runs.iter().map(|pg| pg.peak_rss_kib).max().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "pg peak RSS: {:.1} MiB; HUB_PG_POOL_SIZE={pg_pool}",
+            mib(peak)
+        );
+        let register: Vec<&CpuUsage> = pg_runs.iter().map(|pg| &pg.register_cpu).collect();
+        cpu_line(&mut out, "pg register", &median_cpu(&register));
+        let lookup: Vec<&CpuUsage> = pg_runs.iter().map(|pg| &pg.lookup_cpu).collect();
+        cpu_line(&mut out, "pg lookup", &median_cpu(&lookup));
+    }
+    out.push('\n');
     let get = |wanted: Phase| {
         medians
             .iter()
@@ -773,25 +1446,49 @@ fn summary(runs: &[RunResult]) -> String {
             Bound::AtLeast(REGISTER_THROUGHPUT_TARGET),
         );
     }
+    match pg {
+        Some((register, lookup)) => {
+            target(
+                &mut out,
+                "pg register/s",
+                register.rps,
+                Bound::AtLeast(PG_REGISTER_TARGET),
+            );
+            target(
+                &mut out,
+                "pg lookup p99 ms",
+                lookup.p99_ms,
+                Bound::Below(PG_LOOKUP_P99_TARGET_MS),
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "pg register/s, pg lookup p99 ms: not measured (PostgreSQL skipped)"
+            );
+        }
+    }
     out
 }
 
-/// A target of the issue, stated as a bound on a ratio.
+/// A target of the issue, stated as a bound on a ratio or an absolute figure.
 #[derive(Debug, Clone, Copy)]
 enum Bound {
     AtLeast(f64),
     AtMost(f64),
+    Below(f64),
 }
 
-fn target(out: &mut String, name: &str, ratio: f64, bound: Bound) {
+fn target(out: &mut String, name: &str, value: f64, bound: Bound) {
     let (pass, relation, bound) = match bound {
-        Bound::AtLeast(b) => (ratio >= b, ">=", b),
-        Bound::AtMost(b) => (ratio <= b, "<=", b),
+        Bound::AtLeast(b) => (value >= b, ">=", b),
+        Bound::AtMost(b) => (value <= b, "<=", b),
+        Bound::Below(b) => (value < b, "<", b),
     };
     let verdict = if pass { "PASS" } else { "FAIL" };
     let _ = writeln!(
         out,
-        "{name:<27} {ratio:.2} (target {relation} {bound:.2}) {verdict}"
+        "{name:<27} {value:.2} (target {relation} {bound:.2}) {verdict}"
     );
 }
 
