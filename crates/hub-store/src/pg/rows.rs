@@ -20,38 +20,50 @@ fn corrupt(what: String) -> RegistryError {
 /// validation again: a row that breaks it (written by hand, say) is reported
 /// as an unexpected error naming the row, never served.
 pub(crate) fn instance(tenant: &TenantId, row: &Row) -> Result<Instance, RegistryError> {
+    instance_at(tenant, row, 0)
+}
+
+/// Like [`instance`], for a row whose [`COLUMNS`] start at column `first`.
+pub(crate) fn instance_at(
+    tenant: &TenantId,
+    row: &Row,
+    first: usize,
+) -> Result<Instance, RegistryError> {
     let decode = |e: tokio_postgres::Error| RegistryError::Unexpected(Box::new(e));
-    let service_name: String = row.try_get(0).map_err(decode)?;
-    let instance_id: String = row.try_get(1).map_err(decode)?;
+    let service_name: String = row.try_get(first).map_err(decode)?;
+    let instance_id: String = row.try_get(first + 1).map_err(decode)?;
     let registration = Registration::try_from(RegistrationInput {
         service_name: service_name.clone(),
         instance_id: Some(instance_id.clone()),
-        host: row.try_get(2).map_err(decode)?,
-        port: i64::from(row.try_get::<_, i32>(3).map_err(decode)?),
-        protocol: Some(row.try_get(4).map_err(decode)?),
-        health_endpoint: Some(row.try_get(5).map_err(decode)?),
-        version: row.try_get(6).map_err(decode)?,
-        tags: row.try_get(7).map_err(decode)?,
-        metadata: Some(row.try_get::<_, Value>(8).map_err(decode)?),
-        ttl_seconds: Some(i64::from(row.try_get::<_, i32>(9).map_err(decode)?)),
+        host: row.try_get(first + 2).map_err(decode)?,
+        port: i64::from(row.try_get::<_, i32>(first + 3).map_err(decode)?),
+        protocol: Some(row.try_get(first + 4).map_err(decode)?),
+        health_endpoint: Some(row.try_get(first + 5).map_err(decode)?),
+        version: row.try_get(first + 6).map_err(decode)?,
+        tags: row.try_get(first + 7).map_err(decode)?,
+        metadata: Some(row.try_get::<_, Value>(first + 8).map_err(decode)?),
+        ttl_seconds: Some(i64::from(row.try_get::<_, i32>(first + 9).map_err(decode)?)),
     })
     .map_err(|e| {
         corrupt(format!(
             "stored instance {service_name}/{instance_id} of tenant {tenant} is invalid: {e}"
         ))
     })?;
-    let status: String = row.try_get(10).map_err(decode)?;
+    let status: String = row.try_get(first + 10).map_err(decode)?;
     let status: HealthStatus = status
         .parse()
         .map_err(|_| corrupt(format!("stored status {status:?} is unknown")))?;
-    let revision: i64 = row.try_get(14).map_err(decode)?;
+    let revision: i64 = row.try_get(first + 14).map_err(decode)?;
     Ok(Instance::restore(
         tenant.clone(),
         registration,
         status,
-        row.try_get::<_, DateTime<Utc>>(11).map_err(decode)?,
-        row.try_get::<_, DateTime<Utc>>(12).map_err(decode)?,
-        row.try_get::<_, DateTime<Utc>>(13).map_err(decode)?,
+        row.try_get::<_, DateTime<Utc>>(first + 11)
+            .map_err(decode)?,
+        row.try_get::<_, DateTime<Utc>>(first + 12)
+            .map_err(decode)?,
+        row.try_get::<_, DateTime<Utc>>(first + 13)
+            .map_err(decode)?,
         revision_of(revision)?,
     ))
 }

@@ -177,7 +177,6 @@ impl RegistryStore for PgStore {
         let metadata = Value::Object(registration.metadata().clone());
         let registration = &registration;
         let (registered_at, created, revision) = in_tenant!(&self.pool, tenant, |scoped| {
-            let revision = bump_revision(scoped, tenant, 1).await?;
             let t = tenant.as_str();
             let service = registration.service_name().as_str();
             let instance = registration.instance_id().as_str();
@@ -191,7 +190,7 @@ impl RegistryStore for PgStore {
             let payload = rows::registration_payload(registration, HealthStatus::Passing, lease);
             let actor = context.actor();
             let request_id = context.request_id();
-            let params: [&(dyn ToSql + Sync); 17] = [
+            let params: [&(dyn ToSql + Sync); 16] = [
                 &t,
                 &service,
                 &instance,
@@ -205,20 +204,33 @@ impl RegistryStore for PgStore {
                 &ttl,
                 &now,
                 &lease,
-                &revision,
                 &actor,
                 &request_id,
                 &payload,
             ];
-            // One statement writes the instance and its audit row: the
-            // audit part reads `created` from the upsert's RETURNING.
+            // One statement does the whole change, in lock order: it bumps
+            // (and so locks) the tenant's revision row first, enters a new
+            // tenant in hub_tenants, writes the instance, and writes the
+            // audit row, which reads `created` from the upsert's RETURNING.
+            // It is what `bump_revision` does, inlined to save round trips on
+            // the hottest write.
             let row = scoped
                 .query_one(
-                    "WITH up AS ( \
+                    "WITH rev AS ( \
+                         INSERT INTO tenant_state AS s (tenant_id, revision) VALUES ($1, 1) \
+                         ON CONFLICT (tenant_id) DO UPDATE SET revision = s.revision + 1 \
+                         RETURNING revision, (xmax = 0) AS created \
+                     ), known AS ( \
+                         INSERT INTO hub_tenants (tenant_id) SELECT $1 FROM rev WHERE rev.created \
+                         ON CONFLICT DO NOTHING \
+                     ), up AS ( \
                          INSERT INTO service_registry (tenant_id, service_name, instance_id, host, port, \
                              protocol, health_endpoint, version, tags, metadata, ttl_seconds, status, \
                              registered_at, last_heartbeat, lease_expires_at, revision) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'passing', $12, $12, $13, $14) \
+                         SELECT $1, $2::varchar, $3::varchar, $4::varchar, $5::int, $6::varchar, \
+                             $7::varchar, $8::varchar, $9::text[], $10::jsonb, $11::int, 'passing', \
+                             $12::timestamptz, $12::timestamptz, $13::timestamptz, rev.revision \
+                         FROM rev \
                          ON CONFLICT (tenant_id, service_name, instance_id) DO UPDATE SET \
                              host = EXCLUDED.host, port = EXCLUDED.port, protocol = EXCLUDED.protocol, \
                              health_endpoint = EXCLUDED.health_endpoint, version = EXCLUDED.version, \
@@ -226,21 +238,22 @@ impl RegistryStore for PgStore {
                              ttl_seconds = EXCLUDED.ttl_seconds, status = 'passing', \
                              last_heartbeat = EXCLUDED.last_heartbeat, \
                              lease_expires_at = EXCLUDED.lease_expires_at, revision = EXCLUDED.revision \
-                         RETURNING registered_at, (xmax = 0) AS created \
+                         RETURNING registered_at, (xmax = 0) AS created, revision \
                      ), audit AS ( \
                          INSERT INTO coordination_history (tenant_id, revision, event_type, service_name, \
                              instance_id, actor, request_id, occurred_at, payload) \
-                         SELECT $1, $14, CASE WHEN up.created THEN 'service.registered' \
+                         SELECT $1, up.revision, CASE WHEN up.created THEN 'service.registered' \
                                               ELSE 'service.updated' END, \
-                                $2, $3, $15::varchar, $16::varchar, $12, $17::jsonb \
+                                $2, $3, $14::varchar, $15::varchar, $12, $16::jsonb \
                          FROM up \
                      ) \
-                     SELECT registered_at, created FROM up",
+                     SELECT registered_at, created, revision FROM up",
                     &params,
                 )
                 .await?;
             let registered_at: DateTime<Utc> = row.try_get(0)?;
             let created: bool = row.try_get(1)?;
+            let revision: i64 = row.try_get(2)?;
             Ok((registered_at, created, revision))
         })?;
         let instance = Instance::registered(
@@ -258,28 +271,34 @@ impl RegistryStore for PgStore {
         tenant: &TenantId,
         service: &ServiceName,
     ) -> Result<ServiceSnapshot, RegistryError> {
+        // One statement answers both: the tenant's revision in column 0 and
+        // the instances after it. The outer join keeps one row even when the
+        // service has no instance (its columns then are NULL).
         let sql = format!(
-            "SELECT {COLUMNS} FROM service_registry \
-             WHERE tenant_id = $1 AND service_name = $2 ORDER BY instance_id"
+            "SELECT coalesce((SELECT revision FROM tenant_state WHERE tenant_id = $1), 0), r.* \
+             FROM (SELECT 1) AS one \
+             LEFT JOIN LATERAL (SELECT {COLUMNS} FROM service_registry \
+                 WHERE tenant_id = $1 AND service_name = $2 ORDER BY instance_id) AS r ON true"
         );
-        let (rows, revision) = in_tenant!(&self.pool, tenant, |scoped| {
-            // Both statements go out together (tokio-postgres pipelines
-            // queries that are awaited at the same time).
-            let (t, s) = (tenant.as_str(), service.as_str());
-            let instance_params: [&(dyn ToSql + Sync); 2] = [&t, &s];
-            let revision_params: [&(dyn ToSql + Sync); 1] = [&t];
-            let (rows, revision) = tokio::try_join!(
-                scoped.query(&sql, &instance_params),
-                scoped.query_opt(REVISION, &revision_params),
-            )?;
-            let revision: i64 = match revision {
-                Some(row) => row.try_get(0)?,
-                None => 0,
-            };
-            Ok((rows, revision))
+        let rows = in_tenant!(&self.pool, tenant, |scoped| {
+            Ok(scoped
+                .query(&sql, &[&tenant.as_str(), &service.as_str()])
+                .await?)
         })?;
+        let mut revision = 0;
+        let mut found = Vec::with_capacity(rows.len());
+        for row in &rows {
+            revision = row.try_get(0).map_err(from_pg)?;
+            if row
+                .try_get::<_, Option<String>>(1)
+                .map_err(from_pg)?
+                .is_some()
+            {
+                found.push(rows::instance_at(tenant, row, 1)?);
+            }
+        }
         Ok(ServiceSnapshot {
-            instances: instances(tenant, &rows)?,
+            instances: found,
             revision: revision_of(revision)?,
         })
     }
