@@ -4,6 +4,7 @@
 // workspace denies printing because the server must log instead.
 #![allow(clippy::print_stderr)]
 
+mod args;
 mod bench;
 mod migrate;
 mod seed;

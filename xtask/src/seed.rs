@@ -239,19 +239,10 @@ impl Options {
     fn parse(args: &[String]) -> anyhow::Result<Option<Self>> {
         let mut url = None;
         let mut api_key = None;
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            // Both `--flag value` and `--flag=value` are accepted.
-            let (flag, inline) = match arg.split_once('=') {
-                Some((flag, value)) => (flag, Some(value.to_owned())),
-                None => (arg.as_str(), None),
-            };
-            let mut value = || {
-                inline
-                    .clone()
-                    .or_else(|| args.next().cloned())
-                    .with_context(|| format!("{flag} needs a value\n\n{USAGE}"))
-            };
+        // Both `--flag value` and `--flag=value` are accepted.
+        let mut flags = crate::args::Flags::new(args, USAGE);
+        while let Some((flag, inline)) = flags.next_flag() {
+            let mut value = || flags.value(flag, inline);
             match flag {
                 "--url" => url = Some(value()?),
                 "--api-key" => api_key = Some(value()?),

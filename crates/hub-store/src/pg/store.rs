@@ -281,9 +281,9 @@ impl RegistryStore for PgStore {
                  WHERE tenant_id = $1 AND service_name = $2 ORDER BY instance_id) AS r ON true"
         );
         let rows = in_tenant!(&self.pool, tenant, |scoped| {
-            Ok(scoped
+            scoped
                 .query(&sql, &[&tenant.as_str(), &service.as_str()])
-                .await?)
+                .await
         })?;
         let mut revision = 0;
         let mut found = Vec::with_capacity(rows.len());
