@@ -50,6 +50,10 @@ pub struct PostgresSettings {
     /// `HUB_PG_STARTUP_TIMEOUT_SECS`: how long start-up keeps retrying an
     /// unreachable database before giving up.
     pub startup_timeout_secs: u64,
+    /// `HUB_LOOKUP_CACHE_MS`: how long a service lookup may be answered from
+    /// memory (changes made through this replica show at once; through
+    /// another, within this time). 0 turns the cache off.
+    pub lookup_cache_ms: u64,
 }
 
 /// HTTP listener settings.
@@ -98,7 +102,8 @@ pub struct LeaseSettings {
 
 /// Environment variables and the settings keys they set. The names are those
 /// of the original deployment guide, honoured exactly.
-const ENV_KEYS: [(&str, &str); 16] = [
+const ENV_KEYS: [(&str, &str); 17] = [
+    ("HUB_LOOKUP_CACHE_MS", "postgres.lookup_cache_ms"),
     ("POSTGRES_HOST", "postgres.host"),
     ("POSTGRES_PORT", "postgres.port"),
     ("POSTGRES_DB", "postgres.db"),
@@ -155,7 +160,8 @@ impl Settings {
             .set_default("postgres.statement_timeout_ms", 5000)?
             .set_default("postgres.migrate_on_start", false)?
             .set_default("postgres.allow_rls_bypass", false)?
-            .set_default("postgres.startup_timeout_secs", 60)?;
+            .set_default("postgres.startup_timeout_secs", 60)?
+            .set_default("postgres.lookup_cache_ms", 500)?;
         if let Some(path) = env.get("HUB_CONFIG").filter(|p| !p.is_empty()) {
             builder = builder.add_source(File::new(path, FileFormat::Toml).required(true));
         }
@@ -165,6 +171,12 @@ impl Settings {
             }
         }
         let settings: Settings = builder.build()?.try_deserialize()?;
+        if settings.postgres.lookup_cache_ms > 1000 {
+            return Err(ConfigError::Message(
+                "HUB_LOOKUP_CACHE_MS must be at most 1000: a change must reach every replica within 1 s"
+                    .into(),
+            ));
+        }
         if settings.postgres.pool_size == 0 || settings.postgres.statement_timeout_ms == 0 {
             return Err(ConfigError::Message(
                 "HUB_PG_POOL_SIZE and HUB_PG_STATEMENT_TIMEOUT_MS must be at least 1".into(),
@@ -275,6 +287,9 @@ mod tests {
         assert!(!s.postgres.allow_rls_bypass);
         assert!(!format!("{s:?}").contains("pw-secret"));
         assert!(Settings::load(&env(&[("POSTGRES_PORT", "99999")])).is_err());
+        assert_eq!(s.postgres.lookup_cache_ms, 500);
+        assert!(Settings::load(&env(&[("HUB_LOOKUP_CACHE_MS", "1001")])).is_err());
+        assert!(Settings::load(&env(&[("HUB_LOOKUP_CACHE_MS", "0")])).is_ok());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use actix_web::HttpServer;
 use actix_web::dev::{Server, ServerHandle};
+use hub_core::cache::CachedStore;
 use hub_core::memory::{InProcessBus, MemoryStore, SystemClock};
 use hub_core::ports::{Clock, RegistryStore};
 use hub_core::{Registry, RegistryError};
@@ -97,7 +98,10 @@ fn pg_config(host: &str, s: &PostgresSettings) -> PgConfig {
 /// otherwise. An unreachable database is retried with backoff for
 /// `HUB_PG_STARTUP_TIMEOUT_SECS`; a role that bypasses row-level security is
 /// refused unless explicitly allowed.
-async fn build_store(settings: &PostgresSettings) -> anyhow::Result<Arc<dyn RegistryStore>> {
+async fn build_store(
+    settings: &PostgresSettings,
+    clock: &Arc<dyn Clock>,
+) -> anyhow::Result<Arc<dyn RegistryStore>> {
     let Some(host) = settings.host.as_deref().filter(|h| !h.is_empty()) else {
         tracing::info!(
             "embedded mode: in-memory registry and in-process event bus; nothing is persisted across restarts"
@@ -166,7 +170,15 @@ async fn build_store(settings: &PostgresSettings) -> anyhow::Result<Arc<dyn Regi
         pool_size = config.pool_size,
         "postgres mode: the registry is stored in PostgreSQL with row-level security"
     );
-    Ok(Arc::new(PgStore::new(&config)?))
+    let store: Arc<dyn RegistryStore> = Arc::new(PgStore::new(&config)?);
+    if settings.lookup_cache_ms == 0 {
+        return Ok(store);
+    }
+    Ok(Arc::new(CachedStore::new(
+        store,
+        clock.clone(),
+        chrono::Duration::milliseconds(i64::try_from(settings.lookup_cache_ms).unwrap_or(1000)),
+    )))
 }
 
 /// Runs lease expiry every `interval` until told to stop. A failed pass is
@@ -202,7 +214,7 @@ impl Application {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
         let auth = build_auth(&settings)?;
-        let store = build_store(&settings.postgres).await?;
+        let store = build_store(&settings.postgres, &clock).await?;
         let bus = InProcessBus::new();
         let registry = Registry::new(store, Arc::new(bus.clone()), clock);
 

@@ -32,6 +32,7 @@
 //! # }
 //! ```
 
+pub mod cache;
 pub mod domain;
 pub mod error;
 pub mod memory;
