@@ -22,6 +22,36 @@ enum Mode {
     /// Reads, then the caller gives up while a statement runs: the
     /// transaction is abandoned mid-flight.
     Abandon,
+    /// The same three, as pipelined single-statement transactions.
+    OneShotSucceed,
+    OneShotFail,
+    OneShotAbandon,
+}
+
+/// What a pipelined single-statement transaction saw.
+async fn one_shot(
+    pool: &Pool,
+    tenant: &TenantId,
+    mode: Mode,
+) -> Result<(Vec<String>, String), RegistryError> {
+    let sql = match mode {
+        Mode::OneShotFail => {
+            "SELECT tenant_id, current_setting('app.tenant_id', true), 1 / 0 FROM service_registry"
+        }
+        Mode::OneShotAbandon => {
+            "SELECT tenant_id, current_setting('app.tenant_id', true), pg_sleep(0.04)::text FROM service_registry"
+        }
+        _ => "SELECT tenant_id, current_setting('app.tenant_id', true) FROM service_registry",
+    };
+    let rows = super::scoped::single_statement(pool, tenant, sql, &[]).await?;
+    let setting = rows
+        .first()
+        .map(|r| r.get::<_, String>(1))
+        .unwrap_or_default();
+    Ok((
+        rows.iter().map(|r| r.get::<_, String>(0)).collect(),
+        setting,
+    ))
 }
 
 /// What one transaction saw: the tenants of the visible rows and the
@@ -39,11 +69,11 @@ async fn run(
             .query_one("SELECT current_setting('app.tenant_id', true)", &[])
             .await?;
         match mode {
-            Mode::Succeed => {}
-            Mode::FailMidway => {
+            Mode::Succeed | Mode::OneShotSucceed => {}
+            Mode::FailMidway | Mode::OneShotFail => {
                 scoped.query_one("SELECT 1 / 0", &[]).await?;
             }
-            Mode::Abandon => {
+            Mode::Abandon | Mode::OneShotAbandon => {
                 scoped.execute("SELECT pg_sleep(0.2)", &[]).await?;
             }
         }
@@ -107,21 +137,31 @@ async fn interleaved_failing_transactions_never_leak_a_tenant() {
                     break;
                 }
                 let tenant = &tenants[i % 2];
-                let mode = match (i / 2) % 4 {
-                    0 | 2 => Mode::Succeed,
+                let mode = match (i / 2) % 8 {
+                    0 | 4 => Mode::Succeed,
+                    2 | 6 => Mode::OneShotSucceed,
                     1 => Mode::FailMidway,
-                    _ => Mode::Abandon,
+                    5 => Mode::OneShotFail,
+                    3 => Mode::Abandon,
+                    _ => Mode::OneShotAbandon,
                 };
+                let limit = Duration::from_millis(20);
                 let outcome = match mode {
-                    Mode::Abandon => {
-                        tokio::time::timeout(Duration::from_millis(20), run(&pool, tenant, mode))
+                    Mode::Abandon => tokio::time::timeout(limit, run(&pool, tenant, mode))
+                        .await
+                        .ok(),
+                    Mode::OneShotAbandon => {
+                        tokio::time::timeout(limit, one_shot(&pool, tenant, mode))
                             .await
                             .ok()
+                    }
+                    Mode::OneShotSucceed | Mode::OneShotFail => {
+                        Some(one_shot(&pool, tenant, mode).await)
                     }
                     _ => Some(run(&pool, tenant, mode).await),
                 };
                 match (mode, outcome) {
-                    (Mode::Succeed, Some(Ok((seen, setting)))) => {
+                    (Mode::Succeed | Mode::OneShotSucceed, Some(Ok((seen, setting)))) => {
                         assert_eq!(setting, tenant.as_str(), "request {i}");
                         assert_eq!(seen.len(), 3, "request {i}: its own three rows");
                         assert!(
@@ -129,7 +169,9 @@ async fn interleaved_failing_transactions_never_leak_a_tenant() {
                             "request {i} saw {seen:?}"
                         );
                     }
-                    (Mode::Succeed, other) => panic!("request {i} should succeed: {other:?}"),
+                    (Mode::Succeed | Mode::OneShotSucceed, other) => {
+                        panic!("request {i} ({mode:?}) should succeed: {other:?}")
+                    }
                     (_, Some(Ok(_))) => panic!("request {i} ({mode:?}) should have failed"),
                     (_, _) => {
                         failures.fetch_add(1, Ordering::Relaxed);

@@ -129,6 +129,60 @@ impl Scoped {
     }
 }
 
+/// Runs one statement as its own transaction scoped to `tenant`, with
+/// `BEGIN`, the tenant setting, the statement and `COMMIT` sent together: one
+/// round trip instead of three, for the hottest write (registration).
+///
+/// The same invariant holds as for [`Scoped`]: the first statement after
+/// `BEGIN` sets `app.tenant_id` transaction-locally. If any part fails, the
+/// server has aborted the transaction and the pipelined `COMMIT` ends it as a
+/// rollback, so the connection goes back to the pool outside any
+/// transaction. The four requests are queued on the connection in one poll,
+/// so a caller that gives up cannot leave them half sent. A serialization
+/// failure or deadlock reruns it (up to `MAX_ATTEMPTS` times).
+pub(crate) async fn single_statement(
+    pool: &Pool,
+    tenant: &TenantId,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, RegistryError> {
+    let client = pool.get().await.map_err(from_pool)?;
+    let mut attempt = 1;
+    loop {
+        let result = pipelined(&client, tenant, sql, params).await;
+        match result {
+            Err(e) if super::error::is_retryable(&e) && attempt < MAX_ATTEMPTS => {
+                tracing::debug!(attempt, error = %e, "transaction rolled back by the server; running it again");
+                attempt += 1;
+            }
+            other => return other.map_err(from_db),
+        }
+    }
+}
+
+async fn pipelined(
+    client: &Object,
+    tenant: &TenantId,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, DbError> {
+    let set_tenant = client.prepare_cached(SET_TENANT).await?;
+    let statement = client.prepare_cached(sql).await?;
+    let tenant = tenant.as_str();
+    let tenant_params: [&(dyn ToSql + Sync); 1] = [&tenant];
+    let (begin, set, rows, commit) = tokio::join!(
+        client.batch_execute("BEGIN"),
+        client.execute(&set_tenant, &tenant_params),
+        client.query(&statement, params),
+        client.batch_execute("COMMIT"),
+    );
+    begin?;
+    set?;
+    let rows = rows?;
+    commit?;
+    Ok(rows)
+}
+
 /// `in_tenant!(pool, tenant, |scoped| { ... })`: runs the block (an async
 /// block returning `Result<T, DbError>`) in a transaction scoped
 /// to `tenant`, commits it on `Ok` and rolls it back on `Err`. A serialization

@@ -15,7 +15,7 @@ use super::config::PgConfig;
 use super::error::DbError;
 use super::error::{from_pg, from_pool};
 use super::rows::{self, COLUMNS, revision_of, stored};
-use super::scoped::{Scoped, in_tenant};
+use super::scoped::{Scoped, in_tenant, single_statement};
 
 /// The registry store on PostgreSQL. Cheap to clone (the pool is shared).
 #[derive(Clone)]
@@ -176,47 +176,47 @@ impl RegistryStore for PgStore {
         let lease = now + Duration::seconds(i64::from(registration.ttl_seconds()));
         let metadata = Value::Object(registration.metadata().clone());
         let registration = &registration;
-        let (registered_at, created, revision) = in_tenant!(&self.pool, tenant, |scoped| {
-            let t = tenant.as_str();
-            let service = registration.service_name().as_str();
-            let instance = registration.instance_id().as_str();
-            let host = registration.host().as_str();
-            let port = i32::from(registration.port());
-            let protocol = registration.protocol().as_str();
-            let health = registration.health_endpoint();
-            let version = registration.version();
-            let tags = registration.tags();
-            let ttl = i32::try_from(registration.ttl_seconds()).unwrap_or(i32::MAX);
-            let payload = rows::registration_payload(registration, HealthStatus::Passing, lease);
-            let actor = context.actor();
-            let request_id = context.request_id();
-            let params: [&(dyn ToSql + Sync); 16] = [
-                &t,
-                &service,
-                &instance,
-                &host,
-                &port,
-                &protocol,
-                &health,
-                &version,
-                &tags,
-                &metadata,
-                &ttl,
-                &now,
-                &lease,
-                &actor,
-                &request_id,
-                &payload,
-            ];
-            // One statement does the whole change, in lock order: it bumps
-            // (and so locks) the tenant's revision row first, enters a new
-            // tenant in hub_tenants, writes the instance, and writes the
-            // audit row, which reads `created` from the upsert's RETURNING.
-            // It is what `bump_revision` does, inlined to save round trips on
-            // the hottest write.
-            let row = scoped
-                .query_one(
-                    "WITH rev AS ( \
+        let t = tenant.as_str();
+        let service = registration.service_name().as_str();
+        let instance = registration.instance_id().as_str();
+        let host = registration.host().as_str();
+        let port = i32::from(registration.port());
+        let protocol = registration.protocol().as_str();
+        let health = registration.health_endpoint();
+        let version = registration.version();
+        let tags = registration.tags();
+        let ttl = i32::try_from(registration.ttl_seconds()).unwrap_or(i32::MAX);
+        let payload = rows::registration_payload(registration, HealthStatus::Passing, lease);
+        let actor = context.actor();
+        let request_id = context.request_id();
+        let params: [&(dyn ToSql + Sync); 16] = [
+            &t,
+            &service,
+            &instance,
+            &host,
+            &port,
+            &protocol,
+            &health,
+            &version,
+            &tags,
+            &metadata,
+            &ttl,
+            &now,
+            &lease,
+            &actor,
+            &request_id,
+            &payload,
+        ];
+        // One statement does the whole change, in lock order: it bumps (and
+        // so locks) the tenant's revision row first, enters a new tenant in
+        // hub_tenants, writes the instance, and writes the audit row, which
+        // reads `created` from the upsert's RETURNING. It is what
+        // `bump_revision` does, inlined, and it runs as a pipelined
+        // single-statement transaction: registration is the hottest write.
+        let rows = single_statement(
+            &self.pool,
+            tenant,
+            "WITH rev AS ( \
                          INSERT INTO tenant_state AS s (tenant_id, revision) VALUES ($1, 1) \
                          ON CONFLICT (tenant_id) DO UPDATE SET revision = s.revision + 1 \
                          RETURNING revision, (xmax = 0) AS created \
@@ -248,14 +248,15 @@ impl RegistryStore for PgStore {
                          FROM up \
                      ) \
                      SELECT registered_at, created, revision FROM up",
-                    &params,
-                )
-                .await?;
-            let registered_at: DateTime<Utc> = row.try_get(0)?;
-            let created: bool = row.try_get(1)?;
-            let revision: i64 = row.try_get(2)?;
-            Ok((registered_at, created, revision))
+            &params,
+        )
+        .await?;
+        let row = rows.first().ok_or_else(|| {
+            RegistryError::Unexpected("the registration statement returned no row".into())
         })?;
+        let registered_at: DateTime<Utc> = row.try_get(0).map_err(from_pg)?;
+        let created: bool = row.try_get(1).map_err(from_pg)?;
+        let revision: i64 = row.try_get(2).map_err(from_pg)?;
         let instance = Instance::registered(
             tenant.clone(),
             registration.clone(),
