@@ -281,11 +281,13 @@ impl RegistryStore for PgStore {
              LEFT JOIN LATERAL (SELECT {COLUMNS} FROM service_registry \
                  WHERE tenant_id = $1 AND service_name = $2 ORDER BY instance_id) AS r ON true"
         );
-        let rows = in_tenant!(&self.pool, tenant, |scoped| {
-            scoped
-                .query(&sql, &[&tenant.as_str(), &service.as_str()])
-                .await
-        })?;
+        let rows = single_statement(
+            &self.pool,
+            tenant,
+            &sql,
+            &[&tenant.as_str(), &service.as_str()],
+        )
+        .await?;
         let mut revision = 0;
         let mut found = Vec::with_capacity(rows.len());
         for row in &rows {
