@@ -1,6 +1,7 @@
 //! Domain vocabulary: identifiers, registrations, instances, events and queries.
 
 pub mod context;
+pub mod envelope;
 pub mod event;
 pub mod ids;
 pub mod instance;

@@ -1,0 +1,149 @@
+//! The event envelope: the one JSON form in which registry events leave the process (NATS, Kafka, outbox).
+//!
+//! It is part of the domain's contract with the outside world, so it lives
+//! here, built from a [`RegistryEvent`] in exactly one place, and every
+//! adapter (the NATS and Kafka publishers, the PostgreSQL outbox) carries
+//! these bytes unchanged. Consumers dedupe on `id`; `schema` names the
+//! version of this shape.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::event::RegistryEvent;
+
+/// The version of the envelope's shape; a breaking change gets a new one.
+pub const SCHEMA: &str = "central-hub.registry-event.v1";
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    schema: &'static str,
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    tenant_id: &'a str,
+    service_name: &'a str,
+    instance_id: &'a str,
+    revision: u64,
+    occurred_at: String,
+    data: Data<'a>,
+}
+
+/// The instance after the change (before it, for removals).
+#[derive(Serialize)]
+struct Data<'a> {
+    host: &'a str,
+    port: u16,
+    protocol: &'static str,
+    url: String,
+    health_endpoint: &'a str,
+    version: Option<&'a str>,
+    tags: &'a [String],
+    metadata: &'a Map<String, Value>,
+    ttl_seconds: u32,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_status: Option<&'static str>,
+    registered_at: String,
+    last_heartbeat: String,
+    lease_expires_at: String,
+}
+
+/// The envelope of `event` as JSON bytes.
+pub fn to_json(event: &RegistryEvent) -> Vec<u8> {
+    let instance = event.instance();
+    let registration = instance.registration();
+    let envelope = Envelope {
+        schema: SCHEMA,
+        id: event.id(),
+        kind: event.kind().as_str(),
+        tenant_id: event.tenant_id().as_str(),
+        service_name: event.service_name().as_str(),
+        instance_id: event.instance_id().as_str(),
+        revision: event.revision().get(),
+        occurred_at: rfc3339(event.occurred_at()),
+        data: Data {
+            host: instance.host().as_str(),
+            port: instance.port(),
+            protocol: instance.protocol().as_str(),
+            url: instance.url(),
+            health_endpoint: registration.health_endpoint(),
+            version: registration.version(),
+            tags: instance.tags(),
+            metadata: instance.metadata(),
+            ttl_seconds: registration.ttl_seconds(),
+            status: instance.status().as_str(),
+            previous_status: event.previous_status().map(|s| s.as_str()),
+            registered_at: rfc3339(instance.registered_at()),
+            last_heartbeat: rfc3339(instance.last_heartbeat()),
+            lease_expires_at: rfc3339(instance.lease_expires_at()),
+        },
+    };
+    // Serializing this struct cannot fail: every field is a string, number,
+    // array or map with string keys. An empty object is the fallback rather
+    // than a panic.
+    serde_json::to_vec(&envelope).unwrap_or_else(|_| b"{}".to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::event::EventKind;
+    use crate::domain::ids::TenantId;
+    use crate::domain::instance::{HealthStatus, Instance, Revision};
+    use crate::domain::registration::{Registration, RegistrationInput};
+
+    #[test]
+    fn envelope_has_the_documented_fields() {
+        let at = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
+        let registration = Registration::try_from(RegistrationInput {
+            service_name: "billing".into(),
+            instance_id: Some("b-1".into()),
+            host: "10.0.0.7".into(),
+            port: 8080,
+            tags: vec!["eu".into()],
+            metadata: Some(serde_json::json!({"zone": "a"})),
+            ..Default::default()
+        })
+        .unwrap();
+        let instance = Instance::registered(
+            TenantId::parse("tenant1").unwrap(),
+            registration,
+            at,
+            None,
+            Revision::new(7),
+        )
+        .with_status(HealthStatus::Critical);
+        let event = RegistryEvent::new(
+            EventKind::StatusChanged,
+            instance,
+            Some(HealthStatus::Passing),
+            at,
+        );
+        let value: Value = serde_json::from_slice(&to_json(&event)).unwrap();
+        assert_eq!(value["schema"], SCHEMA);
+        assert_eq!(value["id"], event.id());
+        assert_eq!(value["type"], "service.status_changed");
+        assert_eq!(value["tenant_id"], "tenant1");
+        assert_eq!(value["service_name"], "billing");
+        assert_eq!(value["instance_id"], "b-1");
+        assert_eq!(value["revision"], 7);
+        assert_eq!(value["occurred_at"], "2027-01-15T08:00:00.000Z");
+        assert_eq!(value["data"]["url"], "http://10.0.0.7:8080");
+        assert_eq!(value["data"]["status"], "critical");
+        assert_eq!(value["data"]["previous_status"], "passing");
+        assert_eq!(value["data"]["metadata"]["zone"], "a");
+        assert_eq!(value["data"]["tags"][0], "eu");
+        let keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys.len(), 9, "{keys:?}");
+    }
+}
