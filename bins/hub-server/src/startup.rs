@@ -184,14 +184,13 @@ async fn build_store(settings: &PostgresSettings, clock: &Arc<dyn Clock>) -> any
 }
 
 /// Keeps busy lookup-cache entries fresh ahead of expiry, so lookups of busy
-/// services never wait for PostgreSQL. Runs eight times per ttl and re-reads
-/// what expires within a quarter ttl: a busy entry is re-read about once per
-/// ttl, no more often than misses would have read it. Eight reads at a time:
-/// enough for thousands of busy services per second without taking the pool.
+/// services never wait for PostgreSQL. Runs four times per ttl and re-reads
+/// what expires within half a ttl, eight reads at a time (enough for
+/// thousands of busy services per second on the pool without taking it all).
 async fn refresh_cache(cache: Arc<CachedStore>, ttl: Duration, mut stop: watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval((ttl / 8).max(Duration::from_millis(10)));
+    let mut ticker = tokio::time::interval((ttl / 4).max(Duration::from_millis(10)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let ahead = chrono::Duration::from_std(ttl / 4).unwrap_or_else(|_| chrono::Duration::zero());
+    let ahead = chrono::Duration::from_std(ttl / 2).unwrap_or_else(|_| chrono::Duration::zero());
     loop {
         tokio::select! {
             _ = ticker.tick() => {
