@@ -25,8 +25,7 @@ pub struct Application {
     server: Server,
     registry: Registry,
     bus: InProcessBus,
-    /// Background tasks, by name: the lease reaper and the cache refresher.
-    background: Vec<(&'static str, JoinHandle<()>)>,
+    reaper: JoinHandle<()>,
     stop_background: watch::Sender<bool>,
 }
 
@@ -99,15 +98,15 @@ fn pg_config(host: &str, s: &PostgresSettings) -> PgConfig {
 /// otherwise. An unreachable database is retried with backoff for
 /// `HUB_PG_STARTUP_TIMEOUT_SECS`; a role that bypasses row-level security is
 /// refused unless explicitly allowed.
-/// The store, and its lookup cache when there is one (for the refresher).
-type Store = (Arc<dyn RegistryStore>, Option<Arc<CachedStore>>);
-
-async fn build_store(settings: &PostgresSettings, clock: &Arc<dyn Clock>) -> anyhow::Result<Store> {
+async fn build_store(
+    settings: &PostgresSettings,
+    clock: &Arc<dyn Clock>,
+) -> anyhow::Result<Arc<dyn RegistryStore>> {
     let Some(host) = settings.host.as_deref().filter(|h| !h.is_empty()) else {
         tracing::info!(
             "embedded mode: in-memory registry and in-process event bus; nothing is persisted across restarts"
         );
-        return Ok((Arc::new(MemoryStore::new()), None));
+        return Ok(Arc::new(MemoryStore::new()));
     };
     let config = pg_config(host, settings);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(settings.startup_timeout_secs);
@@ -173,32 +172,13 @@ async fn build_store(settings: &PostgresSettings, clock: &Arc<dyn Clock>) -> any
     );
     let store: Arc<dyn RegistryStore> = Arc::new(PgStore::new(&config)?);
     if settings.lookup_cache_ms == 0 {
-        return Ok((store, None));
+        return Ok(store);
     }
-    let cache = Arc::new(CachedStore::new(
+    Ok(Arc::new(CachedStore::new(
         store,
         clock.clone(),
         chrono::Duration::milliseconds(i64::try_from(settings.lookup_cache_ms).unwrap_or(1000)),
-    ));
-    Ok((cache.clone(), Some(cache)))
-}
-
-/// Keeps busy lookup-cache entries fresh ahead of expiry, so lookups of busy
-/// services never wait for PostgreSQL. Runs four times per ttl and re-reads
-/// what expires within half a ttl, eight reads at a time (enough for
-/// thousands of busy services per second on the pool without taking it all).
-async fn refresh_cache(cache: Arc<CachedStore>, ttl: Duration, mut stop: watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval((ttl / 4).max(Duration::from_millis(10)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let ahead = chrono::Duration::from_std(ttl / 2).unwrap_or_else(|_| chrono::Duration::zero());
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                cache.refresh_ahead(ahead, 8).await;
-            }
-            _ = stop.changed() => break,
-        }
-    }
+    )))
 }
 
 /// Runs lease expiry every `interval` until told to stop. A failed pass is
@@ -234,7 +214,7 @@ impl Application {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
         let auth = build_auth(&settings)?;
-        let (store, cache) = build_store(&settings.postgres, &clock).await?;
+        let store = build_store(&settings.postgres, &clock).await?;
         let bus = InProcessBus::new();
         let registry = Registry::new(store, Arc::new(bus.clone()), clock);
 
@@ -255,27 +235,17 @@ impl Application {
         tracing::info!(%addr, "listening");
 
         let (stop_background, stop_rx) = watch::channel(false);
-        let mut background = vec![(
-            "lease reaper",
-            tokio::spawn(reap_leases(
-                registry.clone(),
-                Duration::from_millis(settings.leases.reap_interval_ms),
-                stop_rx.clone(),
-            )),
-        )];
-        if let Some(cache) = cache {
-            let ttl = Duration::from_millis(settings.postgres.lookup_cache_ms);
-            background.push((
-                "lookup cache refresher",
-                tokio::spawn(refresh_cache(cache, ttl, stop_rx)),
-            ));
-        }
+        let reaper = tokio::spawn(reap_leases(
+            registry.clone(),
+            Duration::from_millis(settings.leases.reap_interval_ms),
+            stop_rx,
+        ));
         Ok(Self {
             addr,
             server,
             registry,
             bus,
-            background,
+            reaper,
             stop_background,
         })
     }
@@ -312,10 +282,8 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.await;
         let _ = self.stop_background.send(true);
-        for (name, task) in self.background {
-            if let Err(error) = task.await {
-                tracing::warn!(%error, task = name, "background task ended abnormally");
-            }
+        if let Err(error) = self.reaper.await {
+            tracing::warn!(%error, "lease reaper ended abnormally");
         }
         tracing::info!("stopped");
         served

@@ -10,13 +10,9 @@
 //! A lookup that was already reading from the store when a change dropped its
 //! entry must not put its older answer back: every change bumps an epoch, and
 //! an answer is only kept if no change happened while it was being read.
-//!
-//! Entries that are being used are re-read shortly before they expire by
-//! [`CachedStore::refresh_ahead`], which the server calls from a background
-//! task, so lookups of busy services do not wait for the store at all.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use async_trait::async_trait;
@@ -38,31 +34,12 @@ const CAPACITY: usize = 10_000;
 
 type Key = (TenantId, ServiceName);
 
-/// A cached answer: when it was read, when it was last served (unix
-/// milliseconds, so hits only need the read lock), and the answer.
-#[derive(Debug)]
-struct Entry {
-    fetched_at: DateTime<Utc>,
-    last_used_ms: AtomicI64,
-    snapshot: ServiceSnapshot,
-}
-
-impl Entry {
-    fn new(now: DateTime<Utc>, snapshot: ServiceSnapshot) -> Arc<Self> {
-        Arc::new(Self {
-            fetched_at: now,
-            last_used_ms: AtomicI64::new(now.timestamp_millis()),
-            snapshot,
-        })
-    }
-}
-
 /// A store whose service lookups are cached for a short time.
 pub struct CachedStore {
     inner: Arc<dyn RegistryStore>,
     clock: Arc<dyn Clock>,
     ttl: Duration,
-    entries: RwLock<HashMap<Key, Arc<Entry>>>,
+    entries: RwLock<HashMap<Key, (DateTime<Utc>, ServiceSnapshot)>>,
     epoch: AtomicU64,
 }
 
@@ -84,52 +61,6 @@ impl CachedStore {
             entries: RwLock::new(HashMap::new()),
             epoch: AtomicU64::new(0),
         }
-    }
-
-    /// Stores an answer read at `now`, unless a change happened since `epoch`.
-    fn keep(&self, key: Key, epoch: u64, now: DateTime<Utc>, snapshot: ServiceSnapshot) {
-        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
-        if self.epoch.load(Ordering::SeqCst) == epoch {
-            if entries.len() >= CAPACITY && !entries.contains_key(&key) {
-                entries.clear();
-            }
-            entries.insert(key, Entry::new(now, snapshot));
-        }
-    }
-
-    /// Re-reads the entries that were served within the last ttl and expire
-    /// within `ahead`, at most `concurrency` at a time. Returns how many were
-    /// refreshed. Entries nobody asked for lately are left to expire.
-    pub async fn refresh_ahead(&self, ahead: Duration, concurrency: usize) -> usize {
-        let now = self.clock.now();
-        let recent = (now - self.ttl).timestamp_millis();
-        let due: Vec<Key> = self
-            .entries
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .filter(|(_, e)| {
-                e.fetched_at + self.ttl - ahead <= now
-                    && e.last_used_ms.load(Ordering::Relaxed) >= recent
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        let mut refreshed = 0;
-        for batch in due.chunks(concurrency.max(1)) {
-            let epoch = self.epoch.load(Ordering::SeqCst);
-            let reads = batch
-                .iter()
-                .map(|(tenant, service)| self.inner.service(tenant, service));
-            let answers = futures_util::future::join_all(reads).await;
-            for (key, answer) in batch.iter().zip(answers) {
-                // A failed read leaves the entry to expire as usual.
-                if let Ok(snapshot) = answer {
-                    self.keep(key.clone(), epoch, now, snapshot);
-                    refreshed += 1;
-                }
-            }
-        }
-        refreshed
     }
 
     fn forget(&self, tenant: &TenantId, service: &ServiceName) {
@@ -165,21 +96,24 @@ impl RegistryStore for CachedStore {
     ) -> Result<ServiceSnapshot, RegistryError> {
         let now = self.clock.now();
         let key = (tenant.clone(), service.clone());
-        if let Some(entry) = self
+        if let Some((at, snapshot)) = self
             .entries
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&key)
-            && now < entry.fetched_at + self.ttl
+            && now < *at + self.ttl
         {
-            entry
-                .last_used_ms
-                .store(now.timestamp_millis(), Ordering::Relaxed);
-            return Ok(entry.snapshot.clone());
+            return Ok(snapshot.clone());
         }
         let epoch = self.epoch.load(Ordering::SeqCst);
         let snapshot = self.inner.service(tenant, service).await?;
-        self.keep(key, epoch, now, snapshot.clone());
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        if self.epoch.load(Ordering::SeqCst) == epoch {
+            if entries.len() >= CAPACITY {
+                entries.clear();
+            }
+            entries.insert(key, (now, snapshot.clone()));
+        }
         Ok(snapshot)
     }
 
@@ -343,67 +277,6 @@ mod tests {
             .unwrap();
         let renewed = w.cached.service(&t, &svc).await.unwrap();
         assert_eq!(renewed.instances[0].status(), crate::HealthStatus::Passing);
-    }
-
-    #[tokio::test]
-    async fn busy_entries_are_refreshed_ahead_and_idle_ones_left_to_expire() {
-        let w = world();
-        let ctx = ChangeContext::default();
-        let now = w.clock.now();
-        let t = TenantId::parse("t1").unwrap();
-        let (busy, idle) = (
-            ServiceName::parse("busy").unwrap(),
-            ServiceName::parse("idle").unwrap(),
-        );
-        w.backing
-            .upsert(&t, registration("busy", "a", 1), now, &ctx)
-            .await
-            .unwrap();
-        w.backing
-            .upsert(&t, registration("idle", "a", 1), now, &ctx)
-            .await
-            .unwrap();
-        w.cached.service(&t, &busy).await.unwrap();
-        w.cached.service(&t, &idle).await.unwrap();
-        // Nothing is due yet.
-        assert_eq!(
-            w.cached.refresh_ahead(Duration::milliseconds(200), 4).await,
-            0
-        );
-
-        // Changes behind the cache's back (another replica).
-        w.backing
-            .upsert(&t, registration("busy", "a", 2), now, &ctx)
-            .await
-            .unwrap();
-        w.backing
-            .upsert(&t, registration("idle", "a", 2), now, &ctx)
-            .await
-            .unwrap();
-        w.clock.advance(Duration::milliseconds(350));
-        assert_eq!(
-            port_of(&w.cached.service(&t, &busy).await.unwrap()),
-            1,
-            "still fresh"
-        );
-        w.clock.advance(Duration::milliseconds(50));
-        // Both are 400 ms old (due within 200 ms) and were served within the
-        // ttl, so both are re-read: the busy one now shows the change.
-        assert_eq!(
-            w.cached.refresh_ahead(Duration::milliseconds(200), 4).await,
-            2
-        );
-        assert_eq!(port_of(&w.cached.service(&t, &busy).await.unwrap()), 2);
-
-        // An entry nobody asks for is not refreshed again once it is idle.
-        w.clock.advance(Duration::milliseconds(400));
-        w.cached.service(&t, &busy).await.unwrap();
-        w.clock.advance(Duration::milliseconds(150));
-        assert_eq!(
-            w.cached.refresh_ahead(Duration::milliseconds(200), 4).await,
-            1,
-            "only the entry served within the ttl"
-        );
     }
 
     #[tokio::test]
