@@ -513,3 +513,46 @@ async fn blocking_create() -> Option<PgCluster> {
         .await
         .unwrap()
 }
+
+#[tokio::test]
+async fn a_change_through_one_replica_is_seen_through_another_within_a_second() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    // Two replicas on one database, each with its lookup cache (500 ms) and
+    // its refresher running.
+    let a = Hub::start(&db.app, &[("HUB_LOOKUP_CACHE_MS", "500")]).await;
+    let b = Hub::start(&db.app, &[("HUB_LOOKUP_CACHE_MS", "500")]).await;
+    a.register_created("tenant1", "svc", "i1", "10.0.0.1").await;
+    // Replica B looks the service up, so it is cached and kept busy there.
+    assert_eq!(hosts(&b).await, ["10.0.0.1"]);
+    // Replica A changes it; B shows the change within 1 s.
+    let changed_at = Instant::now();
+    let r = a.register("tenant1", "svc", "i1", "10.9.9.9").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    loop {
+        if hosts(&b).await == ["10.9.9.9"] {
+            break;
+        }
+        assert!(
+            changed_at.elapsed() < Duration::from_secs(1),
+            "replica B still serves the old answer after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.shut_down().await;
+    b.shut_down().await;
+}
+
+/// The hosts of `tenant1`'s `svc` instances, as `hub` answers.
+async fn hosts(hub: &Hub) -> Vec<String> {
+    let r = hub.get_service("tenant1", "svc").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    body["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["host"].as_str().unwrap().to_owned())
+        .collect()
+}
