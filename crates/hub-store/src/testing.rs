@@ -44,6 +44,16 @@ impl TestDb {
     /// reached outside CI (said loudly on stderr). With `CI=true` an
     /// unreachable PostgreSQL is a test failure, never a silent skip.
     pub async fn create() -> Option<Self> {
+        let db = Self::create_unmigrated().await?;
+        migrate::run(&db.owner)
+            .await
+            .unwrap_or_else(|e| panic!("migrating test database: {e:?}"));
+        Some(db)
+    }
+
+    /// Like [`TestDb::create`] but without running the migrations, for
+    /// tests that build an older schema first (the upgrade path).
+    pub async fn create_unmigrated() -> Option<Self> {
         let admin = std::env::var("HUB_TEST_PG_ADMIN").unwrap_or_else(|_| DEFAULT_ADMIN.to_owned());
         let client = match admin_client(&admin).await {
             Ok(c) => c,
@@ -110,16 +120,12 @@ impl TestDb {
             statement_timeout: Duration::from_secs(5),
             ..PgConfig::new(host.clone())
         };
-        let db = Self {
+        Self {
             owner: config(&owner),
             app: config(&app),
             name,
             admin,
-        };
-        migrate::run(&db.owner)
-            .await
-            .unwrap_or_else(|e| panic!("migrating test database: {e:?}"));
-        db
+        }
     }
 
     /// The administrative (superuser) connection that made this database,
@@ -149,7 +155,9 @@ impl Drop for TestDb {
     /// Drops the database and its two roles (best effort, on a thread of its
     /// own because the test's runtime may be shutting down). One statement
     /// at a time: several in one simple query form an implicit transaction,
-    /// and `DROP DATABASE` refuses to run inside one.
+    /// and `DROP DATABASE` refuses to run inside one. `WITH (FORCE)` gives
+    /// the backends it ends five seconds, which a loaded machine has been
+    /// seen to exceed, so each statement gets three attempts.
     fn drop(&mut self) {
         let admin = self.admin.clone();
         let statements = [
@@ -169,7 +177,14 @@ impl Drop for TestDb {
                     return;
                 };
                 for statement in &statements {
-                    if let Err(error) = client.batch_execute(statement).await {
+                    let mut result = client.batch_execute(statement).await;
+                    for _ in 1..3 {
+                        if result.is_ok() {
+                            break;
+                        }
+                        result = client.batch_execute(statement).await;
+                    }
+                    if let Err(error) = result {
                         #[allow(clippy::print_stderr)]
                         {
                             eprintln!("test cleanup: {statement}: {error}");

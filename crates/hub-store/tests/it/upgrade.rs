@@ -16,13 +16,10 @@ use hub_core::{
     Registry, ServiceName,
 };
 use hub_store::PgStore;
-use hub_store::pg::{PgConfig, migrate};
+use hub_store::pg::migrate;
 use hub_store::testing::TestDb;
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
-
-/// Where the administrative connection goes, as for `TestDb`.
-const DEFAULT_ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
 
 /// The original hub's tables, as the migration reads them: no `tenant_id`,
 /// one row per service name, free-text statuses and naive timestamps.
@@ -97,114 +94,6 @@ const LEGACY_ROWS: &str = "
         ('c-3', NULL, 'broadcast', '{}', NULL);
 ";
 
-/// The database and roles of this test, dropped when it ends (also when it
-/// fails half-way, which is why the guard exists before anything is made).
-#[derive(Debug)]
-struct Scratch {
-    admin: String,
-    name: String,
-    owner: String,
-    app: String,
-}
-
-impl Drop for Scratch {
-    /// Best effort, on a thread of its own because the test's runtime may be
-    /// shutting down (the same reasoning as `TestDb`'s drop). The statements
-    /// are sent one by one: several in one simple query form an implicit
-    /// transaction, and DROP DATABASE refuses to run inside one. DROP
-    /// DATABASE ... WITH (FORCE) gives the backends it terminates five
-    /// seconds to go, which a loaded machine has been seen to exceed, so it
-    /// gets three attempts; whatever is still left is named on stderr.
-    fn drop(&mut self) {
-        let admin = self.admin.clone();
-        let statements = [
-            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            format!("DROP ROLE IF EXISTS {}", self.owner),
-            format!("DROP ROLE IF EXISTS {}", self.app),
-        ];
-        let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                let Ok(client) = connect_str(&admin).await else {
-                    return;
-                };
-                for statement in &statements {
-                    let mut result = client.batch_execute(statement).await;
-                    for _ in 1..3 {
-                        if result.is_ok() {
-                            break;
-                        }
-                        result = client.batch_execute(statement).await;
-                    }
-                    if let Err(error) = result {
-                        #[allow(clippy::print_stderr)]
-                        {
-                            eprintln!("cleanup failed, left behind: {statement}: {error}");
-                        }
-                    }
-                }
-            });
-        });
-        let _ = cleanup.join();
-    }
-}
-
-async fn connect_str(conninfo: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = conninfo
-        .parse::<tokio_postgres::Config>()?
-        .connect(NoTls)
-        .await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
-}
-
-/// The admin connection, or `None` outside CI when PostgreSQL cannot be
-/// reached (said on stderr). With `CI=true` that is a failure, never a skip.
-async fn admin() -> Option<(String, Client)> {
-    let admin = std::env::var("HUB_TEST_PG_ADMIN").unwrap_or_else(|_| DEFAULT_ADMIN.to_owned());
-    match connect_str(&admin).await {
-        Ok(client) => Some((admin, client)),
-        Err(e) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "PostgreSQL is not reachable at {admin:?} and CI=true: {e}"
-            );
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!(
-                    "SKIPPED: PostgreSQL not reachable at {admin:?} ({e}); set CI=true to fail instead"
-                );
-            }
-            None
-        }
-    }
-}
-
-/// A `PgConfig` for `user` on the scratch database, at the admin's address.
-fn config_for(admin: &str, dbname: &str, user: &str) -> PgConfig {
-    let base = admin.parse::<tokio_postgres::Config>().unwrap();
-    let host = match base.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        _ => "127.0.0.1".to_owned(),
-    };
-    PgConfig {
-        port: base.get_ports().first().copied().unwrap_or(5432),
-        dbname: dbname.to_owned(),
-        user: user.to_owned(),
-        pool_size: 2,
-        ..PgConfig::new(host)
-    }
-}
-
-/// Runs `sql` in a transaction acting as `tenant` (`None`: the setting is
-/// never made), the way the store scopes every statement, and rolls back.
 async fn scoped_count(client: &Client, tenant: Option<&str>, table: &str) -> i64 {
     client.batch_execute("BEGIN").await.unwrap();
     if let Some(tenant) = tenant {
@@ -236,47 +125,22 @@ fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> chrono::DateTime<Utc
 
 #[tokio::test]
 async fn single_tenant_schema_is_upgraded_into_tenant_system() {
-    let Some((admin_info, admin)) = admin().await else {
+    let Some(db) = TestDb::create_unmigrated().await else {
         return;
-    };
-    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-    let scratch = Scratch {
-        admin: admin_info.clone(),
-        name: format!("hub_test_{id}"),
-        owner: format!("hubt_{id}_owner"),
-        app: format!("hubt_{id}_app"),
     };
     // The owner runs with a session time zone far from UTC, so that a naive
     // legacy timestamp read in the session's zone would show as a wrong
     // instant below: the original hub stored UTC wall-clock times.
-    admin
+    db.admin()
+        .await
         .batch_execute(&format!(
-            "DO $$ BEGIN
-                 IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN
-                     CREATE ROLE {role} NOLOGIN;
-                 END IF;
-             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
-             END $$;
-             CREATE ROLE {owner} LOGIN;
-             ALTER ROLE {owner} SET TimeZone = 'Asia/Tokyo';
-             CREATE ROLE {app} LOGIN;
-             GRANT {role} TO {app};",
-            role = migrate::APP_ROLE,
-            owner = scratch.owner,
-            app = scratch.app,
+            "ALTER ROLE {} SET TimeZone = 'Asia/Tokyo'",
+            db.owner.user
         ))
         .await
         .unwrap();
-    admin
-        .batch_execute(&format!(
-            "CREATE DATABASE {} OWNER {}",
-            scratch.name, scratch.owner
-        ))
-        .await
-        .unwrap();
-    drop(admin);
-    let owner_config = config_for(&admin_info, &scratch.name, &scratch.owner);
-    let app_config = config_for(&admin_info, &scratch.name, &scratch.app);
+    let owner_config = db.owner.clone();
+    let app_config = db.app.clone();
 
     // The original hub's database, built by its owner.
     let owner = TestDb::connect(&owner_config).await;
@@ -674,5 +538,5 @@ async fn single_tenant_schema_is_upgraded_into_tenant_system() {
         0
     );
 
-    drop(scratch);
+    drop(db);
 }
