@@ -48,6 +48,7 @@ async fn invalid_registrations_are_422_naming_the_field_and_change_nothing(backe
         (with("service_name", json!("s".repeat(300))), "service_name"),
         (with("metadata", json!([1, 2, 3])), "metadata"),
         (with("metadata", json!("text")), "metadata"),
+        (with("metadata", json!({"k": "nul\0byte"})), "metadata"),
         (
             with("metadata", json!({"big": "x".repeat(17 * 1024)})),
             "metadata",

@@ -214,6 +214,22 @@ fn printable(s: &str) -> bool {
     !s.chars().any(char::is_control)
 }
 
+/// Whether any key or string inside `value` holds a NUL character. JSON
+/// allows `\u0000`, but PostgreSQL's JSONB (and most text stores) cannot
+/// hold it, so it is refused for every backend alike.
+fn contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map_contains_nul(map),
+        _ => false,
+    }
+}
+
+fn map_contains_nul(map: &Map<String, Value>) -> bool {
+    map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v))
+}
+
 impl TryFrom<RegistrationInput> for Registration {
     type Error = ValidationError;
 
@@ -280,6 +296,12 @@ impl TryFrom<RegistrationInput> for Registration {
         let metadata = match input.metadata {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(map)) => {
+                if map_contains_nul(&map) {
+                    return Err(ValidationError::new(
+                        "metadata",
+                        "must not contain NUL characters (\\u0000)",
+                    ));
+                }
                 let size = serde_json::to_vec(&map)
                     .map(|v| v.len())
                     .unwrap_or(usize::MAX);
@@ -515,7 +537,15 @@ mod tests {
         })
         .unwrap();
         assert_eq!(ok.metadata()["region"], "eu");
-        for bad in [json!([1, 2]), json!("text"), json!(5), json!(true)] {
+        for bad in [
+            json!([1, 2]),
+            json!("text"),
+            json!(5),
+            json!(true),
+            json!({"k": "a\0b"}),
+            json!({"k\0": 1}),
+            json!({"nested": [{"x": "\0"}]}),
+        ] {
             assert_eq!(
                 field_of(RegistrationInput {
                     metadata: Some(bad),
