@@ -63,7 +63,9 @@ impl CachedStore {
         }
     }
 
-    fn forget(&self, tenant: &TenantId, service: &ServiceName) {
+    /// Drops the cached answer for one service: for changes this process
+    /// learns of from elsewhere (another replica, through the bus).
+    pub fn forget(&self, tenant: &TenantId, service: &ServiceName) {
         // Bump first: a lookup in flight must see the change and not store.
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.entries

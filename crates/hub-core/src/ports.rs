@@ -9,6 +9,7 @@ use crate::domain::context::ChangeContext;
 use crate::domain::event::RegistryEvent;
 use crate::domain::ids::{InstanceId, ServiceName, TenantId};
 use crate::domain::instance::{HealthStatus, Instance, Revision};
+use crate::domain::outbox::{Backlog, OutboxEntry, Sink};
 use crate::domain::query::{Heartbeat, ListCursor, ListQuery};
 use crate::domain::registration::Registration;
 use crate::error::RegistryError;
@@ -145,6 +146,46 @@ pub trait EventSink: Send + Sync + 'static {
     /// Publishes the events in order. Returns `Unavailable` if the sink could
     /// not take them; the change itself is already stored.
     async fn publish(&self, events: &[RegistryEvent]) -> Result<(), RegistryError>;
+}
+
+/// The transactional outbox: events a store wrote in the same transaction as
+/// their change, waiting to be relayed to a bus. Implemented by stores that
+/// keep one (PostgreSQL); the relay in hub-bus drains it.
+///
+/// The outbox holds every tenant's events; nothing tenant-facing reads it.
+#[async_trait]
+pub trait Outbox: Send + Sync + 'static {
+    /// Opens a relay session for `sink`, on a connection of its own. At most
+    /// one session per sink leads at a time, across every process sharing
+    /// the store (see [`OutboxSession::lead`]).
+    async fn open(&self, sink: Sink) -> Result<Box<dyn OutboxSession>, RegistryError>;
+
+    /// Deletes up to `max` entries delivered to every sink they were owed to
+    /// before `cutoff`; returns how many. Undelivered entries are never pruned.
+    async fn prune(&self, cutoff: DateTime<Utc>, max: u32) -> Result<u64, RegistryError>;
+
+    /// What `sink` is still owed: for one tenant, or for all when `tenant` is `None`.
+    async fn backlog(
+        &self,
+        sink: Sink,
+        tenant: Option<&TenantId>,
+    ) -> Result<Backlog, RegistryError>;
+}
+
+/// One relay's hold on the outbox of one sink.
+#[async_trait]
+pub trait OutboxSession: Send {
+    /// Tries to become the sink's one relay; `true` once it is, for as long
+    /// as the session lives. Leadership ends when the session is dropped or
+    /// its connection is lost, and then another session can take it.
+    async fn lead(&mut self) -> Result<bool, RegistryError>;
+
+    /// Up to `max` entries still owed to the sink, in outbox order (which is
+    /// each tenant's commit order). Only for a leading session.
+    async fn pending(&mut self, max: u32) -> Result<Vec<OutboxEntry>, RegistryError>;
+
+    /// Records that the entries with these sequence numbers reached the sink.
+    async fn mark(&mut self, seqs: &[i64]) -> Result<(), RegistryError>;
 }
 
 /// The time, as the registry sees it. Lease logic takes time only from here,

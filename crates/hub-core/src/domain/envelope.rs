@@ -7,10 +7,13 @@
 //! version of this shape.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::event::RegistryEvent;
+use super::event::{EventKind, RegistryEvent};
+use super::ids::TenantId;
+use super::instance::{HealthStatus, Instance, Revision};
+use super::registration::{Registration, RegistrationInput};
 
 /// The version of the envelope's shape; a breaking change gets a new one.
 pub const SCHEMA: &str = "central-hub.registry-event.v1";
@@ -89,6 +92,102 @@ pub fn to_json(event: &RegistryEvent) -> Vec<u8> {
     serde_json::to_vec(&envelope).unwrap_or_else(|_| b"{}".to_vec())
 }
 
+/// The envelope as read back (owned fields).
+#[derive(Deserialize)]
+struct Incoming {
+    schema: String,
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    tenant_id: String,
+    service_name: String,
+    instance_id: String,
+    revision: u64,
+    occurred_at: DateTime<Utc>,
+    data: IncomingData,
+}
+
+#[derive(Deserialize)]
+struct IncomingData {
+    host: String,
+    port: i64,
+    protocol: String,
+    health_endpoint: String,
+    version: Option<String>,
+    tags: Vec<String>,
+    metadata: Value,
+    ttl_seconds: i64,
+    status: String,
+    previous_status: Option<String>,
+    registered_at: DateTime<Utc>,
+    last_heartbeat: DateTime<Utc>,
+    lease_expires_at: DateTime<Utc>,
+}
+
+/// Why bytes are not an envelope this version understands.
+#[derive(Debug, thiserror::Error)]
+#[error("not a {SCHEMA} envelope: {0}")]
+pub struct EnvelopeError(String);
+
+fn kind_of(name: &str) -> Option<EventKind> {
+    [
+        EventKind::Registered,
+        EventKind::Updated,
+        EventKind::Deregistered,
+        EventKind::StatusChanged,
+        EventKind::Expired,
+    ]
+    .into_iter()
+    .find(|k| k.as_str() == name)
+}
+
+/// Reads an envelope back into the event it was made from (same id), for
+/// replicas that follow each other through the bus. Every field passes the
+/// domain's validation again: bytes from a bus are input like any other.
+pub fn from_json(bytes: &[u8]) -> Result<RegistryEvent, EnvelopeError> {
+    let e: Incoming = serde_json::from_slice(bytes).map_err(|e| EnvelopeError(e.to_string()))?;
+    if e.schema != SCHEMA {
+        return Err(EnvelopeError(format!("schema is {:?}", e.schema)));
+    }
+    let kind = kind_of(&e.kind).ok_or_else(|| EnvelopeError(format!("type {:?}", e.kind)))?;
+    let tenant = TenantId::parse(e.tenant_id).map_err(|e| EnvelopeError(e.to_string()))?;
+    let d = e.data;
+    let registration = Registration::try_from(RegistrationInput {
+        service_name: e.service_name,
+        instance_id: Some(e.instance_id),
+        host: d.host,
+        port: d.port,
+        protocol: Some(d.protocol),
+        health_endpoint: Some(d.health_endpoint),
+        version: d.version,
+        tags: d.tags,
+        metadata: Some(d.metadata),
+        ttl_seconds: Some(d.ttl_seconds),
+    })
+    .map_err(|e| EnvelopeError(e.to_string()))?;
+    let status = |s: &str| {
+        s.parse::<HealthStatus>()
+            .map_err(|_| EnvelopeError(format!("status {s:?}")))
+    };
+    let previous_status = d.previous_status.as_deref().map(status).transpose()?;
+    let instance = Instance::restore(
+        tenant,
+        registration,
+        status(&d.status)?,
+        d.registered_at,
+        d.last_heartbeat,
+        d.lease_expires_at,
+        Revision::new(e.revision),
+    );
+    Ok(RegistryEvent::restore(
+        e.id,
+        kind,
+        instance,
+        previous_status,
+        e.occurred_at,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +244,79 @@ mod tests {
             .map(String::as_str)
             .collect();
         assert_eq!(keys.len(), 9, "{keys:?}");
+    }
+
+    #[test]
+    fn an_envelope_reads_back_into_the_same_event() {
+        let at = DateTime::<Utc>::from_timestamp_millis(1_800_000_000_123).unwrap();
+        let registration = Registration::try_from(RegistrationInput {
+            service_name: "billing".into(),
+            instance_id: Some("b-1".into()),
+            host: "10.0.0.7".into(),
+            port: 8080,
+            tags: vec!["eu".into(), "gpu".into()],
+            metadata: Some(serde_json::json!({"zone": "a", "n": [1, 2]})),
+            version: Some("1.2.3".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let instance = Instance::registered(
+            TenantId::parse("tenant1").unwrap(),
+            registration,
+            at,
+            Some(at - chrono::Duration::seconds(5)),
+            Revision::new(42),
+        )
+        .with_status(HealthStatus::Warning);
+        for previous in [None, Some(HealthStatus::Passing)] {
+            let event =
+                RegistryEvent::new(EventKind::StatusChanged, instance.clone(), previous, at);
+            let back = from_json(&to_json(&event)).unwrap();
+            assert_eq!(back, event);
+            assert_eq!(to_json(&back), to_json(&event));
+        }
+    }
+
+    #[test]
+    fn foreign_or_invalid_envelopes_are_refused() {
+        assert!(from_json(b"not json").is_err());
+        assert!(from_json(b"{}").is_err());
+        let at = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
+        let registration = Registration::try_from(RegistrationInput {
+            service_name: "billing".into(),
+            host: "h".into(),
+            port: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        let instance = Instance::registered(
+            TenantId::parse("t").unwrap(),
+            registration,
+            at,
+            None,
+            Revision::new(1),
+        );
+        let good: Value = serde_json::from_slice(&to_json(&RegistryEvent::new(
+            EventKind::Registered,
+            instance,
+            None,
+            at,
+        )))
+        .unwrap();
+        for (field, value) in [
+            ("schema", serde_json::json!("central-hub.registry-event.v2")),
+            ("type", serde_json::json!("service.exploded")),
+            ("tenant_id", serde_json::json!("no/slash")),
+        ] {
+            let mut bad = good.clone();
+            bad[field] = value;
+            assert!(
+                from_json(&serde_json::to_vec(&bad).unwrap()).is_err(),
+                "{field}"
+            );
+        }
+        let mut bad = good.clone();
+        bad["data"]["port"] = serde_json::json!(0);
+        assert!(from_json(&serde_json::to_vec(&bad).unwrap()).is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! `RegistryEvent`: one change to a tenant's registry, as published to watchers and buses.
 
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -67,6 +68,7 @@ pub struct RegistryEvent {
     instance: Instance,
     previous_status: Option<HealthStatus>,
     occurred_at: DateTime<Utc>,
+    origin: Option<Arc<str>>,
 }
 
 impl RegistryEvent {
@@ -85,7 +87,35 @@ impl RegistryEvent {
             instance,
             previous_status,
             occurred_at,
+            origin: None,
         }
+    }
+
+    /// An event read back from where it was kept (the outbox, a bus), with
+    /// its original id.
+    pub fn restore(
+        id: String,
+        kind: EventKind,
+        instance: Instance,
+        previous_status: Option<HealthStatus>,
+        occurred_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id,
+            kind,
+            instance,
+            previous_status,
+            occurred_at,
+            origin: None,
+        }
+    }
+
+    /// The same event, marked as made through the replica `origin` (carried
+    /// in bus headers, not in the envelope, so that a replica can skip its
+    /// own changes when it follows the bus).
+    pub fn with_origin(mut self, origin: impl Into<Arc<str>>) -> Self {
+        self.origin = Some(origin.into());
+        self
     }
 
     /// Unique id (a UUID).
@@ -123,5 +153,9 @@ impl RegistryEvent {
     /// When the change happened.
     pub fn occurred_at(&self) -> DateTime<Utc> {
         self.occurred_at
+    }
+    /// The replica the change was made through, when known.
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
     }
 }

@@ -39,14 +39,20 @@ impl InProcessBus {
     pub fn subscribe(&self) -> broadcast::Receiver<RegistryEvent> {
         self.sender.subscribe()
     }
+
+    /// Hands one event to the current subscribers, without waiting (for
+    /// events learnt from elsewhere, such as another replica's on NATS).
+    pub fn send(&self, event: RegistryEvent) {
+        // Fails only when nobody subscribes, which is not an error here.
+        let _ = self.sender.send(event);
+    }
 }
 
 #[async_trait]
 impl EventSink for InProcessBus {
     async fn publish(&self, events: &[RegistryEvent]) -> Result<(), RegistryError> {
         for event in events {
-            // `send` fails only when nobody subscribes, which is not an error here.
-            let _ = self.sender.send(event.clone());
+            self.send(event.clone());
         }
         Ok(())
     }

@@ -1,0 +1,120 @@
+//! Outbox vocabulary: the buses events are relayed to, a pending outbox entry, and a sink's backlog.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+
+use super::event::RegistryEvent;
+
+/// A bus the outbox relays events to. Each has one bit in an outbox row's
+/// set of sinks still owed the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Sink {
+    /// NATS (JetStream when available).
+    Nats,
+    /// Kafka.
+    Kafka,
+}
+
+impl Sink {
+    /// Every sink, in bit order.
+    pub const ALL: [Sink; 2] = [Sink::Nats, Sink::Kafka];
+
+    /// The sink's bit in a [`Sinks`] set (and in the outbox's `pending` column).
+    pub fn bit(self) -> u8 {
+        match self {
+            Sink::Nats => 1,
+            Sink::Kafka => 2,
+        }
+    }
+
+    /// The sink's name in logs, metrics and locks: `nats` or `kafka`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sink::Nats => "nats",
+            Sink::Kafka => "kafka",
+        }
+    }
+}
+
+impl fmt::Display for Sink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A set of sinks: those configured, or those an outbox row still owes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Sinks(u8);
+
+impl Sinks {
+    /// No sink.
+    pub const NONE: Sinks = Sinks(0);
+
+    /// The set with `sink` added.
+    pub fn with(self, sink: Sink) -> Self {
+        Sinks(self.0 | sink.bit())
+    }
+
+    /// Whether `sink` is in the set.
+    pub fn contains(self, sink: Sink) -> bool {
+        self.0 & sink.bit() != 0
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The set as bits (see [`Sink::bit`]).
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// The sinks in the set, in bit order.
+    pub fn iter(self) -> impl Iterator<Item = Sink> {
+        Sink::ALL.into_iter().filter(move |s| self.contains(*s))
+    }
+}
+
+impl FromIterator<Sink> for Sinks {
+    fn from_iter<I: IntoIterator<Item = Sink>>(iter: I) -> Self {
+        iter.into_iter().fold(Sinks::NONE, Sinks::with)
+    }
+}
+
+/// One event the outbox still owes a sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    /// The outbox's own sequence number: the relay publishes in this order,
+    /// which is the commit order of each tenant's changes.
+    pub seq: i64,
+    /// The event, with the id it keeps on every delivery (consumers dedupe on it).
+    pub event: RegistryEvent,
+}
+
+/// What a sink is still owed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Backlog {
+    /// Events not yet delivered.
+    pub pending: u64,
+    /// When the oldest of them was written, if any.
+    pub oldest: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sets_hold_what_was_added() {
+        let both: Sinks = [Sink::Nats, Sink::Kafka].into_iter().collect();
+        assert_eq!(both.bits(), 3);
+        assert!(both.contains(Sink::Kafka));
+        let nats = Sinks::NONE.with(Sink::Nats);
+        assert!(nats.contains(Sink::Nats) && !nats.contains(Sink::Kafka));
+        assert_eq!(nats.iter().collect::<Vec<_>>(), [Sink::Nats]);
+        assert!(Sinks::NONE.is_empty() && !nats.is_empty());
+        assert_eq!(Sink::Nats.bit() & Sink::Kafka.bit(), 0, "bits overlap");
+    }
+}
