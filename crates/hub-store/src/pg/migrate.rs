@@ -26,9 +26,10 @@ pub struct RoleCheck {
     pub superuser: bool,
     /// So do roles with BYPASSRLS.
     pub bypass_rls: bool,
-    /// Whether the registry tables exist (migrations have run). Checked on
-    /// `tenant_state`, which only the migrated schema has: the original
-    /// single-tenant schema also has a `service_registry`.
+    /// Whether the schema is migrated to this version. Checked on
+    /// `hub_outbox`, the newest table (V2): a database that stopped at V1,
+    /// or the original single-tenant schema (which also has a
+    /// `service_registry`), is not ready.
     pub schema_ready: bool,
 }
 
@@ -113,7 +114,7 @@ pub async fn role_check(config: &PgConfig) -> Result<RoleCheck, RegistryError> {
     let row = client
         .query_one(
             "SELECT current_user::text, rolsuper, rolbypassrls, \
-                    to_regclass('tenant_state') IS NOT NULL \
+                    to_regclass('hub_outbox') IS NOT NULL \
              FROM pg_roles WHERE rolname = current_user",
             &[],
         )

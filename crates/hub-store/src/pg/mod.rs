@@ -1,10 +1,11 @@
-//! The PostgreSQL store: connection pool, tenant-scoped transactions, registry queries, migrations.
+//! The PostgreSQL store: connection pool, tenant-scoped transactions, registry queries, the event outbox, migrations.
 
 mod config;
 mod error;
 #[cfg(all(test, feature = "testing"))]
 mod hygiene_tests;
 pub mod migrate;
+pub mod outbox;
 mod rows;
 mod scoped;
 mod store;

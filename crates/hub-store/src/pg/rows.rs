@@ -109,3 +109,62 @@ pub(crate) fn registration_payload(
         "lease_expires_at": lease_expires_at,
     })
 }
+
+/// Rebuilds an instance from a [`payload`] and the fields it does not carry
+/// (the outbox keeps its events this way). The values pass the domain
+/// validation again, like [`instance`].
+pub(crate) fn instance_from_payload(
+    tenant: &TenantId,
+    service_name: String,
+    instance_id: String,
+    payload: &Value,
+    registered_at: DateTime<Utc>,
+    last_heartbeat: DateTime<Utc>,
+    revision: Revision,
+) -> Result<Instance, RegistryError> {
+    let bad = |what: &str| {
+        corrupt(format!(
+            "stored event payload of {service_name}/{instance_id} (tenant {tenant}) has no valid {what}"
+        ))
+    };
+    let text = |key: &str| payload.get(key).and_then(Value::as_str).map(str::to_owned);
+    let tags = payload
+        .get("tags")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("tags"))?
+        .iter()
+        .map(|t| t.as_str().map(str::to_owned).ok_or_else(|| bad("tags")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let registration = Registration::try_from(RegistrationInput {
+        service_name: service_name.clone(),
+        instance_id: Some(instance_id.clone()),
+        host: text("host").ok_or_else(|| bad("host"))?,
+        port: payload
+            .get("port")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| bad("port"))?,
+        protocol: text("protocol"),
+        health_endpoint: text("health_endpoint"),
+        version: text("version"),
+        tags,
+        metadata: payload.get("metadata").cloned(),
+        ttl_seconds: payload.get("ttl_seconds").and_then(Value::as_i64),
+    })
+    .map_err(|e| bad(&e.to_string()))?;
+    let status: HealthStatus = text("status")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("status"))?;
+    let lease_expires_at = text("lease_expires_at")
+        .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+        .ok_or_else(|| bad("lease_expires_at"))?
+        .with_timezone(&Utc);
+    Ok(Instance::restore(
+        tenant.clone(),
+        registration,
+        status,
+        registered_at,
+        last_heartbeat,
+        lease_expires_at,
+        revision,
+    ))
+}

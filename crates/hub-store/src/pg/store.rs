@@ -1,12 +1,14 @@
 //! `PgStore`: hub-core's `RegistryStore` on PostgreSQL; every query runs in a tenant-scoped transaction.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use deadpool_postgres::Pool;
 use hub_core::ports::{LeaseChange, ListPage, RegistryStore, Renewed, ServiceSnapshot, Upserted};
 use hub_core::{
     ChangeContext, EventKind, HealthStatus, Heartbeat, Instance, InstanceId, LeaseState,
-    ListCursor, ListQuery, Registration, RegistryError, Revision, ServiceName, TenantId,
+    ListCursor, ListQuery, Registration, RegistryError, Revision, ServiceName, Sinks, TenantId,
 };
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
@@ -20,7 +22,17 @@ use super::scoped::{Scoped, in_tenant, single_statement};
 /// The registry store on PostgreSQL. Cheap to clone (the pool is shared).
 #[derive(Clone)]
 pub struct PgStore {
-    pool: Pool,
+    pub(super) pool: Pool,
+    pub(super) config: Arc<PgConfig>,
+    outbox: Arc<OutboxWrites>,
+}
+
+/// What every change writes to the outbox: nothing when no sink is
+/// configured, else one row per event owed to `sinks`, tagged with `origin`.
+#[derive(Debug, Default)]
+struct OutboxWrites {
+    sinks: i16,
+    origin: Option<String>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -37,11 +49,13 @@ const REAPER_LOCK: i64 = 0x00C3_7A11_4EA9;
 /// The tenant's current revision (no row: it never changed anything).
 const REVISION: &str = "SELECT revision FROM tenant_state WHERE tenant_id = $1";
 
-/// One audit row: the change, its revision and the instance it concerns.
+/// One change as recorded: its audit row and, when sinks are configured, its
+/// outbox row (the event). `instance` is the record after the change (before
+/// it, for removals) and carries the change's revision.
 struct Audit<'a> {
     kind: EventKind,
-    revision: Revision,
     instance: &'a Instance,
+    previous_status: Option<HealthStatus>,
 }
 
 impl PgStore {
@@ -49,7 +63,21 @@ impl PgStore {
     pub fn new(config: &PgConfig) -> Result<Self, RegistryError> {
         Ok(Self {
             pool: config.pool()?,
+            config: Arc::new(config.clone()),
+            outbox: Arc::new(OutboxWrites::default()),
         })
+    }
+
+    /// The same store, writing every change's event to the outbox for
+    /// `sinks`, in the change's transaction, tagged as made through the
+    /// replica `origin` (at most 64 characters). With no sink, nothing is
+    /// written to the outbox (the default).
+    pub fn with_outbox(mut self, sinks: Sinks, origin: impl Into<String>) -> Self {
+        self.outbox = Arc::new(OutboxWrites {
+            sinks: i16::from(sinks.bits()),
+            origin: Some(origin.into().chars().take(64).collect()),
+        });
+        self
     }
 
     /// Tenants that have ever written, from `hub_tenants` (ids only, no tenant
@@ -112,18 +140,23 @@ async fn set_revision(scoped: &Scoped, tenant: &TenantId, revision: i64) -> Resu
     Ok(())
 }
 
-/// Writes the audit rows of changes, in the caller's transaction.
-async fn audit(
+/// Writes the audit rows of changes and, when sinks are configured, their
+/// outbox rows, in the caller's transaction (one statement).
+async fn record(
     scoped: &Scoped,
     tenant: &TenantId,
     entries: &[Audit<'_>],
     context: &ChangeContext,
     at: DateTime<Utc>,
+    outbox: &OutboxWrites,
 ) -> Result<(), DbError> {
     if entries.is_empty() {
         return Ok(());
     }
-    let revisions: Vec<i64> = entries.iter().map(|e| stored(e.revision)).collect();
+    let revisions: Vec<i64> = entries
+        .iter()
+        .map(|e| stored(e.instance.revision()))
+        .collect();
     let kinds: Vec<&str> = entries.iter().map(|e| e.kind.as_str()).collect();
     let services: Vec<&str> = entries
         .iter()
@@ -134,13 +167,32 @@ async fn audit(
         .map(|e| e.instance.instance_id().as_str())
         .collect();
     let payloads: Vec<Value> = entries.iter().map(|e| rows::payload(e.instance)).collect();
+    let previous: Vec<Option<&str>> = entries
+        .iter()
+        .map(|e| e.previous_status.map(HealthStatus::as_str))
+        .collect();
+    let registered: Vec<DateTime<Utc>> =
+        entries.iter().map(|e| e.instance.registered_at()).collect();
+    let heartbeats: Vec<DateTime<Utc>> = entries
+        .iter()
+        .map(|e| e.instance.last_heartbeat())
+        .collect();
     scoped
         .execute(
-            "INSERT INTO coordination_history \
-                 (tenant_id, revision, event_type, service_name, instance_id, actor, request_id, occurred_at, payload) \
-             SELECT $1, u.revision, u.kind, u.service, u.instance, $7, $8, $9, u.payload \
-             FROM unnest($2::bigint[], $3::varchar[], $4::varchar[], $5::varchar[], $6::jsonb[]) \
-                 AS u(revision, kind, service, instance, payload)",
+            "WITH u AS ( \
+                 SELECT * FROM unnest($2::bigint[], $3::varchar[], $4::varchar[], $5::varchar[], \
+                     $6::jsonb[], $12::varchar[], $13::timestamptz[], $14::timestamptz[]) \
+                     AS u(revision, kind, service, instance, payload, previous, registered, heartbeat) \
+             ), audit AS ( \
+                 INSERT INTO coordination_history \
+                     (tenant_id, revision, event_type, service_name, instance_id, actor, request_id, occurred_at, payload) \
+                 SELECT $1, u.revision, u.kind, u.service, u.instance, $7, $8, $9, u.payload FROM u \
+             ) \
+             INSERT INTO hub_outbox (tenant_id, revision, event_type, service_name, instance_id, \
+                 occurred_at, previous_status, payload, registered_at, last_heartbeat, origin, pending) \
+             SELECT $1, u.revision, u.kind, u.service, u.instance, $9, u.previous, u.payload, \
+                 u.registered, u.heartbeat, $10, $11 \
+             FROM u WHERE $11::smallint <> 0",
             &[
                 &tenant.as_str(),
                 &revisions,
@@ -151,6 +203,11 @@ async fn audit(
                 &context.actor(),
                 &context.request_id(),
                 &at,
+                &outbox.origin,
+                &outbox.sinks,
+                &previous,
+                &registered,
+                &heartbeats,
             ],
         )
         .await?;
@@ -189,7 +246,8 @@ impl RegistryStore for PgStore {
         let payload = rows::registration_payload(registration, HealthStatus::Passing, lease);
         let actor = context.actor();
         let request_id = context.request_id();
-        let params: [&(dyn ToSql + Sync); 16] = [
+        let outbox = &*self.outbox;
+        let params: [&(dyn ToSql + Sync); 18] = [
             &t,
             &service,
             &instance,
@@ -206,11 +264,14 @@ impl RegistryStore for PgStore {
             &actor,
             &request_id,
             &payload,
+            &outbox.origin,
+            &outbox.sinks,
         ];
         // One statement does the whole change, in lock order: it bumps (and
         // so locks) the tenant's revision row first, enters a new tenant in
-        // hub_tenants, writes the instance, and writes the audit row, which
-        // reads `created` from the upsert's RETURNING. It is what
+        // hub_tenants, writes the instance, and writes the audit row and the
+        // outbox row (when sinks are configured), which read `created` from
+        // the upsert's RETURNING. It is what
         // `bump_revision` does, inlined, and it runs as a pipelined
         // single-statement transaction: registration is the hottest write.
         let rows = single_statement(
@@ -246,6 +307,15 @@ impl RegistryStore for PgStore {
                                               ELSE 'service.updated' END, \
                                 $2, $3, $14::varchar, $15::varchar, $12, $16::jsonb \
                          FROM up \
+                     ), outbox AS ( \
+                         INSERT INTO hub_outbox (tenant_id, revision, event_type, service_name, \
+                             instance_id, occurred_at, previous_status, payload, registered_at, \
+                             last_heartbeat, origin, pending) \
+                         SELECT $1, up.revision, CASE WHEN up.created THEN 'service.registered' \
+                                              ELSE 'service.updated' END, \
+                                $2, $3, $12, NULL, $16::jsonb, up.registered_at, $12, \
+                                $17::varchar, $18::smallint \
+                         FROM up WHERE $18::smallint <> 0 \
                      ) \
                      SELECT registered_at, created, revision FROM up",
             &params,
@@ -403,11 +473,11 @@ impl RegistryStore for PgStore {
                     .iter()
                     .map(|i| Audit {
                         kind: EventKind::Deregistered,
-                        revision: i.revision(),
                         instance: i,
+                        previous_status: None,
                     })
                     .collect();
-                audit(scoped, tenant, &entries, context, now).await?;
+                record(scoped, tenant, &entries, context, now, &self.outbox).await?;
             }
             Ok(stamped)
         })
@@ -497,10 +567,10 @@ impl RegistryStore for PgStore {
             if previous != renewed.status() {
                 let entry = Audit {
                     kind: EventKind::StatusChanged,
-                    revision: renewed.revision(),
                     instance: &renewed,
+                    previous_status: Some(previous),
                 };
-                audit(scoped, tenant, &[entry], context, now).await?;
+                record(scoped, tenant, &[entry], context, now, &self.outbox).await?;
             }
             Ok(Some(Renewed {
                 instance: renewed,
@@ -637,19 +707,22 @@ impl PgStore {
                     let entries: Vec<Audit<'_>> = tenant_changes
                         .iter()
                         .map(|c| match c {
-                            LeaseChange::Expired { instance, .. } => Audit {
-                                kind: EventKind::StatusChanged,
-                                revision: instance.revision(),
+                            LeaseChange::Expired {
                                 instance,
+                                previous_status,
+                            } => Audit {
+                                kind: EventKind::StatusChanged,
+                                instance,
+                                previous_status: Some(*previous_status),
                             },
                             LeaseChange::Removed(instance) => Audit {
                                 kind: EventKind::Expired,
-                                revision: instance.revision(),
                                 instance,
+                                previous_status: None,
                             },
                         })
                         .collect();
-                    audit(scoped, tenant, &entries, &context, now).await?;
+                    record(scoped, tenant, &entries, &context, now, &self.outbox).await?;
                 }
                 Ok(tenant_changes)
             });

@@ -1,0 +1,230 @@
+//! The PostgreSQL outbox: relay sessions (one leader per sink by advisory lock), pending reads, marks, pruning and backlog.
+//!
+//! Rows are written by the registry changes themselves (see `store.rs`), in
+//! the change's transaction. Everything here goes through the SECURITY
+//! DEFINER functions of `migrations/V2__event_outbox.sql`: the application
+//! role has no other access to the table, so no tenant-facing query can read
+//! another tenant's events from it.
+//!
+//! One relay per sink publishes, whichever replica it runs in: a session
+//! holds a connection of its own (outside the pool) and leads once it holds
+//! the sink's session-level advisory lock. The lock lives exactly as long as
+//! that connection, so a relay that dies or loses the database hands over to
+//! another replica without any lease to expire. A single publisher per sink
+//! is what keeps each tenant's events in commit order on the bus.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use hub_core::ports::{Outbox, OutboxSession};
+use hub_core::{
+    Backlog, EventKind, HealthStatus, Instance, OutboxEntry, RegistryError, RegistryEvent, Sink,
+    TenantId,
+};
+use serde_json::Value;
+use tokio_postgres::NoTls;
+
+use super::config::PgConfig;
+use super::error::from_pg;
+use super::rows::{instance_from_payload, revision_of};
+use super::store::PgStore;
+
+/// The advisory lock of a sink's relay (arbitrary constants, next to the
+/// reaper's).
+fn relay_lock(sink: Sink) -> i64 {
+    0x00C3_7A11_0000 + i64::from(sink.bit())
+}
+
+fn bit(sink: Sink) -> i16 {
+    i16::from(sink.bit())
+}
+
+/// A relay's session: a connection of its own, leading once it holds the
+/// sink's advisory lock.
+pub struct PgOutboxSession {
+    client: tokio_postgres::Client,
+    sink: Sink,
+    leading: bool,
+}
+
+impl std::fmt::Debug for PgOutboxSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOutboxSession")
+            .field("sink", &self.sink)
+            .field("leading", &self.leading)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn connect(config: &PgConfig, sink: Sink) -> Result<tokio_postgres::Client, RegistryError> {
+    let (client, connection) = config.connection().connect(NoTls).await.map_err(from_pg)?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, %sink, "outbox relay connection ended");
+        }
+    });
+    Ok(client)
+}
+
+fn kind_of(name: &str) -> Option<EventKind> {
+    [
+        EventKind::Registered,
+        EventKind::Updated,
+        EventKind::Deregistered,
+        EventKind::StatusChanged,
+        EventKind::Expired,
+    ]
+    .into_iter()
+    .find(|k| k.as_str() == name)
+}
+
+fn corrupt(what: String) -> RegistryError {
+    RegistryError::Unexpected(what.into())
+}
+
+/// Rebuilds the event of one row of `hub_outbox_pending`.
+fn entry(row: &tokio_postgres::Row) -> Result<OutboxEntry, RegistryError> {
+    let seq: i64 = row.try_get(0).map_err(from_pg)?;
+    let tenant: String = row.try_get(1).map_err(from_pg)?;
+    let tenant = TenantId::parse(tenant)
+        .map_err(|e| corrupt(format!("outbox row {seq} has an invalid tenant: {e}")))?;
+    let revision = revision_of(row.try_get(2).map_err(from_pg)?)?;
+    let id: String = row.try_get(3).map_err(from_pg)?;
+    let kind: String = row.try_get(4).map_err(from_pg)?;
+    let kind =
+        kind_of(&kind).ok_or_else(|| corrupt(format!("outbox row {seq} has type {kind:?}")))?;
+    let service: String = row.try_get(5).map_err(from_pg)?;
+    let instance_id: String = row.try_get(6).map_err(from_pg)?;
+    let occurred_at: DateTime<Utc> = row.try_get(7).map_err(from_pg)?;
+    let previous: Option<String> = row.try_get(8).map_err(from_pg)?;
+    let previous = previous
+        .map(|p| {
+            p.parse::<HealthStatus>()
+                .map_err(|_| corrupt(format!("outbox row {seq} has previous status {p:?}")))
+        })
+        .transpose()?;
+    let payload: Value = row.try_get(9).map_err(from_pg)?;
+    let instance: Instance = instance_from_payload(
+        &tenant,
+        service,
+        instance_id,
+        &payload,
+        row.try_get(10).map_err(from_pg)?,
+        row.try_get(11).map_err(from_pg)?,
+        revision,
+    )?;
+    let origin: Option<String> = row.try_get(12).map_err(from_pg)?;
+    let mut event = RegistryEvent::restore(id, kind, instance, previous, occurred_at);
+    if let Some(origin) = origin {
+        event = event.with_origin(origin);
+    }
+    Ok(OutboxEntry { seq, event })
+}
+
+#[async_trait]
+impl OutboxSession for PgOutboxSession {
+    async fn lead(&mut self) -> Result<bool, RegistryError> {
+        if !self.leading {
+            self.leading = self
+                .client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&relay_lock(self.sink)])
+                .await
+                .and_then(|row| row.try_get(0))
+                .map_err(from_pg)?;
+        }
+        Ok(self.leading)
+    }
+
+    async fn pending(&mut self, max: u32) -> Result<Vec<OutboxEntry>, RegistryError> {
+        if !self.leading {
+            return Err(RegistryError::Unexpected(
+                "outbox read by a session that does not lead".into(),
+            ));
+        }
+        let max = i32::try_from(max).unwrap_or(i32::MAX);
+        let rows = self
+            .client
+            .query(
+                "SELECT id, tenant_id, revision, event_id::text, event_type, service_name, \
+                        instance_id, occurred_at, previous_status, payload, registered_at, \
+                        last_heartbeat, origin \
+                 FROM hub_outbox_pending($1, $2)",
+                &[&bit(self.sink), &max],
+            )
+            .await
+            .map_err(from_pg)?;
+        rows.iter().map(entry).collect()
+    }
+
+    async fn mark(&mut self, seqs: &[i64]) -> Result<(), RegistryError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        // A mark lost in a crash only means the event is published again
+        // (at least once), so the relay's own commits need not wait for the
+        // WAL flush: it keeps the relay's cost off the registrations' path.
+        self.client
+            .batch_execute("BEGIN; SET LOCAL synchronous_commit = off")
+            .await
+            .map_err(from_pg)?;
+        let marked = self
+            .client
+            .query_one("SELECT hub_outbox_mark($1, $2)", &[&bit(self.sink), &seqs])
+            .await
+            .map_err(from_pg);
+        match marked {
+            Ok(_) => {
+                self.client.batch_execute("COMMIT").await.map_err(from_pg)?;
+                Ok(())
+            }
+            Err(error) => {
+                // The session is dropped by the relay after an error; the
+                // rollback is a courtesy for a connection that still works.
+                let _ = self.client.batch_execute("ROLLBACK").await;
+                Err(error)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Outbox for PgStore {
+    async fn open(&self, sink: Sink) -> Result<Box<dyn OutboxSession>, RegistryError> {
+        let client = connect(&self.config, sink).await?;
+        Ok(Box::new(PgOutboxSession {
+            client,
+            sink,
+            leading: false,
+        }))
+    }
+
+    async fn prune(&self, cutoff: DateTime<Utc>, max: u32) -> Result<u64, RegistryError> {
+        let client = self.pool.get().await.map_err(super::error::from_pool)?;
+        let max = i32::try_from(max).unwrap_or(i32::MAX);
+        let pruned: i64 = client
+            .query_one("SELECT hub_outbox_prune($1, $2)", &[&cutoff, &max])
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(from_pg)?;
+        Ok(pruned.unsigned_abs())
+    }
+
+    async fn backlog(
+        &self,
+        sink: Sink,
+        tenant: Option<&TenantId>,
+    ) -> Result<Backlog, RegistryError> {
+        let client = self.pool.get().await.map_err(super::error::from_pool)?;
+        let row = client
+            .query_one(
+                "SELECT backlog, oldest_created_at FROM hub_outbox_backlog($1, $2)",
+                &[&bit(sink), &tenant.map(TenantId::as_str)],
+            )
+            .await
+            .map_err(from_pg)?;
+        let pending: i64 = row.try_get(0).map_err(from_pg)?;
+        Ok(Backlog {
+            pending: pending.unsigned_abs(),
+            oldest: row.try_get(1).map_err(from_pg)?,
+        })
+    }
+}

@@ -1,0 +1,350 @@
+//! The outbox on PostgreSQL: every change writes its event in its own transaction, one relay leads per sink, marks, pruning, backlog and grants.
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::{Duration, Utc};
+use hub_core::domain::envelope;
+use hub_core::memory::{InProcessBus, ManualClock};
+use hub_core::ports::{Outbox, OutboxSession};
+use hub_core::{
+    ChangeContext, EventKind, HealthStatus, Heartbeat, InstanceId, Registry, RegistryEvent,
+    ServiceName, Sink, Sinks,
+};
+use hub_store::PgStore;
+use hub_store::testing::TestDb;
+use tokio::sync::broadcast::Receiver;
+
+use crate::support::{registration, tenant};
+
+struct OutboxWorld {
+    db: TestDb,
+    store: PgStore,
+    registry: Registry,
+    clock: Arc<ManualClock>,
+    bus: Receiver<RegistryEvent>,
+}
+
+async fn outbox_world(sinks: Sinks) -> Option<OutboxWorld> {
+    let db = TestDb::create().await?;
+    let store = PgStore::new(&db.app)
+        .unwrap()
+        .with_outbox(sinks, "replica-a");
+    let clock = Arc::new(ManualClock::default());
+    let bus = InProcessBus::new();
+    let rx = bus.subscribe();
+    let registry = Registry::new(Arc::new(store.clone()), Arc::new(bus), clock.clone());
+    Some(OutboxWorld {
+        db,
+        store,
+        registry,
+        clock,
+        bus: rx,
+    })
+}
+
+fn both() -> Sinks {
+    Sinks::NONE.with(Sink::Nats).with(Sink::Kafka)
+}
+
+async fn leader(store: &PgStore, sink: Sink) -> Box<dyn OutboxSession> {
+    let mut session = store.open(sink).await.unwrap();
+    assert!(session.lead().await.unwrap(), "no other relay runs here");
+    session
+}
+
+async fn owner_count(db: &TestDb, sql: &str) -> i64 {
+    TestDb::connect(&db.owner)
+        .await
+        .query_one(sql, &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn every_change_writes_its_event_in_commit_order() {
+    let Some(mut w) = outbox_world(both()).await else {
+        return;
+    };
+    let (t1, t2) = (tenant("tenant1"), tenant("tenant2"));
+    let ctx = ChangeContext::new(Some("abcd1234".into()), Some("req-1".into()));
+    let svc = ServiceName::parse("svc").unwrap();
+    let a = InstanceId::parse("a").unwrap();
+    w.registry
+        .register(&t1, registration("svc", "a"), &ctx)
+        .await
+        .unwrap();
+    w.registry
+        .register(&t2, registration("svc", "a"), &ctx)
+        .await
+        .unwrap();
+    w.registry
+        .register(&t1, registration("svc", "a"), &ctx)
+        .await
+        .unwrap();
+    w.registry
+        .register(&t1, registration("svc", "b"), &ctx)
+        .await
+        .unwrap();
+    w.registry
+        .heartbeat(
+            &t1,
+            &svc,
+            Some(&a),
+            &Heartbeat::new(HealthStatus::Warning, None),
+            &ctx,
+        )
+        .await
+        .unwrap();
+    // A heartbeat that changes nothing is no event.
+    w.registry
+        .heartbeat(
+            &t1,
+            &svc,
+            Some(&a),
+            &Heartbeat::new(HealthStatus::Warning, None),
+            &ctx,
+        )
+        .await
+        .unwrap();
+    w.clock.advance(Duration::seconds(11));
+    w.registry.expire_leases().await.unwrap();
+    w.clock.advance(Duration::seconds(31));
+    w.registry.expire_leases().await.unwrap();
+    w.registry
+        .register(&t1, registration("svc", "c"), &ctx)
+        .await
+        .unwrap();
+    w.registry.deregister(&t1, &svc, None, &ctx).await.unwrap();
+
+    let mut local = Vec::new();
+    while let Ok(event) = w.bus.try_recv() {
+        local.push(event);
+    }
+    let mut nats = leader(&w.store, Sink::Nats).await;
+    let pending = nats.pending(100).await.unwrap();
+    assert_eq!(pending.len(), local.len(), "one outbox row per event");
+    let seqs: Vec<i64> = pending.iter().map(|e| e.seq).collect();
+    assert!(seqs.windows(2).all(|p| p[0] < p[1]), "{seqs:?}");
+    // The outbox's event is the one the registry published in-process, as
+    // it leaves the process (the envelope), but for its id. (A
+    // deregistration's time is the database's clock, not the registry's.)
+    let comparable = |event: &RegistryEvent| {
+        let mut value: serde_json::Value =
+            serde_json::from_slice(&envelope::to_json(event)).unwrap();
+        let object = value.as_object_mut().unwrap();
+        object.remove("id");
+        if event.kind() == EventKind::Deregistered {
+            object.remove("occurred_at");
+        }
+        value
+    };
+    for (stored, published) in pending.iter().map(|e| &e.event).zip(&local) {
+        assert_eq!(comparable(stored), comparable(published));
+        assert_eq!(stored.origin(), Some("replica-a"));
+        assert_eq!(stored.id().len(), 36, "a UUID");
+    }
+    let kinds: Vec<(String, EventKind, u64)> = pending
+        .iter()
+        .map(|e| {
+            (
+                e.event.tenant_id().to_string(),
+                e.event.kind(),
+                e.event.revision().get(),
+            )
+        })
+        .collect();
+    let t1_revisions: Vec<u64> = kinds
+        .iter()
+        .filter(|k| k.0 == "tenant1")
+        .map(|k| k.2)
+        .collect();
+    assert_eq!(
+        t1_revisions,
+        (1..=t1_revisions.len() as u64).collect::<Vec<_>>(),
+        "tenant1's events have every revision once, in order"
+    );
+    for kind in [
+        EventKind::Registered,
+        EventKind::Updated,
+        EventKind::StatusChanged,
+        EventKind::Expired,
+        EventKind::Deregistered,
+    ] {
+        assert!(
+            kinds.iter().any(|k| k.1 == kind),
+            "{kind:?} missing: {kinds:?}"
+        );
+    }
+    // Ids are unique.
+    let mut ids: Vec<&str> = pending.iter().map(|e| e.event.id()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), pending.len());
+}
+
+#[tokio::test]
+async fn without_sinks_nothing_is_written() {
+    let Some(w) = outbox_world(Sinks::NONE).await else {
+        return;
+    };
+    let ctx = ChangeContext::new(None, None);
+    w.registry
+        .register(&tenant("t"), registration("svc", "a"), &ctx)
+        .await
+        .unwrap();
+    assert_eq!(
+        owner_count(&w.db, "SELECT count(*) FROM hub_outbox").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn marks_are_per_sink_and_pruning_keeps_what_is_owed() {
+    let Some(w) = outbox_world(both()).await else {
+        return;
+    };
+    let ctx = ChangeContext::new(None, None);
+    let (t1, t2) = (tenant("tenant1"), tenant("tenant2"));
+    for i in 0..5 {
+        w.registry
+            .register(&t1, registration("svc", &format!("i{i}")), &ctx)
+            .await
+            .unwrap();
+    }
+    w.registry
+        .register(&t2, registration("svc", "x"), &ctx)
+        .await
+        .unwrap();
+    let backlog = w.store.backlog(Sink::Kafka, None).await.unwrap();
+    assert_eq!(backlog.pending, 6);
+    assert!(backlog.oldest.unwrap() <= Utc::now());
+    assert_eq!(
+        w.store
+            .backlog(Sink::Kafka, Some(&t2))
+            .await
+            .unwrap()
+            .pending,
+        1
+    );
+
+    let mut nats = leader(&w.store, Sink::Nats).await;
+    let first = nats.pending(4).await.unwrap();
+    assert_eq!(first.len(), 4);
+    nats.mark(&first.iter().map(|e| e.seq).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let rest = nats.pending(100).await.unwrap();
+    assert_eq!(rest.len(), 2);
+    assert!(rest[0].seq > first[3].seq);
+    assert_eq!(w.store.backlog(Sink::Nats, None).await.unwrap().pending, 2);
+    // Kafka still owes all six: one sink's progress is not the other's.
+    let mut kafka = leader(&w.store, Sink::Kafka).await;
+    assert_eq!(kafka.pending(100).await.unwrap().len(), 6);
+
+    // Nothing is fully delivered yet: pruning removes nothing, however late.
+    let future = Utc::now() + Duration::days(1);
+    assert_eq!(w.store.prune(future, 1000).await.unwrap(), 0);
+    kafka
+        .mark(&first.iter().map(|e| e.seq).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    // Delivered to both, but within the retention: kept.
+    assert_eq!(
+        w.store
+            .prune(Utc::now() - Duration::hours(1), 1000)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(w.store.prune(future, 1000).await.unwrap(), 4);
+    assert_eq!(
+        owner_count(&w.db, "SELECT count(*) FROM hub_outbox").await,
+        2
+    );
+    // Marking again is harmless.
+    kafka.mark(&[first[0].seq]).await.unwrap();
+}
+
+#[tokio::test]
+async fn one_session_leads_per_sink_until_it_is_dropped() {
+    let Some(w) = outbox_world(both()).await else {
+        return;
+    };
+    let mut first = w.store.open(Sink::Nats).await.unwrap();
+    let mut second = w.store.open(Sink::Nats).await.unwrap();
+    assert!(first.lead().await.unwrap());
+    assert!(!second.lead().await.unwrap());
+    assert!(second.pending(10).await.is_err(), "a follower may not read");
+    // The other sink has its own leader.
+    let mut kafka = w.store.open(Sink::Kafka).await.unwrap();
+    assert!(kafka.lead().await.unwrap());
+    drop(first);
+    let deadline = tokio::time::Instant::now() + StdDuration::from_secs(5);
+    loop {
+        if second.lead().await.unwrap() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "leadership not handed over"
+        );
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_application_role_can_only_insert_its_own_tenants_rows() {
+    let Some(w) = outbox_world(both()).await else {
+        return;
+    };
+    w.registry
+        .register(
+            &tenant("tenant1"),
+            registration("svc", "a"),
+            &ChangeContext::new(None, None),
+        )
+        .await
+        .unwrap();
+    let app = TestDb::connect(&w.db.app).await;
+    for sql in [
+        "SELECT count(*) FROM hub_outbox",
+        "UPDATE hub_outbox SET pending = 0",
+        "DELETE FROM hub_outbox",
+        "TRUNCATE hub_outbox",
+    ] {
+        let error = app.batch_execute(sql).await.unwrap_err();
+        assert_eq!(
+            error.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{sql}: {error}"
+        );
+    }
+    let insert = "INSERT INTO hub_outbox (tenant_id, revision, event_type, service_name, \
+                  instance_id, occurred_at, payload, registered_at, last_heartbeat, pending) \
+                  VALUES ('tenant2', 1, 'service.registered', 's', 'i', now(), '{}', now(), now(), 1)";
+    for setting in ["", "tenant1"] {
+        let error = app
+            .batch_execute(&format!(
+                "BEGIN; SELECT set_config('app.tenant_id', '{setting}', true); {insert}; COMMIT"
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "as {setting:?}: {error}"
+        );
+        app.batch_execute("ROLLBACK").await.unwrap();
+    }
+    // The functions are the only way in, and they refuse unknown sinks.
+    let error = app
+        .query("SELECT * FROM hub_outbox_pending(4::smallint, 1)", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{error:?}").contains("unknown outbox sink"),
+        "{error:?}"
+    );
+}
