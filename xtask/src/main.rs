@@ -6,6 +6,7 @@
 
 mod args;
 mod bench;
+mod kafka;
 mod migrate;
 mod seed;
 mod test;
@@ -19,6 +20,7 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   test     fmt check, clippy -D warnings, layering check, cargo test --workspace
+           (with a Kafka-compatible broker on 127.0.0.1:9092, started if none listens)
   migrate  apply the SQL migrations to the database of POSTGRES_* (see --help of it)
   seed     load the demo data set (three tenants, a dozen services each)
   bench    start a release hub-server and drive it over loopback; prints medians of 3 runs";

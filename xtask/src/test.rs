@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 
-use crate::{cargo, run_step};
+use crate::{cargo, kafka, run_step};
 use anyhow::{Context, bail};
 
 /// Crates hub-core must never depend on, directly or not: it is the domain,
@@ -37,15 +37,20 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo test --workspace`, its output passed through, ending with one
-/// summary line `tests: N passed, M failed` over all test binaries (the last
-/// binary cargo runs is often a doc-test run of zero tests, which would
-/// otherwise read as if nothing ran).
+/// `cargo test --workspace` with a Kafka-compatible broker (see [`kafka`]),
+/// its output passed through, ending with one summary line
+/// `tests: N passed, M failed` over all test binaries (the last binary cargo
+/// runs is often a doc-test run of zero tests, which would otherwise read as
+/// if nothing ran).
 fn tests(extra: &[String]) -> anyhow::Result<()> {
+    // Held until this function returns: dropping it stops a broker that this
+    // run started, whether the tests passed or not.
+    let broker = kafka::ensure()?;
     let mut command = cargo();
     command
         .args(["test", "--workspace", "--locked"])
         .args(extra)
+        .envs(broker.env())
         .stdout(Stdio::piped());
     eprintln!("\n==> tests: {command:?}");
     let mut child = command.spawn()?;

@@ -24,6 +24,7 @@ use async_nats::header::NATS_MESSAGE_ID;
 use async_nats::jetstream::{self, context::CreateStreamErrorKind};
 use async_nats::{ConnectOptions, HeaderMap, ServerAddr};
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use hub_core::domain::envelope;
 use hub_core::domain::event::RegistryEvent;
 use hub_core::error::{RegistryError, ValidationError};
@@ -37,6 +38,13 @@ pub const DEFAULT_STREAM: &str = "HUB_REGISTRY";
 
 /// The `component` of the `Unavailable` errors this adapter returns.
 const COMPONENT: &str = "events";
+
+/// The header naming the event type (`service.registered`, ...).
+pub const EVENT_TYPE_HEADER: &str = "event-type";
+
+/// The header naming the replica a change was made through, so that a
+/// replica following the bus can skip its own events.
+pub const ORIGIN_HEADER: &str = "hub-origin";
 
 /// How the client authenticates, besides anything embedded in the URLs.
 #[derive(Clone, Debug, Default)]
@@ -330,8 +338,65 @@ impl NatsPublisher {
         // standard and custom header names apart, so only the constant
         // compares equal to the name it parses back from the wire.
         headers.insert(NATS_MESSAGE_ID, event.id());
-        headers.insert("event-type", event.kind().as_str());
+        headers.insert(EVENT_TYPE_HEADER, event.kind().as_str());
+        if let Some(origin) = event.origin() {
+            headers.insert(ORIGIN_HEADER, origin);
+        }
         headers
+    }
+
+    /// Follows every tenant's registry events on `{prefix}.*.registry.>`
+    /// (a core subscription: events published from now on), skipping those
+    /// whose `hub-origin` header is `skip_origin` (this replica's own), and
+    /// hands each to `apply` in the order received. Bytes that are not a
+    /// valid envelope are logged and dropped. The subscription survives
+    /// reconnects (the client resubscribes); the task ends when `stop`
+    /// turns true.
+    pub async fn follow<F>(
+        &self,
+        skip_origin: Option<String>,
+        mut apply: F,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<tokio::task::JoinHandle<()>, RegistryError>
+    where
+        F: FnMut(RegistryEvent) + Send + 'static,
+    {
+        let mut subscription = self
+            .client
+            .subscribe(self.prefix.all_events())
+            .await
+            .map_err(unavailable)?;
+        // The subscription is registered once the server has seen it.
+        self.client.flush().await.map_err(unavailable)?;
+        Ok(tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    message = subscription.next() => match message {
+                        Some(message) => message,
+                        None => break,
+                    },
+                    _ = stop.changed() => break,
+                };
+                let origin = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(ORIGIN_HEADER))
+                    .map(|v| v.as_str());
+                if origin.is_some() && origin == skip_origin.as_deref() {
+                    continue;
+                }
+                match envelope::from_json(&message.payload) {
+                    Ok(event) => apply(match origin {
+                        Some(origin) => event.with_origin(origin),
+                        None => event,
+                    }),
+                    Err(error) => {
+                        tracing::warn!(subject = %message.subject, %error, "ignoring a message that is not a registry event");
+                    }
+                }
+            }
+            let _ = subscription.unsubscribe().await;
+        }))
     }
 
     async fn publish_plain(&self, events: &[RegistryEvent]) -> Result<(), RegistryError> {
@@ -354,26 +419,32 @@ impl NatsPublisher {
 
 #[async_trait]
 impl EventSink for NatsPublisher {
-    /// Publishes the events in order. In JetStream mode each ack is awaited
-    /// before the next event goes out, so Ok means every event is stored, and
-    /// on error the events after the failed one were not sent. Returns
+    /// Publishes the events in order. In JetStream mode the publishes go out
+    /// back to back on the one connection (so the server stores them in
+    /// order) and then every ack is awaited: Ok means every event is stored.
+    /// On error, events after the failed one may or may not be stored. Returns
     /// `Unavailable { component: "events" }` on any failure (the outcome of
     /// the failed event is then unknown; a retry is deduplicated by id).
     async fn publish(&self, events: &[RegistryEvent]) -> Result<(), RegistryError> {
         match &self.jetstream {
             Some(context) => {
+                let mut acks = Vec::with_capacity(events.len());
                 for event in events {
                     let subject = self.prefix.event_subject(event.tenant_id(), event.kind());
-                    let ack = context
-                        .publish_with_headers(
-                            subject,
-                            Self::headers(event),
-                            envelope::to_json(event).into(),
-                        )
-                        .await
-                        .map_err(unavailable)?;
-                    // Both the send and the ack are bounded by the context's
-                    // timeout (`ack_timeout`).
+                    acks.push(
+                        context
+                            .publish_with_headers(
+                                subject,
+                                Self::headers(event),
+                                envelope::to_json(event).into(),
+                            )
+                            .await
+                            .map_err(unavailable)?,
+                    );
+                }
+                // Both the send and each ack are bounded by the context's
+                // timeout (`ack_timeout`).
+                for ack in acks {
                     ack.await.map_err(unavailable)?;
                 }
                 Ok(())

@@ -1,4 +1,4 @@
-//! Test worlds (random prefix and stream on the real NATS server) and event builders.
+//! Test worlds (random prefix and stream on the real NATS server, unique Kafka topics) and event builders; brokers come from `hub_bus::testing`.
 
 use std::time::Duration;
 
@@ -13,10 +13,6 @@ use hub_core::domain::registration::{Registration, RegistrationInput};
 /// How long a published event may take to reach a subscriber.
 pub const DELIVERY: Duration = Duration::from_secs(1);
 
-fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
-
 /// One test's private corner of the NATS server.
 pub struct World {
     /// A plain client of the test itself, to subscribe and inspect streams.
@@ -29,24 +25,7 @@ impl World {
     /// A fresh world, or `None` (after printing SKIPPED) when NATS is not
     /// reachable outside CI. Under CI=true an unreachable server fails the test.
     pub async fn new(test: &str) -> Option<World> {
-        let url = nats_url();
-        let connect = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(2))
-            .connect(url.as_str());
-        let client = match tokio::time::timeout(Duration::from_secs(3), connect).await {
-            Ok(Ok(client)) => client,
-            outcome => {
-                let why = match outcome {
-                    Ok(Err(err)) => err.to_string(),
-                    _ => "timed out".to_owned(),
-                };
-                if std::env::var("CI").as_deref() == Ok("true") {
-                    panic!("NATS at {url} is unreachable under CI: {why}");
-                }
-                eprintln!("SKIPPED {test}: NATS at {url} is unreachable ({why})");
-                return None;
-            }
-        };
+        let client = hub_bus::testing::nats_client(test).await?;
         let hex = uuid::Uuid::new_v4().simple().to_string();
         Some(World {
             client,
@@ -57,7 +36,7 @@ impl World {
 
     /// The publisher's settings for this world.
     pub fn config(&self) -> NatsConfig {
-        let mut config = NatsConfig::new(&nats_url()).unwrap();
+        let mut config = NatsConfig::new(&hub_bus::testing::nats_url()).unwrap();
         config.subject_prefix = self.prefix.clone();
         config.stream_name = self.stream.clone();
         // Short, so that a stream left behind by a failed test holds little.
@@ -151,4 +130,9 @@ pub fn assert_carries(
     assert_eq!(envelope["tenant_id"], event.tenant_id().as_str());
     assert_eq!(envelope["service_name"], event.service_name().as_str());
     assert_eq!(envelope["revision"], event.revision().get());
+}
+
+/// A topic name no other test uses.
+pub fn unique_topic() -> String {
+    format!("hubt.{}", uuid::Uuid::new_v4().simple())
 }

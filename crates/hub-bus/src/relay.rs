@@ -1,0 +1,279 @@
+//! The outbox relay: drains one sink's pending outbox entries into its publisher, in order, with backoff; and the outbox pruner.
+//!
+//! One [`Relay`] runs per configured sink in every replica, but only the one
+//! whose [`OutboxSession`] leads (PostgreSQL: the sink's advisory lock)
+//! publishes; the others wait to take over. The leader reads a batch in
+//! outbox order, hands it to the publisher, and marks it only once the
+//! publisher has confirmed every event (JetStream acks, Kafka acks). A
+//! failure leaves the batch pending: it is published again, from its first
+//! event, after an exponential backoff (capped), so delivery is at least
+//! once and each tenant's events keep their order. Sinks do not wait for each
+//! other: each has its own relay, session and marks.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use hub_core::ports::{EventSink, Outbox, OutboxSession};
+use hub_core::{RegistryError, RegistryEvent, Sink};
+use tokio::sync::{Notify, watch};
+
+/// How a relay paces itself.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Most entries read and published at once (256).
+    pub batch: u32,
+    /// How often an idle leader looks for new entries (20 ms). Changes made
+    /// through this process wake it at once (see [`Relay::waker`]).
+    pub poll: Duration,
+    /// How often a relay that does not lead tries to take over (1 s).
+    pub follower_retry: Duration,
+    /// First wait after a failure (100 ms); doubles per failure...
+    pub backoff_min: Duration,
+    /// ...up to this (10 s).
+    pub backoff_max: Duration,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            batch: 256,
+            poll: Duration::from_millis(20),
+            follower_retry: Duration::from_secs(1),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a relay has done, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    published: AtomicU64,
+    failures: AtomicU64,
+    leading: AtomicBool,
+}
+
+impl RelayStats {
+    /// Events this relay published and marked.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+    /// Failed attempts (publish or outbox) so far.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+    /// Whether this relay currently leads its sink.
+    pub fn leading(&self) -> bool {
+        self.leading.load(Ordering::Relaxed)
+    }
+}
+
+/// Relays one sink's outbox entries to its publisher.
+pub struct Relay {
+    outbox: Arc<dyn Outbox>,
+    sink: Sink,
+    publisher: Arc<dyn EventSink>,
+    settings: RelaySettings,
+    stats: Arc<RelayStats>,
+    wake: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("sink", &self.sink)
+            .field("settings", &self.settings)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the loop went round again.
+enum Next {
+    /// Look again now (the batch was full).
+    Now,
+    /// Nothing pending: wait for the poll interval or a wake-up.
+    Idle,
+    /// Another relay leads.
+    Follow,
+    /// The publisher failed: back off, keep the session.
+    PublishFailed(RegistryError),
+    /// The outbox failed: back off, drop the session.
+    OutboxFailed(RegistryError),
+}
+
+impl Relay {
+    /// A relay of `sink`'s entries of `outbox` to `publisher`.
+    pub fn new(
+        outbox: Arc<dyn Outbox>,
+        sink: Sink,
+        publisher: Arc<dyn EventSink>,
+        settings: RelaySettings,
+    ) -> Self {
+        Self {
+            outbox,
+            sink,
+            publisher,
+            settings,
+            stats: Arc::new(RelayStats::default()),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The relay's counters.
+    pub fn stats(&self) -> Arc<RelayStats> {
+        self.stats.clone()
+    }
+
+    /// Notify this to make an idle relay look at the outbox now (after a
+    /// change was committed through this process).
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Relays until `stop` turns true (or its sender is dropped).
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let sink = self.sink;
+        let mut session: Option<Box<dyn OutboxSession>> = None;
+        let mut backoff = self.settings.backoff_min;
+        let mut failing = 0u64;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let next = tokio::select! {
+                next = self.step(&mut session) => next,
+                _ = stop.changed() => break,
+            };
+            let wait = match next {
+                Next::Now | Next::Idle | Next::Follow => {
+                    if failing > 0 {
+                        tracing::info!(%sink, failed_attempts = failing, "outbox relay delivers again");
+                    }
+                    failing = 0;
+                    backoff = self.settings.backoff_min;
+                    match next {
+                        Next::Now => None,
+                        Next::Idle => Some(self.settings.poll),
+                        _ => Some(self.settings.follower_retry),
+                    }
+                }
+                Next::PublishFailed(error) | Next::OutboxFailed(error) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    if failing == 0 {
+                        tracing::warn!(%sink, %error, retry_in_ms = backoff.as_millis() as u64, "outbox relay cannot deliver; retrying with backoff");
+                    } else {
+                        tracing::debug!(%sink, %error, attempt = failing + 1, retry_in_ms = backoff.as_millis() as u64, "outbox relay still failing");
+                    }
+                    failing += 1;
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(self.settings.backoff_max);
+                    Some(wait)
+                }
+            };
+            if let Some(wait) = wait {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.wake.notified(), if failing == 0 => {}
+                    _ = stop.changed() => break,
+                }
+            }
+        }
+        self.stats.leading.store(false, Ordering::Relaxed);
+        tracing::debug!(%sink, "outbox relay stopped");
+    }
+
+    /// One round: open a session if needed, lead, read, publish, mark.
+    async fn step(&self, slot: &mut Option<Box<dyn OutboxSession>>) -> Next {
+        let session = match slot {
+            Some(session) => session,
+            None => match self.outbox.open(self.sink).await {
+                Ok(session) => slot.insert(session),
+                Err(error) => return Next::OutboxFailed(error),
+            },
+        };
+        let outcome = self.lead_and_relay(session.as_mut()).await;
+        if let Next::OutboxFailed(_) = outcome {
+            // Its connection may be broken: start afresh (this also gives up
+            // leadership, so another replica can take over meanwhile).
+            *slot = None;
+            self.stats.leading.store(false, Ordering::Relaxed);
+        }
+        outcome
+    }
+
+    async fn lead_and_relay(&self, session: &mut dyn OutboxSession) -> Next {
+        match session.lead().await {
+            Ok(true) => {
+                if !self.stats.leading.swap(true, Ordering::Relaxed) {
+                    tracing::info!(sink = %self.sink, "this replica now relays the outbox");
+                }
+            }
+            Ok(false) => return Next::Follow,
+            Err(error) => return Next::OutboxFailed(error),
+        }
+        let entries = match session.pending(self.settings.batch).await {
+            Ok(entries) => entries,
+            Err(error) => return Next::OutboxFailed(error),
+        };
+        if entries.is_empty() {
+            return Next::Idle;
+        }
+        let full = entries.len() >= usize::try_from(self.settings.batch).unwrap_or(usize::MAX);
+        let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
+        let events: Vec<RegistryEvent> = entries.into_iter().map(|e| e.event).collect();
+        if let Err(error) = self.publisher.publish(&events).await {
+            return Next::PublishFailed(error);
+        }
+        if let Err(error) = session.mark(&seqs).await {
+            // Published but not marked: they will be published again
+            // (consumers dedupe on the event id).
+            return Next::OutboxFailed(error);
+        }
+        self.stats
+            .published
+            .fetch_add(seqs.len() as u64, Ordering::Relaxed);
+        if full { Next::Now } else { Next::Idle }
+    }
+}
+
+/// Deletes delivered outbox entries older than `retention`, every `interval`,
+/// until `stop` turns true. Any replica may run it: deleting is idempotent.
+pub async fn prune_outbox(
+    outbox: Arc<dyn Outbox>,
+    retention: Duration,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    const CHUNK: u32 = 10_000;
+    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => break,
+        }
+        let cutoff = Utc::now() - retention;
+        let mut total = 0u64;
+        loop {
+            match outbox.prune(cutoff, CHUNK).await {
+                Ok(n) => {
+                    total += n;
+                    if n < u64::from(CHUNK) || *stop.borrow() {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "outbox pruning failed; retrying at the next tick");
+                    break;
+                }
+            }
+        }
+        if total > 0 {
+            tracing::debug!(pruned = total, "delivered outbox entries pruned");
+        }
+    }
+}
