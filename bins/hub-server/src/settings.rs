@@ -20,6 +20,48 @@ pub struct Settings {
     pub leases: LeaseSettings,
     /// PostgreSQL, the source of truth (absent host = embedded mode).
     pub postgres: PostgresSettings,
+    /// Event buses (NATS, Kafka) and the outbox relay.
+    pub events: EventSettings,
+}
+
+/// Event buses and the outbox (DESIGN.md §8).
+#[derive(Debug, Deserialize)]
+pub struct EventSettings {
+    /// `NATS_URL`: comma-separated servers; unset or empty = no NATS.
+    pub nats_url: Option<String>,
+    /// `NATS_USER` (with `NATS_PASSWORD`).
+    pub nats_user: Option<String>,
+    /// `NATS_PASSWORD`.
+    pub nats_password: Option<SecretString>,
+    /// `NATS_TOKEN`: token authentication instead of user and password.
+    pub nats_token: Option<SecretString>,
+    /// `HUB_NATS_SUBJECT_PREFIX`: first subject token (`hub`).
+    pub nats_subject_prefix: String,
+    /// `HUB_NATS_STREAM`: the JetStream stream (`HUB_REGISTRY`).
+    pub nats_stream: String,
+    /// `HUB_NATS_STREAM_MAX_AGE_SECS`: how long the stream keeps events
+    /// when this server creates it (7 days).
+    pub nats_stream_max_age_secs: u64,
+    /// `KAFKA_BROKERS`: comma-separated `host:port`; unset or empty = no Kafka.
+    pub kafka_brokers: Option<String>,
+    /// `HUB_KAFKA_TOPIC` (`hub.registry.events`).
+    pub kafka_topic: String,
+    /// `HUB_KAFKA_PARTITIONS`: partitions of the topic when this server
+    /// creates it (6); an existing topic keeps its own.
+    pub kafka_partitions: i32,
+    /// `HUB_OUTBOX_RETENTION_SECS`: how long delivered outbox rows are kept (1 day).
+    pub outbox_retention_secs: u64,
+    /// `HUB_OUTBOX_POLL_MS`: how often an idle relay looks for events
+    /// written through other replicas (20 ms).
+    pub outbox_poll_ms: u64,
+    /// `HUB_OUTBOX_BATCH`: most events a relay publishes at once (256).
+    pub outbox_batch: u32,
+    /// `HUB_REPLICA_ID`: this replica's name in the `hub-origin` header
+    /// (default: a random UUID per start).
+    pub replica_id: Option<String>,
+    /// `HUB_EMBEDDED_EVENT_QUEUE`: events an embedded-mode publisher holds
+    /// while its bus is unreachable before it drops the newest (10,000).
+    pub embedded_event_queue: usize,
 }
 
 /// PostgreSQL settings (`POSTGRES_*` of the deployment guide, plus `HUB_PG_*`).
@@ -102,7 +144,26 @@ pub struct LeaseSettings {
 
 /// Environment variables and the settings keys they set. The names are those
 /// of the original deployment guide, honoured exactly.
-const ENV_KEYS: [(&str, &str); 17] = [
+const ENV_KEYS: [(&str, &str); 33] = [
+    ("NATS_URL", "events.nats_url"),
+    ("NATS_USER", "events.nats_user"),
+    ("NATS_PASSWORD", "events.nats_password"),
+    ("NATS_TOKEN", "events.nats_token"),
+    ("HUB_NATS_SUBJECT_PREFIX", "events.nats_subject_prefix"),
+    ("HUB_NATS_STREAM", "events.nats_stream"),
+    (
+        "HUB_NATS_STREAM_MAX_AGE_SECS",
+        "events.nats_stream_max_age_secs",
+    ),
+    ("KAFKA_BROKERS", "events.kafka_brokers"),
+    ("HUB_KAFKA_TOPIC", "events.kafka_topic"),
+    ("HUB_KAFKA_PARTITIONS", "events.kafka_partitions"),
+    ("HUB_OUTBOX_RETENTION_SECS", "events.outbox_retention_secs"),
+    ("HUB_OUTBOX_POLL_MS", "events.outbox_poll_ms"),
+    ("HUB_OUTBOX_BATCH", "events.outbox_batch"),
+    ("HUB_REPLICA_ID", "events.replica_id"),
+    ("HUB_EMBEDDED_EVENT_QUEUE", "events.embedded_event_queue"),
+    ("HUB_WORKERS", "server.workers"),
     ("HUB_LOOKUP_CACHE_MS", "postgres.lookup_cache_ms"),
     ("POSTGRES_HOST", "postgres.host"),
     ("POSTGRES_PORT", "postgres.port"),
@@ -131,7 +192,7 @@ const ENV_KEYS: [(&str, &str); 17] = [
 /// Backend variables of DESIGN.md that this build cannot honour yet. Starting
 /// in embedded mode while one is set would silently drop data the operator
 /// expects to be durable, so the server refuses instead.
-const UNSUPPORTED_BACKENDS: [&str; 3] = ["DRAGONFLY_HOST", "NATS_URL", "KAFKA_BROKERS"];
+const UNSUPPORTED_BACKENDS: [&str; 1] = ["DRAGONFLY_HOST"];
 
 impl Settings {
     /// Builds settings from built-in defaults, then the TOML file named by
@@ -161,7 +222,16 @@ impl Settings {
             .set_default("postgres.migrate_on_start", false)?
             .set_default("postgres.allow_rls_bypass", false)?
             .set_default("postgres.startup_timeout_secs", 60)?
-            .set_default("postgres.lookup_cache_ms", 500)?;
+            .set_default("postgres.lookup_cache_ms", 500)?
+            .set_default("events.nats_subject_prefix", "hub")?
+            .set_default("events.nats_stream", "HUB_REGISTRY")?
+            .set_default("events.nats_stream_max_age_secs", 7 * 24 * 60 * 60)?
+            .set_default("events.kafka_topic", "hub.registry.events")?
+            .set_default("events.kafka_partitions", 6)?
+            .set_default("events.outbox_retention_secs", 24 * 60 * 60)?
+            .set_default("events.outbox_poll_ms", 20)?
+            .set_default("events.outbox_batch", 256)?
+            .set_default("events.embedded_event_queue", 10_000)?;
         if let Some(path) = env.get("HUB_CONFIG").filter(|p| !p.is_empty()) {
             builder = builder.add_source(File::new(path, FileFormat::Toml).required(true));
         }
@@ -180,6 +250,16 @@ impl Settings {
         if settings.postgres.pool_size == 0 || settings.postgres.statement_timeout_ms == 0 {
             return Err(ConfigError::Message(
                 "HUB_PG_POOL_SIZE and HUB_PG_STATEMENT_TIMEOUT_MS must be at least 1".into(),
+            ));
+        }
+        let events = &settings.events;
+        if events.kafka_partitions < 1
+            || events.outbox_poll_ms == 0
+            || events.outbox_batch == 0
+            || events.embedded_event_queue == 0
+        {
+            return Err(ConfigError::Message(
+                "HUB_KAFKA_PARTITIONS, HUB_OUTBOX_POLL_MS, HUB_OUTBOX_BATCH and HUB_EMBEDDED_EVENT_QUEUE must be at least 1".into(),
             ));
         }
         if settings.leases.reap_interval_ms == 0 {
@@ -262,8 +342,36 @@ mod tests {
 
     #[test]
     fn backends_not_yet_built_are_refused_not_ignored() {
-        let err = Settings::load(&env(&[("NATS_URL", "nats://x")])).unwrap_err();
-        assert!(err.to_string().contains("NATS_URL"));
+        let err = Settings::load(&env(&[("DRAGONFLY_HOST", "x")])).unwrap_err();
+        assert!(err.to_string().contains("DRAGONFLY_HOST"));
+    }
+
+    #[test]
+    fn event_variables() {
+        let s = Settings::load(&env(&[])).unwrap();
+        assert_eq!(s.events.nats_url, None);
+        assert_eq!(s.events.kafka_brokers, None);
+        assert_eq!(s.events.kafka_topic, "hub.registry.events");
+        assert_eq!(s.events.kafka_partitions, 6);
+        assert_eq!(s.events.nats_subject_prefix, "hub");
+        let s = Settings::load(&env(&[
+            ("NATS_URL", "nats://a:4222,nats://b:4222"),
+            ("NATS_PASSWORD", "nats-secret"),
+            ("KAFKA_BROKERS", "k1:9092"),
+            ("HUB_KAFKA_PARTITIONS", "12"),
+            ("HUB_OUTBOX_RETENTION_SECS", "60"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.events.nats_url.as_deref(),
+            Some("nats://a:4222,nats://b:4222")
+        );
+        assert_eq!(s.events.kafka_brokers.as_deref(), Some("k1:9092"));
+        assert_eq!(s.events.kafka_partitions, 12);
+        assert_eq!(s.events.outbox_retention_secs, 60);
+        assert!(!format!("{s:?}").contains("nats-secret"));
+        assert!(Settings::load(&env(&[("HUB_KAFKA_PARTITIONS", "0")])).is_err());
+        assert!(Settings::load(&env(&[("HUB_OUTBOX_BATCH", "0")])).is_err());
     }
 
     #[test]

@@ -6,18 +6,23 @@ use std::time::Duration;
 
 use actix_web::HttpServer;
 use actix_web::dev::{Server, ServerHandle};
+use async_trait::async_trait;
+use hub_bus::best_effort::BestEffort;
+use hub_bus::lazy::Lazy;
+use hub_bus::relay::{Relay, RelaySettings, prune_outbox};
+use hub_bus::{KafkaConfig, KafkaPublisher, NatsAuth, NatsConfig, NatsPublisher, SubjectPrefix};
 use hub_core::cache::CachedStore;
 use hub_core::memory::{InProcessBus, MemoryStore, SystemClock};
-use hub_core::ports::{Clock, RegistryStore};
-use hub_core::{Registry, RegistryError};
+use hub_core::ports::{Clock, EventSink, Outbox, RegistryStore};
+use hub_core::{Registry, RegistryError, RegistryEvent, Sink, Sinks};
 use hub_http::{ApiKeys, Auth, HttpDeps};
 use hub_store::pg::migrate;
 use hub_store::{PgConfig, PgStore};
 use secrecy::ExposeSecret;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::settings::{PostgresSettings, Settings};
+use crate::settings::{EventSettings, PostgresSettings, Settings};
 
 /// A built, bound, not yet running server.
 pub struct Application {
@@ -25,7 +30,8 @@ pub struct Application {
     server: Server,
     registry: Registry,
     bus: InProcessBus,
-    reaper: JoinHandle<()>,
+    replica_id: String,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
     stop_background: watch::Sender<bool>,
 }
 
@@ -94,19 +100,33 @@ fn pg_config(host: &str, s: &PostgresSettings) -> PgConfig {
     }
 }
 
+/// The store and, in PostgreSQL mode, its outbox and lookup cache.
+struct Stores {
+    registry: Arc<dyn RegistryStore>,
+    outbox: Option<Arc<dyn Outbox>>,
+    cache: Option<Arc<CachedStore>>,
+}
+
 /// The registry store: PostgreSQL when `POSTGRES_HOST` is set, memory
 /// otherwise. An unreachable database is retried with backoff for
 /// `HUB_PG_STARTUP_TIMEOUT_SECS`; a role that bypasses row-level security is
-/// refused unless explicitly allowed.
+/// refused unless explicitly allowed. With event sinks, every change also
+/// writes its event to the outbox, tagged with `replica_id`.
 async fn build_store(
     settings: &PostgresSettings,
     clock: &Arc<dyn Clock>,
-) -> anyhow::Result<Arc<dyn RegistryStore>> {
+    sinks: Sinks,
+    replica_id: &str,
+) -> anyhow::Result<Stores> {
     let Some(host) = settings.host.as_deref().filter(|h| !h.is_empty()) else {
         tracing::info!(
             "embedded mode: in-memory registry and in-process event bus; nothing is persisted across restarts"
         );
-        return Ok(Arc::new(MemoryStore::new()));
+        return Ok(Stores {
+            registry: Arc::new(MemoryStore::new()),
+            outbox: None,
+            cache: None,
+        });
     };
     let config = pg_config(host, settings);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(settings.startup_timeout_secs);
@@ -158,7 +178,7 @@ async fn build_store(
         );
     } else if !check.schema_ready {
         anyhow::bail!(
-            "the database {} has no registry tables: run `cargo xtask migrate` or set HUB_MIGRATE_ON_START=true",
+            "the database {} is not migrated to this version (no hub_outbox table): run `cargo xtask migrate` or set HUB_MIGRATE_ON_START=true",
             config.dbname
         );
     }
@@ -170,15 +190,177 @@ async fn build_store(
         pool_size = config.pool_size,
         "postgres mode: the registry is stored in PostgreSQL with row-level security"
     );
-    let store: Arc<dyn RegistryStore> = Arc::new(PgStore::new(&config)?);
+    let pg = Arc::new(PgStore::new(&config)?.with_outbox(sinks, replica_id));
+    let outbox: Option<Arc<dyn Outbox>> = if sinks.is_empty() {
+        None
+    } else {
+        Some(pg.clone())
+    };
     if settings.lookup_cache_ms == 0 {
-        return Ok(store);
+        return Ok(Stores {
+            registry: pg,
+            outbox,
+            cache: None,
+        });
     }
-    Ok(Arc::new(CachedStore::new(
-        store,
+    let cache = Arc::new(CachedStore::new(
+        pg,
         clock.clone(),
         chrono::Duration::milliseconds(i64::try_from(settings.lookup_cache_ms).unwrap_or(1000)),
-    )))
+    ));
+    Ok(Stores {
+        registry: cache.clone(),
+        outbox,
+        cache: Some(cache),
+    })
+}
+
+/// The configured event buses, each connected on first use (and again after
+/// a failed attempt), so that a bus that is down at start-up only delays
+/// events. Start-up tries each once, to log how it publishes.
+struct Buses {
+    nats: Option<Arc<Lazy<NatsPublisher>>>,
+    kafka: Option<Arc<Lazy<KafkaPublisher>>>,
+}
+
+impl Buses {
+    fn sinks(&self) -> Sinks {
+        let mut sinks = Sinks::NONE;
+        if self.nats.is_some() {
+            sinks = sinks.with(Sink::Nats);
+        }
+        if self.kafka.is_some() {
+            sinks = sinks.with(Sink::Kafka);
+        }
+        sinks
+    }
+
+    fn publisher(&self, sink: Sink) -> Option<Arc<dyn EventSink>> {
+        match sink {
+            Sink::Nats => self.nats.clone().map(|p| p as Arc<dyn EventSink>),
+            Sink::Kafka => self.kafka.clone().map(|p| p as Arc<dyn EventSink>),
+        }
+    }
+}
+
+fn nats_config(
+    settings: &EventSettings,
+    url: &str,
+    replica_id: &str,
+) -> anyhow::Result<NatsConfig> {
+    let mut config = NatsConfig::new(url).map_err(|e| anyhow::anyhow!("{e}"))?;
+    config.auth = match (&settings.nats_token, &settings.nats_user) {
+        (Some(token), _) => NatsAuth::Token(token.clone()),
+        (None, Some(user)) => NatsAuth::UserPassword {
+            user: user.clone(),
+            password: settings
+                .nats_password
+                .clone()
+                .unwrap_or_else(|| secrecy::SecretString::from(String::new())),
+        },
+        (None, None) => NatsAuth::None,
+    };
+    config.subject_prefix = SubjectPrefix::parse(settings.nats_subject_prefix.clone())
+        .map_err(|e| anyhow::anyhow!("HUB_NATS_SUBJECT_PREFIX: {e}"))?;
+    config.stream_name = settings.nats_stream.clone();
+    config.stream_max_age = Duration::from_secs(settings.nats_stream_max_age_secs);
+    config.connection_name = format!("central-hub {replica_id}");
+    Ok(config)
+}
+
+async fn build_buses(settings: &EventSettings, replica_id: &str) -> anyhow::Result<Buses> {
+    let nats = match settings
+        .nats_url
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+    {
+        None => None,
+        Some(url) => {
+            let config = nats_config(settings, url, replica_id)?;
+            Some(Arc::new(Lazy::new("nats", move || {
+                NatsPublisher::connect(config.clone())
+            })))
+        }
+    };
+    let kafka = match settings
+        .kafka_brokers
+        .as_deref()
+        .filter(|b| !b.trim().is_empty())
+    {
+        None => None,
+        Some(brokers) => {
+            let config = KafkaConfig {
+                topic: settings.kafka_topic.clone(),
+                partitions: settings.kafka_partitions,
+                ..KafkaConfig::new(
+                    brokers
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|b| !b.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                )
+            };
+            Some(Arc::new(Lazy::new("kafka", move || {
+                KafkaPublisher::connect(config.clone())
+            })))
+        }
+    };
+    let buses = Buses { nats, kafka };
+    if let Some(nats) = &buses.nats
+        && let Err(error) = nats.get().await
+    {
+        tracing::warn!(sink = "nats", %error, "event bus not reachable at start; events wait until it is");
+    }
+    if let Some(kafka) = &buses.kafka
+        && let Err(error) = kafka.get().await
+    {
+        tracing::warn!(sink = "kafka", %error, "event bus not reachable at start; events wait until it is");
+    }
+    Ok(buses)
+}
+
+/// Hands every event to each of several sinks (the in-process bus first).
+/// Only the first sink's error would matter to the registry, which ignores
+/// them all: the change is stored either way.
+struct FanOut(Vec<Arc<dyn EventSink>>);
+
+#[async_trait]
+impl EventSink for FanOut {
+    async fn publish(&self, events: &[RegistryEvent]) -> Result<(), RegistryError> {
+        let mut result = Ok(());
+        for sink in &self.0 {
+            if let Err(error) = sink.publish(events).await {
+                result = Err(error);
+            }
+        }
+        result
+    }
+}
+
+/// Wakes the outbox relays of this process after a change it stored, so
+/// they publish at once rather than at their next poll.
+struct WakeRelays(Vec<Arc<Notify>>);
+
+#[async_trait]
+impl EventSink for WakeRelays {
+    async fn publish(&self, _events: &[RegistryEvent]) -> Result<(), RegistryError> {
+        for wake in &self.0 {
+            wake.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// A name for this replica: `HUB_REPLICA_ID`, or random per start.
+fn replica_id(settings: &EventSettings) -> anyhow::Result<String> {
+    if let Some(id) = settings.replica_id.as_deref().filter(|i| !i.is_empty()) {
+        return Ok(id.chars().take(64).collect());
+    }
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("no randomness for a replica id: {e}"))?;
+    Ok(format!("hub-{}", hex::encode(bytes)))
 }
 
 /// Runs lease expiry every `interval` until told to stop. A failed pass is
@@ -202,6 +384,60 @@ async fn reap_leases(registry: Registry, interval: Duration, mut stop: watch::Re
     }
 }
 
+/// Follows the other replicas' events on NATS: each drops this replica's
+/// cached lookup of its service and goes to the in-process bus. Waits for
+/// NATS if it is down at start.
+async fn follow_replicas(
+    nats: Arc<Lazy<NatsPublisher>>,
+    replica_id: String,
+    cache: Option<Arc<CachedStore>>,
+    bus: InProcessBus,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let follow_stop = stop.clone();
+        let attempt = async {
+            let publisher = nats.get().await?;
+            let cache = cache.clone();
+            let bus = bus.clone();
+            publisher
+                .follow(
+                    Some(replica_id.clone()),
+                    move |event| {
+                        if let Some(cache) = &cache {
+                            cache.forget(event.tenant_id(), event.service_name());
+                        }
+                        bus.send(event);
+                    },
+                    follow_stop,
+                )
+                .await
+        };
+        let outcome = tokio::select! {
+            outcome = attempt => outcome,
+            _ = stop.changed() => return,
+        };
+        match outcome {
+            Ok(task) => {
+                tracing::info!("following other replicas' events on NATS");
+                if let Err(error) = task.await {
+                    tracing::warn!(%error, "NATS follower ended abnormally");
+                }
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "cannot follow NATS yet");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.changed() => return,
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
 impl Application {
     /// Builds the server with the system clock.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
@@ -214,9 +450,86 @@ impl Application {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
         let auth = build_auth(&settings)?;
-        let store = build_store(&settings.postgres, &clock).await?;
+        let replica_id = replica_id(&settings.events)?;
+        let buses = build_buses(&settings.events, &replica_id).await?;
+        let stores = build_store(&settings.postgres, &clock, buses.sinks(), &replica_id).await?;
         let bus = InProcessBus::new();
-        let registry = Registry::new(store, Arc::new(bus.clone()), clock);
+        let (stop_background, stop_rx) = watch::channel(false);
+        let mut tasks: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
+        let mut sinks: Vec<Arc<dyn EventSink>> = vec![Arc::new(bus.clone())];
+        match &stores.outbox {
+            // PostgreSQL: events reach the buses through the outbox, written
+            // in each change's transaction; one relay per bus publishes them.
+            Some(outbox) => {
+                let relay_settings = RelaySettings {
+                    batch: settings.events.outbox_batch,
+                    poll: Duration::from_millis(settings.events.outbox_poll_ms),
+                    ..RelaySettings::default()
+                };
+                let mut wakers = Vec::new();
+                for sink in buses.sinks().iter() {
+                    let Some(publisher) = buses.publisher(sink) else {
+                        continue;
+                    };
+                    let relay = Relay::new(outbox.clone(), sink, publisher, relay_settings.clone());
+                    wakers.push(relay.waker());
+                    let name = match sink {
+                        Sink::Nats => "nats relay",
+                        Sink::Kafka => "kafka relay",
+                    };
+                    tasks.push((name, tokio::spawn(relay.run(stop_rx.clone()))));
+                }
+                sinks.push(Arc::new(WakeRelays(wakers)));
+                tasks.push((
+                    "outbox pruner",
+                    tokio::spawn(prune_outbox(
+                        outbox.clone(),
+                        Duration::from_secs(settings.events.outbox_retention_secs),
+                        Duration::from_secs(60),
+                        stop_rx.clone(),
+                    )),
+                ));
+                tracing::info!(sinks = ?buses.sinks().iter().map(Sink::as_str).collect::<Vec<_>>(), "events are relayed from the PostgreSQL outbox (at least once)");
+            }
+            // Embedded: no outbox; external buses get the events best effort.
+            None => {
+                for sink in buses.sinks().iter() {
+                    let Some(publisher) = buses.publisher(sink) else {
+                        continue;
+                    };
+                    let (queue, task) = BestEffort::spawn(
+                        sink,
+                        publisher,
+                        settings.events.embedded_event_queue,
+                        stop_rx.clone(),
+                    );
+                    sinks.push(Arc::new(queue));
+                    tasks.push(("best-effort publisher", task));
+                }
+                if !buses.sinks().is_empty() {
+                    tracing::warn!(
+                        "embedded mode publishes to NATS/Kafka best effort: events queued while a bus is down are lost on restart or when the queue is full"
+                    );
+                }
+            }
+        }
+        // Replicas follow each other: another replica's changes drop this
+        // one's cached lookups and reach its in-process watchers.
+        if stores.outbox.is_some()
+            && let Some(nats) = &buses.nats
+        {
+            tasks.push((
+                "nats follower",
+                tokio::spawn(follow_replicas(
+                    nats.clone(),
+                    replica_id.clone(),
+                    stores.cache.clone(),
+                    bus.clone(),
+                    stop_rx.clone(),
+                )),
+            ));
+        }
+        let registry = Registry::new(stores.registry, Arc::new(FanOut(sinks)), clock);
 
         let listener = TcpListener::bind(&settings.server.bind)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.server.bind))?;
@@ -234,18 +547,21 @@ impl Application {
         let server = http.listen(listener)?.run();
         tracing::info!(%addr, "listening");
 
-        let (stop_background, stop_rx) = watch::channel(false);
-        let reaper = tokio::spawn(reap_leases(
-            registry.clone(),
-            Duration::from_millis(settings.leases.reap_interval_ms),
-            stop_rx,
+        tasks.push((
+            "lease reaper",
+            tokio::spawn(reap_leases(
+                registry.clone(),
+                Duration::from_millis(settings.leases.reap_interval_ms),
+                stop_rx,
+            )),
         ));
         Ok(Self {
             addr,
             server,
             registry,
             bus,
-            reaper,
+            replica_id,
+            tasks,
             stop_background,
         })
     }
@@ -265,9 +581,15 @@ impl Application {
         &self.registry
     }
 
-    /// The in-process event bus (subscribe to follow registry changes).
+    /// The in-process event bus (subscribe to follow registry changes,
+    /// this replica's and, with NATS, the other replicas').
     pub fn bus(&self) -> &InProcessBus {
         &self.bus
+    }
+
+    /// This replica's name in the `hub-origin` header of its events.
+    pub fn replica_id(&self) -> &str {
+        &self.replica_id
     }
 
     /// A handle to stop the server from another task.
@@ -282,8 +604,10 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.await;
         let _ = self.stop_background.send(true);
-        if let Err(error) = self.reaper.await {
-            tracing::warn!(%error, "lease reaper ended abnormally");
+        for (name, task) in self.tasks {
+            if let Err(error) = task.await {
+                tracing::warn!(%error, task = name, "background task ended abnormally");
+            }
         }
         tracing::info!("stopped");
         served

@@ -4,6 +4,7 @@
 mod auth;
 mod concurrency;
 mod discovery;
+mod events;
 mod leases;
 mod pg_lifecycle;
 mod startup_guard;
