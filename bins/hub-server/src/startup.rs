@@ -7,14 +7,16 @@ use std::time::Duration;
 use actix_web::HttpServer;
 use actix_web::dev::{Server, ServerHandle};
 use async_trait::async_trait;
-use hub_bus::best_effort::BestEffort;
+use hub_bus::best_effort::{BestEffort, BestEffortStats};
 use hub_bus::lazy::Lazy;
-use hub_bus::relay::{Relay, RelaySettings, prune_outbox};
+use hub_bus::relay::{Relay, RelaySettings, RelayStats, prune_outbox};
 use hub_bus::{KafkaConfig, KafkaPublisher, NatsAuth, NatsConfig, NatsPublisher, SubjectPrefix};
 use hub_core::cache::CachedStore;
 use hub_core::memory::{InProcessBus, MemoryStore, SystemClock};
-use hub_core::ports::{Clock, EventSink, Outbox, RegistryStore};
-use hub_core::{Registry, RegistryError, RegistryEvent, Sink, Sinks};
+use hub_core::ports::{Clock, EventSink, EventStatus, Outbox, RegistryStore};
+use hub_core::{
+    Delivery, Registry, RegistryError, RegistryEvent, Sink, SinkStatus, Sinks, TenantId,
+};
 use hub_http::{ApiKeys, Auth, HttpDeps};
 use hub_store::pg::migrate;
 use hub_store::{PgConfig, PgStore};
@@ -352,6 +354,65 @@ impl EventSink for WakeRelays {
     }
 }
 
+/// What a bus's publisher in this replica counts.
+enum Counters {
+    Relay(Arc<RelayStats>),
+    BestEffort(Arc<BestEffortStats>),
+}
+
+/// Event delivery as the dashboard shows it: this replica's counters and,
+/// in outbox mode, the backlog in the database.
+struct DeliveryState {
+    delivery: Delivery,
+    outbox: Option<Arc<dyn Outbox>>,
+    sinks: Vec<(Sink, Counters)>,
+}
+
+impl std::fmt::Debug for DeliveryState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveryState")
+            .field("delivery", &self.delivery)
+            .field("sinks", &self.sinks.iter().map(|s| s.0).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl EventStatus for DeliveryState {
+    fn delivery(&self) -> Delivery {
+        self.delivery
+    }
+
+    async fn sinks(&self, tenant: Option<&TenantId>) -> Result<Vec<SinkStatus>, RegistryError> {
+        let mut out = Vec::with_capacity(self.sinks.len());
+        for (sink, counters) in &self.sinks {
+            let backlog = match &self.outbox {
+                Some(outbox) => Some(outbox.backlog(*sink, tenant).await?),
+                None => None,
+            };
+            out.push(match counters {
+                Counters::Relay(stats) => SinkStatus {
+                    sink: *sink,
+                    published: stats.published(),
+                    failures: stats.failures(),
+                    relaying: Some(stats.leading()),
+                    dropped: None,
+                    backlog,
+                },
+                Counters::BestEffort(stats) => SinkStatus {
+                    sink: *sink,
+                    published: stats.published(),
+                    failures: stats.failures(),
+                    relaying: None,
+                    dropped: Some(stats.dropped()),
+                    backlog,
+                },
+            });
+        }
+        Ok(out)
+    }
+}
+
 /// A name for this replica: `HUB_REPLICA_ID`, or random per start.
 fn replica_id(settings: &EventSettings) -> anyhow::Result<String> {
     if let Some(id) = settings.replica_id.as_deref().filter(|i| !i.is_empty()) {
@@ -457,6 +518,7 @@ impl Application {
         let (stop_background, stop_rx) = watch::channel(false);
         let mut tasks: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
         let mut sinks: Vec<Arc<dyn EventSink>> = vec![Arc::new(bus.clone())];
+        let mut counters: Vec<(Sink, Counters)> = Vec::new();
         match &stores.outbox {
             // PostgreSQL: events reach the buses through the outbox, written
             // in each change's transaction; one relay per bus publishes them.
@@ -473,6 +535,7 @@ impl Application {
                     };
                     let relay = Relay::new(outbox.clone(), sink, publisher, relay_settings.clone());
                     wakers.push(relay.waker());
+                    counters.push((sink, Counters::Relay(relay.stats())));
                     let name = match sink {
                         Sink::Nats => "nats relay",
                         Sink::Kafka => "kafka relay",
@@ -503,6 +566,7 @@ impl Application {
                         settings.events.embedded_event_queue,
                         stop_rx.clone(),
                     );
+                    counters.push((sink, Counters::BestEffort(queue.stats())));
                     sinks.push(Arc::new(queue));
                     tasks.push(("best-effort publisher", task));
                 }
@@ -530,6 +594,15 @@ impl Application {
             ));
         }
         let registry = Registry::new(stores.registry, Arc::new(FanOut(sinks)), clock);
+        let events: Arc<dyn EventStatus> = Arc::new(DeliveryState {
+            delivery: match (&stores.outbox, counters.is_empty()) {
+                (_, true) => Delivery::InProcess,
+                (Some(_), false) => Delivery::Outbox,
+                (None, false) => Delivery::BestEffort,
+            },
+            outbox: stores.outbox.clone(),
+            sinks: counters,
+        });
 
         let listener = TcpListener::bind(&settings.server.bind)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.server.bind))?;
@@ -537,6 +610,7 @@ impl Application {
         let deps = HttpDeps {
             registry: registry.clone(),
             auth,
+            events,
         };
         let mut http = HttpServer::new(move || hub_http::app(deps.clone()))
             .disable_signals()

@@ -9,7 +9,7 @@ use crate::domain::context::ChangeContext;
 use crate::domain::event::RegistryEvent;
 use crate::domain::ids::{InstanceId, ServiceName, TenantId};
 use crate::domain::instance::{HealthStatus, Instance, Revision};
-use crate::domain::outbox::{Backlog, OutboxEntry, Sink};
+use crate::domain::outbox::{Backlog, Delivery, OutboxEntry, Sink, SinkStatus};
 use crate::domain::query::{Heartbeat, ListCursor, ListQuery};
 use crate::domain::registration::Registration;
 use crate::error::RegistryError;
@@ -186,6 +186,17 @@ pub trait OutboxSession: Send {
 
     /// Records that the entries with these sequence numbers reached the sink.
     async fn mark(&mut self, seqs: &[i64]) -> Result<(), RegistryError>;
+}
+
+/// The state of event delivery, for the dashboard.
+#[async_trait]
+pub trait EventStatus: std::fmt::Debug + Send + Sync + 'static {
+    /// How events reach the buses.
+    fn delivery(&self) -> Delivery;
+
+    /// Every configured bus, with the outbox backlog of `tenant`'s events,
+    /// or of all tenants' when `None`.
+    async fn sinks(&self, tenant: Option<&TenantId>) -> Result<Vec<SinkStatus>, RegistryError>;
 }
 
 /// The time, as the registry sees it. Lease logic takes time only from here,

@@ -29,6 +29,8 @@ pub struct HttpDeps {
     pub registry: Registry,
     /// How requests are authenticated.
     pub auth: Auth,
+    /// The state of event delivery (dashboard).
+    pub events: routes::dashboard::Events,
 }
 
 async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
@@ -56,11 +58,13 @@ pub fn app(
     App::new()
         .app_data(web::Data::new(deps.registry))
         .app_data(web::Data::new(deps.auth))
+        .app_data(web::Data::new(deps.events))
         // One cache per worker: `app` runs once per worker thread.
         .app_data(web::Data::new(cache::ServiceBodyCache::default()))
         .app_data(extract::payload_config())
         .configure(routes::health::configure)
         .configure(routes::discovery::configure)
+        .configure(routes::dashboard::configure)
         .default_service(web::to(no_route))
         // `wrap` puts each middleware outside the previous one: the last is outermost.
         .wrap(from_fn(middleware::tenant))

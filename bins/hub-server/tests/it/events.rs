@@ -21,7 +21,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use crate::support::{OPERATOR_KEY, manual_clock};
+use crate::support::{BOUND_KEY, OPERATOR_KEY, manual_clock};
 
 /// How long one event may take from its acknowledged change to a subscriber.
 const DELIVERY: Duration = Duration::from_secs(1);
@@ -57,7 +57,10 @@ async fn start(
 ) -> Running {
     let mut env: HashMap<String, String> = [
         ("HUB_BIND", "127.0.0.1:0".to_owned()),
-        ("CENTRAL_HUB_API_KEYS", OPERATOR_KEY.to_owned()),
+        (
+            "CENTRAL_HUB_API_KEYS",
+            format!("{OPERATOR_KEY},{BOUND_KEY}:tenant1"),
+        ),
         ("HUB_REAP_INTERVAL_MS", "20".to_owned()),
         ("HUB_SHUTDOWN_TIMEOUT_SECS", "5".to_owned()),
         ("HUB_PG_POOL_SIZE", "4".to_owned()),
@@ -122,6 +125,19 @@ impl Running {
             .await
             .unwrap();
         assert!(r.status().is_success(), "deregister: {}", r.status());
+    }
+
+    /// The dashboard's event metrics, as the operator or as tenant1's bound key.
+    async fn event_metrics(&self, key: &str) -> Value {
+        let r = self
+            .client
+            .get(format!("{}/api/v1/dashboard/metrics", self.base))
+            .header("X-API-Key", key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
     }
 
     async fn instances(&self, tenant: &str, service: &str) -> Vec<String> {
@@ -381,8 +397,28 @@ async fn a_nats_outage_delays_events_and_loses_none() {
     .await;
     server.stop();
     // Every request succeeds while the broker is down: the events wait in
-    // the outbox.
+    // the outbox, and the dashboard shows them waiting.
     register_500(&app).await;
+    let metrics = app.event_metrics(OPERATOR_KEY).await;
+    assert_eq!(metrics["scope"], "all_tenants");
+    assert_eq!(metrics["events"]["delivery"], "outbox");
+    let nats = &metrics["events"]["sinks"]["nats"];
+    assert_eq!(nats["backlog"]["pending"], 500, "{metrics}");
+    assert!(
+        nats["backlog"]["oldest_pending_age_seconds"]
+            .as_f64()
+            .unwrap()
+            >= 0.0
+    );
+    assert_eq!(nats["relaying"], true);
+    // A tenant's key sees its own backlog and no replica-wide counters.
+    let mine = app.event_metrics(BOUND_KEY).await;
+    assert_eq!(mine["scope"], "tenant1");
+    assert_eq!(mine["events"]["sinks"]["nats"]["backlog"]["pending"], 250);
+    assert!(
+        mine["events"]["sinks"]["nats"].get("published").is_none(),
+        "{mine}"
+    );
     server.restart();
 
     let client = async_nats::connect(server.nats_url()).await.unwrap();
@@ -630,6 +666,21 @@ async fn replicas_follow_each_other_through_nats() {
 }
 
 #[tokio::test]
+async fn without_buses_events_stay_in_process() {
+    let app = start(None, &[], None).await;
+    let metrics = app.event_metrics(OPERATOR_KEY).await;
+    assert_eq!(metrics["events"]["delivery"], "in_process");
+    assert_eq!(metrics["events"]["sinks"], json!({}));
+    let r = app
+        .client
+        .get(format!("{}/api/v1/dashboard/metrics", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "not public");
+}
+
+#[tokio::test]
 async fn embedded_mode_publishes_to_nats_best_effort() {
     let Some(nats) = testing::nats_client("embedded_events").await else {
         return;
@@ -655,6 +706,16 @@ async fn embedded_mode_publishes_to_nats_best_effort() {
     let (subject, envelope) = next_envelope(&mut subscriber, "embedded register").await;
     assert_eq!(subject, format!("{prefix}.tenant7.registry.registered"));
     assert_eq!(envelope["tenant_id"], "tenant7");
+    let metrics = app.event_metrics(OPERATOR_KEY).await;
+    assert_eq!(metrics["events"]["delivery"], "best_effort");
+    let bus = &metrics["events"]["sinks"]["nats"];
+    assert_eq!(bus["dropped"], 0);
+    assert!(bus.get("backlog").is_none(), "no outbox in embedded mode");
+    crate::support::eventually(5, || async {
+        (app.event_metrics(OPERATOR_KEY).await["events"]["sinks"]["nats"]["published"] == 1)
+            .then_some(())
+    })
+    .await;
     drop(app);
     let _ = async_nats::jetstream::new(nats)
         .delete_stream(&stream)

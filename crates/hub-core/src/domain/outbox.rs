@@ -102,6 +102,45 @@ pub struct Backlog {
     pub oldest: Option<DateTime<Utc>>,
 }
 
+/// How this replica gets events to the buses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// No external bus: in-process watchers only.
+    InProcess,
+    /// Through the PostgreSQL outbox: at least once, nothing lost.
+    Outbox,
+    /// Embedded mode: a bounded queue per bus, lost on restart or overflow.
+    BestEffort,
+}
+
+impl Delivery {
+    /// `in_process`, `outbox` or `best_effort`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::InProcess => "in_process",
+            Delivery::Outbox => "outbox",
+            Delivery::BestEffort => "best_effort",
+        }
+    }
+}
+
+/// One bus as this replica sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkStatus {
+    /// Which bus.
+    pub sink: Sink,
+    /// Events this replica delivered to it since start.
+    pub published: u64,
+    /// Failed delivery attempts since start.
+    pub failures: u64,
+    /// Outbox mode: whether this replica's relay is the one publishing.
+    pub relaying: Option<bool>,
+    /// Best-effort mode: events dropped because the queue was full.
+    pub dropped: Option<u64>,
+    /// Outbox mode: what the bus is still owed (all replicas' events).
+    pub backlog: Option<Backlog>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,5 @@
 //! Route tables, one module per area of the API.
 
+pub mod dashboard;
 pub mod discovery;
 pub mod health;

@@ -1,0 +1,79 @@
+//! Dashboard routes: `GET /api/v1/dashboard/metrics`, the state of event delivery and the outbox backlog, scoped to the caller.
+
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use chrono::Utc;
+use hub_core::ports::EventStatus;
+use hub_core::{SinkStatus, TenantId};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::extract::Tenant;
+
+/// The event-delivery state the dashboard reads (shared by every worker).
+pub type Events = Arc<dyn EventStatus>;
+
+/// Mounts `/api/v1/dashboard/metrics`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/api/v1/dashboard/metrics").route(web::get().to(metrics)));
+}
+
+/// Whether the caller sees every tenant: operator keys (and anyone when
+/// authentication is off). A key bound to tenants sees only the tenant of
+/// the request, and none of this replica's counters, which mix tenants.
+fn sees_all(req: &HttpRequest) -> bool {
+    matches!(
+        req.extensions().get::<Principal>(),
+        Some(Principal::Operator { .. } | Principal::Anonymous)
+    )
+}
+
+fn sink_body(status: &SinkStatus, all: bool) -> Value {
+    let mut body = serde_json::Map::new();
+    if let Some(backlog) = status.backlog {
+        let age = backlog
+            .oldest
+            .map(|oldest| (Utc::now() - oldest).num_milliseconds().max(0) as f64 / 1000.0);
+        body.insert(
+            "backlog".into(),
+            json!({ "pending": backlog.pending, "oldest_pending_age_seconds": age }),
+        );
+    }
+    if all {
+        body.insert("published".into(), json!(status.published));
+        body.insert("failures".into(), json!(status.failures));
+        if let Some(relaying) = status.relaying {
+            body.insert("relaying".into(), json!(relaying));
+        }
+        if let Some(dropped) = status.dropped {
+            body.insert("dropped".into(), json!(dropped));
+        }
+    }
+    Value::Object(body)
+}
+
+/// The event section of the dashboard metrics: how events are delivered and,
+/// per configured bus, the outbox backlog (for the request's tenant, or all
+/// tenants for operators) and, for operators, this replica's counters.
+async fn metrics(
+    req: HttpRequest,
+    tenant: Tenant,
+    events: web::Data<Events>,
+) -> Result<HttpResponse, ApiError> {
+    let all = sees_all(&req);
+    let scope: Option<&TenantId> = if all { None } else { Some(&tenant.0) };
+    let sinks = events.sinks(scope).await?;
+    let sinks: serde_json::Map<String, Value> = sinks
+        .iter()
+        .map(|s| (s.sink.as_str().to_owned(), sink_body(s, all)))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "scope": if all { Value::from("all_tenants") } else { Value::from(tenant.0.as_str()) },
+        "generated_at": Utc::now(),
+        "events": {
+            "delivery": events.delivery().as_str(),
+            "sinks": sinks,
+        },
+    })))
+}
