@@ -1,4 +1,4 @@
-//! hub-bus: publishes registry events to message buses (NATS and Kafka); the outbox relay comes next.
+//! hub-bus: publishes registry events to message buses (NATS and Kafka) and relays the transactional outbox to them.
 //!
 //! [`nats::NatsPublisher`] implements hub-core's `EventSink` with async-nats:
 //! each event's envelope (`hub_core::domain::envelope`) goes to
@@ -12,8 +12,12 @@
 //! the broker before `publish` returns. [`kafka::KafkaTail`] reads a topic
 //! back, for tests and tools.
 //!
-//! Still to come: the relay that drains the PostgreSQL outbox into these
-//! publishers, so that no acknowledged change loses its event.
+//! [`relay::Relay`] drains one bus's pending entries of hub-core's `Outbox`
+//! (the PostgreSQL outbox) into its publisher, in order, marking them only
+//! once the bus confirmed them, so no acknowledged change loses its event.
+//! [`lazy::Lazy`] connects a publisher on first use; [`best_effort::BestEffort`]
+//! is embedded mode's never-blocking queue; `testing` (feature) has broker
+//! helpers for tests.
 
 pub mod best_effort;
 pub mod kafka;
