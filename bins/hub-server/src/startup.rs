@@ -309,15 +309,38 @@ async fn build_buses(settings: &EventSettings, replica_id: &str) -> anyhow::Resu
         }
     };
     let buses = Buses { nats, kafka };
-    if let Some(nats) = &buses.nats
-        && let Err(error) = nats.get().await
-    {
-        tracing::warn!(sink = "nats", %error, "event bus not reachable at start; events wait until it is");
-    }
-    if let Some(kafka) = &buses.kafka
-        && let Err(error) = kafka.get().await
-    {
-        tracing::warn!(sink = "kafka", %error, "event bus not reachable at start; events wait until it is");
+    // One attempt each at start: an unreachable bus only delays events, but
+    // an invalid setting (a malformed broker address or topic) will not fix
+    // itself, so it stops start-up.
+    let attempts = [
+        (
+            "nats",
+            match &buses.nats {
+                Some(nats) => nats.get().await.err(),
+                None => None,
+            },
+        ),
+        (
+            "kafka",
+            match &buses.kafka {
+                Some(kafka) => kafka.get().await.err(),
+                None => None,
+            },
+        ),
+    ];
+    for (sink, error) in attempts {
+        match error {
+            None => {}
+            Some(RegistryError::Invalid(error)) => {
+                anyhow::bail!("the {sink} settings are invalid: {error}")
+            }
+            Some(error) => tracing::warn!(
+                sink,
+                error = %error,
+                source = ?std::error::Error::source(&error).map(ToString::to_string),
+                "event bus not usable at start; events wait until it is"
+            ),
+        }
     }
     Ok(buses)
 }

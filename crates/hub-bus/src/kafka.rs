@@ -106,8 +106,34 @@ impl KafkaConfig {
                 "must name at least one broker",
             ));
         }
-        if self.topic.is_empty() {
-            return Err(ValidationError::new("kafka.topic", "must not be empty"));
+        for broker in self
+            .brokers
+            .iter()
+            .map(|b| b.trim())
+            .filter(|b| !b.is_empty())
+        {
+            let port = broker
+                .rsplit_once(':')
+                .map(|(host, port)| (host, port.parse::<u16>()));
+            if !matches!(port, Some((host, Ok(port))) if !host.is_empty() && port > 0) {
+                return Err(ValidationError::new(
+                    "KAFKA_BROKERS",
+                    format!("{broker:?} is not host:port"),
+                ));
+            }
+        }
+        // Kafka's own rule for topic names.
+        if self.topic.is_empty()
+            || self.topic.len() > 249
+            || !self
+                .topic
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(ValidationError::new(
+                "kafka.topic",
+                "must be 1-249 characters of [A-Za-z0-9._-]",
+            ));
         }
         if self.partitions < 1 {
             return Err(ValidationError::new(
@@ -307,7 +333,8 @@ impl KafkaPublisher {
     /// Connects, creates the topic if it is missing, and reads its partition
     /// count (an existing topic keeps its own).
     ///
-    /// Returns `Invalid` for an empty broker list or topic, or a partition
+    /// Returns `Invalid` for an empty broker list, a broker that is not
+    /// `host:port`, a topic name Kafka would refuse, or a partition
     /// count or replication factor out of range; `Unavailable` when no broker
     /// answers within `connect_timeout`, or the topic cannot be created or
     /// seen within `request_timeout`.
@@ -631,9 +658,14 @@ mod tests {
     fn bad_settings_are_refused() {
         let good = KafkaConfig::new(vec!["k:9092".to_owned()]);
         type Spoil = fn(&mut KafkaConfig);
-        let cases: [(&str, Spoil); 5] = [
+        let cases: [(&str, Spoil); 10] = [
             ("KAFKA_BROKERS", |c| c.brokers = vec![" ".to_owned()]),
+            ("KAFKA_BROKERS", |c| c.brokers = vec!["kafka".to_owned()]),
+            ("KAFKA_BROKERS", |c| c.brokers = vec!["kafka:0".to_owned()]),
+            ("KAFKA_BROKERS", |c| c.brokers = vec![":9092".to_owned()]),
+            ("KAFKA_BROKERS", |c| c.brokers.push("k:99999".to_owned())),
             ("kafka.topic", |c| c.topic.clear()),
+            ("kafka.topic", |c| c.topic = "hub/events".to_owned()),
             ("kafka.partitions", |c| c.partitions = 0),
             ("kafka.replication_factor", |c| c.replication_factor = 0),
             ("kafka.replication_factor", |c| c.replication_factor = -2),

@@ -721,3 +721,39 @@ async fn embedded_mode_publishes_to_nats_best_effort() {
         .delete_stream(&stream)
         .await;
 }
+
+#[tokio::test]
+async fn invalid_bus_settings_stop_start_up_but_unreachable_buses_do_not() {
+    let build = |pairs: &[(&str, &str)]| {
+        let mut env: HashMap<String, String> = [
+            ("HUB_BIND", "127.0.0.1:0"),
+            ("CENTRAL_HUB_API_KEYS", OPERATOR_KEY),
+        ]
+        .iter()
+        .chain(pairs)
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        env.insert("HUB_SHUTDOWN_TIMEOUT_SECS".into(), "1".into());
+        async move { Application::build(Settings::load(&env).unwrap()).await }
+    };
+    for (var, value) in [
+        ("KAFKA_BROKERS", "kafka-without-port"),
+        ("NATS_URL", "nats://bad host:4222"),
+    ] {
+        let error = build(&[(var, value)]).await.unwrap_err().to_string();
+        assert!(error.contains(var), "{var}: {error}");
+    }
+    let error = build(&[("KAFKA_BROKERS", "127.0.0.1:1"), ("HUB_KAFKA_TOPIC", "a/b")])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("kafka.topic"), "{error}");
+    // Nothing listens on port 1: the server starts, and events wait.
+    let app = build(&[
+        ("KAFKA_BROKERS", "127.0.0.1:1"),
+        ("NATS_URL", "nats://127.0.0.1:1"),
+    ])
+    .await
+    .unwrap();
+    drop(app);
+}
