@@ -26,7 +26,6 @@
 mod tail;
 
 use std::collections::BTreeMap;
-use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
 
@@ -54,9 +53,6 @@ pub const HEADER_EVENT_ID: &str = "event-id";
 pub const HEADER_EVENT_TYPE: &str = "event-type";
 /// Header carrying the replica a change was made through, when known.
 pub const HEADER_ORIGIN: &str = "hub-origin";
-
-/// The `component` of the `Unavailable` errors this adapter returns.
-const COMPONENT: &str = "events";
 
 /// The client id the brokers see in their logs and quotas.
 const CLIENT_ID: &str = "central-hub";
@@ -203,19 +199,7 @@ fn murmur2(data: &[u8]) -> i32 {
     h as i32
 }
 
-fn unavailable(source: impl StdError + Send + Sync + 'static) -> RegistryError {
-    RegistryError::Unavailable {
-        component: COMPONENT,
-        source: Box::new(source),
-    }
-}
-
-fn unavailable_msg(message: String) -> RegistryError {
-    RegistryError::Unavailable {
-        component: COMPONENT,
-        source: message.into(),
-    }
-}
+pub(crate) use crate::error::{unavailable, unavailable_msg};
 
 /// Whether the broker answered that the topic or partition does not exist.
 fn is_unknown_topic(err: &KafkaError) -> bool {

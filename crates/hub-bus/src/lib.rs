@@ -20,6 +20,7 @@
 //! helpers for tests.
 
 pub mod best_effort;
+mod error;
 pub mod kafka;
 pub mod lazy;
 pub mod nats;

@@ -15,7 +15,6 @@
 //! so it sends no stream fields that 2.9 does not know. Streams, stream info
 //! and publish acks are all 2.9-era APIs.
 
-use std::error::Error as StdError;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -35,9 +34,6 @@ use crate::subjects::SubjectPrefix;
 
 /// The stream name used when none is configured.
 pub const DEFAULT_STREAM: &str = "HUB_REGISTRY";
-
-/// The `component` of the `Unavailable` errors this adapter returns.
-const COMPONENT: &str = "events";
 
 /// The header naming the event type (`service.registered`, ...).
 pub const EVENT_TYPE_HEADER: &str = "event-type";
@@ -171,19 +167,7 @@ pub struct NatsPublisher {
     ack_timeout: Duration,
 }
 
-fn unavailable(source: impl StdError + Send + Sync + 'static) -> RegistryError {
-    RegistryError::Unavailable {
-        component: COMPONENT,
-        source: Box::new(source),
-    }
-}
-
-fn unavailable_msg(message: String) -> RegistryError {
-    RegistryError::Unavailable {
-        component: COMPONENT,
-        source: message.into(),
-    }
-}
+pub(crate) use crate::error::{unavailable, unavailable_msg};
 
 /// Whether the stream subject `pattern` matches every subject that
 /// `wanted` (itself possibly a wildcard) matches, token by token.

@@ -129,18 +129,6 @@ struct IncomingData {
 #[error("not a {SCHEMA} envelope: {0}")]
 pub struct EnvelopeError(String);
 
-fn kind_of(name: &str) -> Option<EventKind> {
-    [
-        EventKind::Registered,
-        EventKind::Updated,
-        EventKind::Deregistered,
-        EventKind::StatusChanged,
-        EventKind::Expired,
-    ]
-    .into_iter()
-    .find(|k| k.as_str() == name)
-}
-
 /// Reads an envelope back into the event it was made from (same id), for
 /// replicas that follow each other through the bus. Every field passes the
 /// domain's validation again: bytes from a bus are input like any other.
@@ -149,7 +137,8 @@ pub fn from_json(bytes: &[u8]) -> Result<RegistryEvent, EnvelopeError> {
     if e.schema != SCHEMA {
         return Err(EnvelopeError(format!("schema is {:?}", e.schema)));
     }
-    let kind = kind_of(&e.kind).ok_or_else(|| EnvelopeError(format!("type {:?}", e.kind)))?;
+    let kind = EventKind::from_type_name(&e.kind)
+        .ok_or_else(|| EnvelopeError(format!("type {:?}", e.kind)))?;
     let tenant = TenantId::parse(e.tenant_id).map_err(|e| EnvelopeError(e.to_string()))?;
     let d = e.data;
     let registration = Registration::try_from(RegistrationInput {

@@ -41,6 +41,19 @@ impl EventKind {
         }
     }
 
+    /// The kind whose full type name is `name` (`service.registered`, ...).
+    pub fn from_type_name(name: &str) -> Option<EventKind> {
+        [
+            EventKind::Registered,
+            EventKind::Updated,
+            EventKind::Deregistered,
+            EventKind::StatusChanged,
+            EventKind::Expired,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == name)
+    }
+
     /// The type without its `service.` prefix, e.g. `registered` (a NATS subject token).
     pub fn short_name(self) -> &'static str {
         match self {

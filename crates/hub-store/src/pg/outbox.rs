@@ -65,18 +65,6 @@ async fn connect(config: &PgConfig, sink: Sink) -> Result<tokio_postgres::Client
     Ok(client)
 }
 
-fn kind_of(name: &str) -> Option<EventKind> {
-    [
-        EventKind::Registered,
-        EventKind::Updated,
-        EventKind::Deregistered,
-        EventKind::StatusChanged,
-        EventKind::Expired,
-    ]
-    .into_iter()
-    .find(|k| k.as_str() == name)
-}
-
 fn corrupt(what: String) -> RegistryError {
     RegistryError::Unexpected(what.into())
 }
@@ -90,8 +78,8 @@ fn entry(row: &tokio_postgres::Row) -> Result<OutboxEntry, RegistryError> {
     let revision = revision_of(row.try_get(2).map_err(from_pg)?)?;
     let id: String = row.try_get(3).map_err(from_pg)?;
     let kind: String = row.try_get(4).map_err(from_pg)?;
-    let kind =
-        kind_of(&kind).ok_or_else(|| corrupt(format!("outbox row {seq} has type {kind:?}")))?;
+    let kind = EventKind::from_type_name(&kind)
+        .ok_or_else(|| corrupt(format!("outbox row {seq} has type {kind:?}")))?;
     let service: String = row.try_get(5).map_err(from_pg)?;
     let instance_id: String = row.try_get(6).map_err(from_pg)?;
     let occurred_at: DateTime<Utc> = row.try_get(7).map_err(from_pg)?;
