@@ -8,7 +8,10 @@
 //! second server on a throwaway database and drives registration and lookups
 //! against it, sampling the CPU time of the server, of every `postgres`
 //! process and of the load generator, so that the report can say which of
-//! them bounds the figures. The medians over the runs are compared with the
+//! them bounds the figures. Unless `--skip-events` is given or the brokers
+//! are missing, each run also starts a PostgreSQL-mode server with NATS and
+//! Kafka configured (see `bench_events`); the two PostgreSQL-mode servers
+//! take turns at going first. The medians over the runs are compared with the
 //! targets of the issue.
 
 use std::collections::HashMap;
@@ -34,6 +37,8 @@ use tokio::net::TcpStream;
 use tokio_postgres::NoTls;
 use tokio_postgres::config::Host;
 
+use crate::bench_events::{self, EventsResult};
+
 const USAGE: &str = "usage: cargo xtask bench [options]
 
 options:
@@ -44,13 +49,21 @@ options:
   --pg-pool N         HUB_PG_POOL_SIZE of the PostgreSQL-mode server (default 16)
   --postgres          fail if PostgreSQL cannot be reached (default: skip its phases)
   --skip-postgres     measure the embedded mode only
-  --quick             smoke test: 2 s phases, 1 run, 2000 registrations
+  --skip-events       skip the event phases (PostgreSQL mode with NATS and Kafka)
+  --event-secs N      length of the fixed-rate event latency phase (default 10)
+  --event-rate N      registrations/s of the event latency phase (default 1000)
+  --quick             smoke test: 2 s phases, 1 run, 2000 registrations, 3 s event latency phase
 
 environment:
   HUB_BENCH_PG_ADMIN  libpq key=value connection of a role that may create databases
                       and roles (default: host=127.0.0.1 port=5432 user=postgres dbname=postgres);
                       each run creates a database hub_bench_<hex> and a login hub_bench_<hex>_app
-                      and drops both at its end";
+                      and drops both at its end
+
+event phases (PostgreSQL mode only): NATS on nats://127.0.0.1:4222 must answer (else they are
+skipped, and the report says why); a Kafka-compatible broker on 127.0.0.1:9092 is used, or a
+Tansu broker is started as for `cargo xtask test`. Each run uses its own subject prefix, JetStream
+stream and Kafka topic, deleted at its end";
 
 /// The operator key the server is started with; it may act for any tenant.
 const API_KEY: &str = "bench-key";
@@ -58,6 +71,10 @@ const TENANTS: usize = 100;
 const SERVICES_PER_TENANT: usize = 10;
 const REGISTRATIONS: usize = 10_000;
 const QUICK_REGISTRATIONS: usize = 2_000;
+/// The event latency phase: its length (normal and `--quick`) and its rate.
+const EVENT_SECS: usize = 10;
+const QUICK_EVENT_SECS: usize = 3;
+const EVENT_RATE: usize = 1_000;
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 const PG_ADMIN_ENV: &str = "HUB_BENCH_PG_ADMIN";
 const PG_ADMIN_DEFAULT: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
@@ -120,16 +137,22 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 
 /// Command-line options after `--quick` and the explicit flags are applied.
 #[derive(Debug)]
-struct Options {
+pub(crate) struct Options {
     duration: Duration,
     runs: usize,
-    connections: usize,
-    registrations: usize,
-    log_level: String,
+    pub(crate) connections: usize,
+    pub(crate) registrations: usize,
+    pub(crate) log_level: String,
     postgres: PgMode,
     pg_pool: usize,
     /// The libpq string of `HUB_BENCH_PG_ADMIN`, or the default.
     pg_admin: String,
+    /// Whether the event phases run (not `--skip-events`).
+    pub(crate) events: bool,
+    /// Length of the fixed-rate event latency phase.
+    pub(crate) event_duration: Duration,
+    /// Registrations per second of the event latency phase.
+    pub(crate) event_rate: usize,
 }
 
 /// Whether the PostgreSQL phases run.
@@ -154,6 +177,9 @@ impl Options {
         let mut pg_pool = None;
         let mut require_postgres = false;
         let mut skip_postgres = false;
+        let mut skip_events = false;
+        let mut event_secs = None;
+        let mut event_rate = None;
         // Both `--flag value` and `--flag=value` are accepted.
         let mut flags = crate::args::Flags::new(args, USAGE);
         while let Some((flag, inline)) = flags.next_flag() {
@@ -166,6 +192,9 @@ impl Options {
                 "--pg-pool" => pg_pool = Some(positive(flag, &value()?)?),
                 "--postgres" => require_postgres = true,
                 "--skip-postgres" => skip_postgres = true,
+                "--skip-events" => skip_events = true,
+                "--event-secs" => event_secs = Some(positive(flag, &value()?)?),
+                "--event-rate" => event_rate = Some(positive(flag, &value()?)?),
                 "--quick" => quick = true,
                 "--help" | "-h" => return Ok(None),
                 other => bail!("unknown option {other:?}\n\n{USAGE}"),
@@ -182,6 +211,7 @@ impl Options {
             .filter(|value| !value.trim().is_empty())
             .unwrap_or_else(|| PG_ADMIN_DEFAULT.to_owned());
         let duration_secs = duration_secs.unwrap_or(if quick { 2 } else { 10 });
+        let event_secs = event_secs.unwrap_or(if quick { QUICK_EVENT_SECS } else { EVENT_SECS });
         Ok(Some(Self {
             duration: Duration::from_secs(u64::try_from(duration_secs)?),
             runs: runs.unwrap_or(if quick { 1 } else { 3 }),
@@ -195,6 +225,9 @@ impl Options {
             postgres,
             pg_pool: pg_pool.unwrap_or(PG_POOL_DEFAULT),
             pg_admin,
+            events: !skip_events,
+            event_duration: Duration::from_secs(u64::try_from(event_secs)?),
+            event_rate: event_rate.unwrap_or(EVENT_RATE),
         }))
     }
 }
@@ -208,7 +241,7 @@ fn positive(flag: &str, value: &str) -> anyhow::Result<usize> {
 
 /// The phases of one run, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+pub(crate) enum Phase {
     Register,
     Lookup,
     Health,
@@ -228,21 +261,22 @@ impl Phase {
 
 /// The figures of one phase of one run.
 #[derive(Debug, Clone, Copy)]
-struct Figures {
-    requests: u64,
-    errors: u64,
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+pub(crate) struct Figures {
+    pub(crate) requests: u64,
+    pub(crate) errors: u64,
+    pub(crate) rps: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
 }
 
 /// The figures of one run, in `Phase::ALL` order, the server's peak RSS, and
-/// the PostgreSQL-mode figures when that mode ran.
+/// the PostgreSQL-mode figures when that mode ran, with and without events.
 #[derive(Debug)]
 struct RunResult {
     phases: [Figures; 3],
     peak_rss_kib: u64,
     pg: Option<PgResult>,
+    events: Option<EventsResult>,
 }
 
 /// The figures of the PostgreSQL-mode server of one run.
@@ -272,6 +306,16 @@ async fn bench(options: &Options, binary: &Path, log_dir: &Path) -> anyhow::Resu
         options.log_level,
     ));
     let admin = postgres_admin(options).await?;
+    // Held to the end: a broker this bench started stops when it is dropped.
+    let brokers = match &admin {
+        Some(_) => bench_events::brokers(options).await,
+        None => {
+            if options.events {
+                report("events: skipped (they need the PostgreSQL mode, which does not run)\n");
+            }
+            None
+        }
+    };
     let mut runs = Vec::with_capacity(options.runs);
     for run in 1..=options.runs {
         let log_path = log_dir.join(format!("server-run{run}.log"));
@@ -287,30 +331,52 @@ async fn bench(options: &Options, binary: &Path, log_dir: &Path) -> anyhow::Resu
             .await
             .with_context(|| format!("run {run} (server log: {})", log_path.display()))?;
         drop(server);
-        let pg = match &admin {
-            Some(admin) => {
-                let log_path = log_dir.join(format!("server-pg-run{run}.log"));
-                let result = pg_run(options, admin, binary, &log_path)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "run {run}, PostgreSQL mode (server log: {})",
-                            log_path.display()
-                        )
-                    })?;
-                Some(result)
+        // The PostgreSQL-mode servers without and with events take turns at
+        // going first, so that neither always inherits the other's leftovers
+        // (checkpoints, autovacuum, a warm or cold cache).
+        let events_first = run % 2 == 0;
+        let mut pg = None;
+        let mut events = None;
+        if let Some(admin) = &admin {
+            for with_events in [events_first, !events_first] {
+                if with_events {
+                    if brokers.is_some() {
+                        let log_path = log_dir.join(format!("server-pg-events-run{run}.log"));
+                        let result = bench_events::pg_events_run(options, admin, binary, &log_path)
+                            .await
+                            .with_context(|| {
+                                format!(
+                                    "run {run}, PostgreSQL mode with events (server log: {})",
+                                    log_path.display()
+                                )
+                            })?;
+                        events = Some(result);
+                    }
+                } else {
+                    let log_path = log_dir.join(format!("server-pg-run{run}.log"));
+                    let result = pg_run(options, admin, binary, &log_path)
+                        .await
+                        .with_context(|| {
+                            format!(
+                                "run {run}, PostgreSQL mode (server log: {})",
+                                log_path.display()
+                            )
+                        })?;
+                    pg = Some(result);
+                }
             }
-            None => None,
-        };
+        }
         let result = RunResult {
             phases,
             peak_rss_kib,
             pg,
+            events,
         };
         report(&run_table(run, &result, options.pg_pool));
         runs.push(result);
     }
     report(&summary(&runs, options.pg_pool));
+    drop(brokers);
     Ok(())
 }
 
@@ -408,33 +474,11 @@ async fn pg_run(
     binary: &Path,
     log_path: &Path,
 ) -> anyhow::Result<PgResult> {
-    // Declared before the server, so that it is dropped after it: the
-    // database goes away only once nothing uses it any more.
-    let scratch = Scratch::create(admin).await?;
-    progress(&format!(
-        "  postgres: database {}, login {}; migrating (server log: {})",
-        scratch.database,
-        scratch.role,
-        log_path.display()
-    ));
-    let as_admin = admin.pg_config(&scratch.database);
-    hub_store::pg::migrate::run(&as_admin)
-        .await
-        .with_context(|| format!("applying the migrations to {}", scratch.database))?;
-    hub_store::pg::migrate::grant_app_role(&as_admin, &scratch.role, Some(&scratch.password))
-        .await
-        .with_context(|| format!("creating the login {}", scratch.role))?;
-    let env = [
-        ("POSTGRES_HOST", admin.host.clone()),
-        ("POSTGRES_PORT", admin.port.to_string()),
-        ("POSTGRES_DB", scratch.database.clone()),
-        ("POSTGRES_USER", scratch.role.clone()),
-        ("POSTGRES_PASSWORD", scratch.password.clone()),
-        ("HUB_PG_POOL_SIZE", options.pg_pool.to_string()),
-    ];
-    let mut server = Server::start(binary, log_path, &options.log_level, &env)?;
-    server.wait_ready("/health/ready").await?;
-    let pid = server.child.id();
+    let PgServer {
+        mut server,
+        scratch,
+    } = PgServer::start(options, admin, binary, log_path, &[]).await?;
+    let pid = server.pid();
 
     progress("  pg register...");
     let before = CpuSample::take(pid, &scratch.database)?;
@@ -449,6 +493,7 @@ async fn pg_run(
     let lookup_cpu = CpuSample::take(pid, &scratch.database)?.since(&before);
 
     let peak_rss_kib = server.peak_rss_kib()?;
+    // The server first: the database goes away only once nothing uses it.
     drop(server);
     drop(scratch);
     Ok(PgResult {
@@ -460,9 +505,58 @@ async fn pg_run(
     })
 }
 
+/// A PostgreSQL-mode server on a fresh database migrated as the admin,
+/// connected as a fresh non-superuser login (as in production, where
+/// row-level security must apply).
+#[derive(Debug)]
+pub(crate) struct PgServer {
+    /// Declared before the database, so that it is dropped (killed) first:
+    /// the database goes away only once nothing uses it any more.
+    pub(crate) server: Server,
+    pub(crate) scratch: Scratch,
+}
+
+impl PgServer {
+    /// `extra` comes on top of the store's variables (the event buses).
+    pub(crate) async fn start(
+        options: &Options,
+        admin: &PgAdmin,
+        binary: &Path,
+        log_path: &Path,
+        extra: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        let scratch = Scratch::create(admin).await?;
+        progress(&format!(
+            "  postgres: database {}, login {}; migrating (server log: {})",
+            scratch.database,
+            scratch.role,
+            log_path.display()
+        ));
+        let as_admin = admin.pg_config(&scratch.database);
+        hub_store::pg::migrate::run(&as_admin)
+            .await
+            .with_context(|| format!("applying the migrations to {}", scratch.database))?;
+        hub_store::pg::migrate::grant_app_role(&as_admin, &scratch.role, Some(&scratch.password))
+            .await
+            .with_context(|| format!("creating the login {}", scratch.role))?;
+        let mut env = vec![
+            ("POSTGRES_HOST", admin.host.clone()),
+            ("POSTGRES_PORT", admin.port.to_string()),
+            ("POSTGRES_DB", scratch.database.clone()),
+            ("POSTGRES_USER", scratch.role.clone()),
+            ("POSTGRES_PASSWORD", scratch.password.clone()),
+            ("HUB_PG_POOL_SIZE", options.pg_pool.to_string()),
+        ];
+        env.extend(extra.iter().cloned());
+        let mut server = Server::start(binary, log_path, &options.log_level, &env)?;
+        server.wait_ready("/health/ready").await?;
+        Ok(Self { server, scratch })
+    }
+}
+
 /// How to reach PostgreSQL as a role that may create databases and roles.
 #[derive(Debug)]
-struct PgAdmin {
+pub(crate) struct PgAdmin {
     config: tokio_postgres::Config,
     /// A TCP host name or a Unix socket folder; the server gets the same.
     host: String,
@@ -545,9 +639,9 @@ async fn admin_client(config: &tokio_postgres::Config) -> anyhow::Result<tokio_p
 /// A throwaway database and login, both dropped when this is dropped, on the
 /// error paths too.
 #[derive(Debug)]
-struct Scratch {
+pub(crate) struct Scratch {
     admin: tokio_postgres::Config,
-    database: String,
+    pub(crate) database: String,
     role: String,
     /// The login gets a random password so that the bench also works where
     /// the server does not trust loopback connections.
@@ -615,7 +709,7 @@ impl Drop for Scratch {
     }
 }
 
-fn random_hex(bytes: usize) -> anyhow::Result<String> {
+pub(crate) fn random_hex(bytes: usize) -> anyhow::Result<String> {
     let mut buffer = vec![0_u8; bytes];
     File::open("/dev/urandom")
         .and_then(|mut random| random.read_exact(&mut buffer))
@@ -629,13 +723,15 @@ fn random_hex(bytes: usize) -> anyhow::Result<String> {
 /// CPU time consumed during a phase, in seconds, and how busy the whole
 /// machine was (0 to 1 over all cores).
 #[derive(Debug, Clone, Copy)]
-struct CpuUsage {
+pub(crate) struct CpuUsage {
     wall_s: f64,
     server_s: f64,
     postgres_s: f64,
     /// The part of `postgres_s` spent by backends connected to the bench's
     /// database; the rest is the cluster's own processes and other users.
     postgres_bench_s: f64,
+    /// The event brokers (`nats-server`, `tansu`), whoever uses them.
+    brokers_s: f64,
     generator_s: f64,
     machine_busy: f64,
 }
@@ -653,34 +749,38 @@ impl CpuUsage {
 
 /// CPU counters at one instant, in clock ticks.
 #[derive(Debug)]
-struct CpuSample {
+pub(crate) struct CpuSample {
     at: Instant,
     server: u64,
     /// Every process whose comm is `postgres`: ticks, and whether it is a
     /// backend of the bench's database.
     postgres: HashMap<u32, (u64, bool)>,
+    /// Every process whose comm is one of `BROKERS`: ticks.
+    brokers: HashMap<u32, u64>,
     generator: u64,
     machine_total: u64,
     machine_idle: u64,
 }
 
 impl CpuSample {
-    fn take(server_pid: u32, database: &str) -> anyhow::Result<Self> {
+    pub(crate) fn take(server_pid: u32, database: &str) -> anyhow::Result<Self> {
         let server =
             process_ticks(&server_pid.to_string()).context("reading the CPU time of hub-server")?;
         let generator = process_ticks("self").context("reading the CPU time of the bench")?;
         let (machine_total, machine_idle) = machine_ticks()?;
+        let (postgres, brokers) = other_ticks(database);
         Ok(Self {
             at: Instant::now(),
             server,
-            postgres: postgres_ticks(database),
+            postgres,
+            brokers,
             generator,
             machine_total,
             machine_idle,
         })
     }
 
-    fn since(&self, before: &Self) -> CpuUsage {
+    pub(crate) fn since(&self, before: &Self) -> CpuUsage {
         let seconds = |ticks: u64| ticks as f64 / USER_HZ;
         // Per process, so that a backend that exits during the phase only
         // loses its own share instead of making the sum go down; one that
@@ -694,6 +794,11 @@ impl CpuSample {
                 bench += spent;
             }
         }
+        let brokers: u64 = self
+            .brokers
+            .iter()
+            .map(|(pid, ticks)| ticks.saturating_sub(before.brokers.get(pid).copied().unwrap_or(0)))
+            .sum();
         let total = self.machine_total.saturating_sub(before.machine_total);
         let idle = self.machine_idle.saturating_sub(before.machine_idle);
         CpuUsage {
@@ -701,6 +806,7 @@ impl CpuSample {
             server_s: seconds(self.server.saturating_sub(before.server)),
             postgres_s: seconds(postgres),
             postgres_bench_s: seconds(bench),
+            brokers_s: seconds(brokers),
             generator_s: seconds(self.generator.saturating_sub(before.generator)),
             machine_busy: if total > 0 {
                 1.0 - idle as f64 / total as f64
@@ -730,12 +836,17 @@ fn process_ticks(pid: &str) -> anyhow::Result<u64> {
     Ok(field(14)? + field(15)?)
 }
 
-/// The ticks of every `postgres` process this user can see. Processes come
-/// and go while /proc is read, so one that cannot be read is left out.
-fn postgres_ticks(database: &str) -> HashMap<u32, (u64, bool)> {
+/// The command names (`comm`) of the event brokers whose CPU time is counted.
+const BROKERS: [&str; 2] = ["nats-server", "tansu"];
+
+/// The ticks of every `postgres` process and of every event broker this user
+/// can see. Processes come and go while /proc is read, so one that cannot be
+/// read is left out.
+fn other_ticks(database: &str) -> (HashMap<u32, (u64, bool)>, HashMap<u32, u64>) {
     let mut found = HashMap::new();
+    let mut brokers = HashMap::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
+        return (found, brokers);
     };
     for entry in entries.flatten() {
         let Some(pid) = entry
@@ -745,14 +856,21 @@ fn postgres_ticks(database: &str) -> HashMap<u32, (u64, bool)> {
         else {
             continue;
         };
-        let is_postgres = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .is_ok_and(|comm| comm.trim_end() == "postgres");
-        if !is_postgres {
+        let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
+            continue;
+        };
+        let comm = comm.trim_end();
+        let is_broker = BROKERS.contains(&comm);
+        if comm != "postgres" && !is_broker {
             continue;
         }
         let Ok(ticks) = process_ticks(&pid.to_string()) else {
             continue;
         };
+        if is_broker {
+            brokers.insert(pid, ticks);
+            continue;
+        }
         // A backend's title is "postgres: <cluster>: <user> <database> ...".
         let ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
             String::from_utf8_lossy(&cmdline)
@@ -761,7 +879,7 @@ fn postgres_ticks(database: &str) -> HashMap<u32, (u64, bool)> {
         });
         found.insert(pid, (ticks, ours));
     }
-    found
+    (found, brokers)
 }
 
 /// All and idle (idle + iowait) ticks of the machine, from `/proc/stat`.
@@ -785,9 +903,9 @@ fn machine_ticks() -> anyhow::Result<(u64, u64)> {
 /// A hub-server child process, killed when dropped so that no error path
 /// leaves it running.
 #[derive(Debug)]
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     log_path: PathBuf,
 }
 
@@ -847,9 +965,13 @@ impl Server {
         }
     }
 
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Fails if the server has exited, which would make every later figure
     /// meaningless.
-    fn check_alive(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait().context("checking on hub-server")? {
             bail!(
                 "hub-server exited unexpectedly ({status}); see {}",
@@ -860,7 +982,7 @@ impl Server {
     }
 
     /// `VmHWM` of the server: the peak resident set size since it started.
-    fn peak_rss_kib(&self) -> anyhow::Result<u64> {
+    pub(crate) fn peak_rss_kib(&self) -> anyhow::Result<u64> {
         let status = read_proc_status(self.child.id())?;
         let line = status
             .lines()
@@ -924,7 +1046,10 @@ async fn get_once(
 /// After the registration phase, the first and the last tenant must list
 /// every instance of a service, or the lookup phase would measure 404s or
 /// short answers.
-async fn verify_registrations(addr: SocketAddr, registrations: usize) -> anyhow::Result<()> {
+pub(crate) async fn verify_registrations(
+    addr: SocketAddr,
+    registrations: usize,
+) -> anyhow::Result<()> {
     let expected = registrations / (TENANTS * SERVICES_PER_TENANT);
     for tenant in [0, TENANTS - 1] {
         let tenant = tenant_name(tenant);
@@ -946,7 +1071,7 @@ async fn verify_registrations(addr: SocketAddr, registrations: usize) -> anyhow:
     Ok(())
 }
 
-async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+pub(crate) async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
     let stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
@@ -971,10 +1096,19 @@ fn service_name(index: usize) -> String {
     format!("svc-{index:03}")
 }
 
+/// The instances of the registration phases are `i-00000`, `i-00001`, ...
+pub(crate) const REGISTER_PREFIX: &str = "i";
+
+/// The id of registration `index` of a phase whose instances start with
+/// `prefix`; the event phases find an event's registration by it.
+pub(crate) fn instance_id(prefix: &str, index: usize) -> String {
+    format!("{prefix}-{index:05}")
+}
+
 /// Everything a phase sends, built before the clock starts so that the load
 /// generator spends its share of the cores on sending, not formatting.
 #[derive(Debug)]
-struct Workload {
+pub(crate) struct Workload {
     method: Method,
     host: HeaderValue,
     /// Request `i` uses `targets[i % targets.len()]`.
@@ -989,40 +1123,12 @@ struct Target {
 }
 
 impl Workload {
-    fn new(phase: Phase, options: &Options, addr: SocketAddr) -> anyhow::Result<Self> {
+    pub(crate) fn new(phase: Phase, options: &Options, addr: SocketAddr) -> anyhow::Result<Self> {
         let host = HeaderValue::from_str(&addr.to_string())?;
         let tenant_header = |t: usize| HeaderValue::from_str(&tenant_name(t));
         let (method, targets) = match phase {
             Phase::Register => {
-                let uri = Uri::from_static("/api/v1/discovery/register");
-                // Instance `i` goes to tenant `i % 100`, then service, then
-                // instance number, so every tenant gets 10 services with an
-                // equal share of instances each.
-                let targets = (0..options.registrations)
-                    .map(|i| {
-                        let tenant = i % TENANTS;
-                        let rest = i / TENANTS;
-                        let service = rest % SERVICES_PER_TENANT;
-                        let instance = rest / SERVICES_PER_TENANT;
-                        // TTL is the maximum so no lease expires, and no
-                        // instance turns critical, while the run is going.
-                        let body = serde_json::json!({
-                            "service_name": service_name(service),
-                            "instance_id": format!("i-{i:05}"),
-                            "host": format!("10.{tenant}.{service}.{instance}"),
-                            "port": 8080,
-                            "tags": ["bench"],
-                            "metadata": { "zone": "a" },
-                            "ttl_seconds": 3600,
-                        });
-                        Ok(Target {
-                            uri: uri.clone(),
-                            tenant: Some(tenant_header(tenant)?),
-                            body: Bytes::from(body.to_string()),
-                        })
-                    })
-                    .collect::<anyhow::Result<_>>()?;
-                (Method::POST, targets)
+                return Self::registrations(addr, options.registrations, REGISTER_PREFIX);
             }
             Phase::Lookup => {
                 // Round robin over tenants first, then services.
@@ -1055,7 +1161,49 @@ impl Workload {
         })
     }
 
-    fn request(&self, index: usize) -> anyhow::Result<Request<Full<Bytes>>> {
+    /// `count` registrations of distinct instances, instance `i` named
+    /// `{prefix}-{i:05}`. Instance `i` goes to tenant `i % 100`, then service,
+    /// then instance number, so every tenant gets 10 services with an equal
+    /// share of instances each.
+    pub(crate) fn registrations(
+        addr: SocketAddr,
+        count: usize,
+        prefix: &str,
+    ) -> anyhow::Result<Self> {
+        let host = HeaderValue::from_str(&addr.to_string())?;
+        let uri = Uri::from_static("/api/v1/discovery/register");
+        let targets = (0..count)
+            .map(|i| {
+                let tenant = i % TENANTS;
+                let rest = i / TENANTS;
+                let service = rest % SERVICES_PER_TENANT;
+                let instance = rest / SERVICES_PER_TENANT;
+                // TTL is the maximum so no lease expires, and no instance
+                // turns critical, while the run is going.
+                let body = serde_json::json!({
+                    "service_name": service_name(service),
+                    "instance_id": instance_id(prefix, i),
+                    "host": format!("10.{tenant}.{service}.{instance}"),
+                    "port": 8080,
+                    "tags": ["bench"],
+                    "metadata": { "zone": "a" },
+                    "ttl_seconds": 3600,
+                });
+                Ok(Target {
+                    uri: uri.clone(),
+                    tenant: Some(HeaderValue::from_str(&tenant_name(tenant))?),
+                    body: Bytes::from(body.to_string()),
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            method: Method::POST,
+            host,
+            targets,
+        })
+    }
+
+    pub(crate) fn request(&self, index: usize) -> anyhow::Result<Request<Full<Bytes>>> {
         let target = self
             .targets
             .get(index % self.targets.len().max(1))
@@ -1078,7 +1226,7 @@ impl Workload {
 
 /// What a failed request does to a phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OnError {
+pub(crate) enum OnError {
     /// The phase fails.
     Fail,
     /// The phase goes on; the error answers are counted and the first one is
@@ -1089,7 +1237,7 @@ enum OnError {
 
 /// When a phase ends.
 #[derive(Debug, Clone, Copy)]
-enum Stop {
+pub(crate) enum Stop {
     /// After this many requests in total (registration).
     After(usize),
     /// When this much time has passed since the start (lookup, health).
@@ -1108,7 +1256,7 @@ struct TaskResult {
 
 /// Runs one closed-loop phase: `connections` tasks, each with its own
 /// keep-alive connection and one request in flight at a time.
-async fn drive(
+pub(crate) async fn drive(
     addr: SocketAddr,
     connections: usize,
     workload: Arc<Workload>,
@@ -1178,7 +1326,7 @@ async fn drive(
     })
 }
 
-fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+pub(crate) fn new_histogram() -> anyhow::Result<Histogram<u64>> {
     // Microseconds from 1 µs to 60 s with three significant figures, which
     // resolves every latency to 0.1 %.
     Histogram::new_with_bounds(1, 60_000_000, 3).context("creating a latency histogram")
@@ -1232,7 +1380,7 @@ async fn connection_loop(
 }
 
 /// Sends one request and reads the whole answer; non-2xx is an error.
-async fn send(
+pub(crate) async fn send(
     sender: &mut SendRequest<Full<Bytes>>,
     request: Request<Full<Bytes>>,
 ) -> anyhow::Result<()> {
@@ -1251,7 +1399,7 @@ async fn send(
     Ok(())
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     match values.len() {
         0 => f64::NAN,
@@ -1260,13 +1408,13 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-fn mib(kib: u64) -> f64 {
+pub(crate) fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
 const HEADER: &str = "phase          requests        rps   p50 ms   p99 ms   errors";
 
-fn row(out: &mut String, name: &str, requests: u64, figures: &Figures) {
+pub(crate) fn row(out: &mut String, name: &str, requests: u64, figures: &Figures) {
     let _ = writeln!(
         out,
         "{name:<12} {requests:>10} {:>10.1} {:>8.3} {:>8.3} {:>8}",
@@ -1276,14 +1424,15 @@ fn row(out: &mut String, name: &str, requests: u64, figures: &Figures) {
 
 /// Where the CPU time of a PostgreSQL phase went, and what that says about
 /// the bound.
-fn cpu_line(out: &mut String, name: &str, cpu: &CpuUsage) {
+pub(crate) fn cpu_line(out: &mut String, name: &str, cpu: &CpuUsage) {
     let _ = writeln!(
         out,
         "{name} CPU (% of one core): hub-server {:.0}, postgres {:.0} (bench backends {:.0}), \
-         load generator {:.0}; machine {:.0}% busy over all cores -> {}",
+         brokers {:.0}, load generator {:.0}; machine {:.0}% busy over all cores -> {}",
         cpu.percent(cpu.server_s),
         cpu.percent(cpu.postgres_s),
         cpu.percent(cpu.postgres_bench_s),
+        cpu.percent(cpu.brokers_s),
         cpu.percent(cpu.generator_s),
         cpu.machine_busy * 100.0,
         bound(cpu),
@@ -1304,6 +1453,7 @@ fn bound(cpu: &CpuUsage) -> String {
     let shares = [
         ("hub-server", cpu.server_s),
         ("postgres", cpu.postgres_s),
+        ("the brokers (nats-server, tansu)", cpu.brokers_s),
         ("the load generator", cpu.generator_s),
     ];
     let biggest = shares
@@ -1325,6 +1475,14 @@ fn run_table(run: usize, result: &RunResult, pg_pool: usize) -> String {
         row(&mut out, "pg register", pg.register.requests, &pg.register);
         row(&mut out, "pg lookup", pg.lookup.requests, &pg.lookup);
     }
+    if let Some(events) = &result.events {
+        row(
+            &mut out,
+            bench_events::REGISTER_ROW,
+            events.register.requests,
+            &events.register,
+        );
+    }
     let _ = writeln!(out, "peak RSS: {:.1} MiB", mib(result.peak_rss_kib));
     if let Some(pg) = &result.pg {
         let _ = writeln!(
@@ -1335,11 +1493,14 @@ fn run_table(run: usize, result: &RunResult, pg_pool: usize) -> String {
         cpu_line(&mut out, "pg register", &pg.register_cpu);
         cpu_line(&mut out, "pg lookup", &pg.lookup_cpu);
     }
+    if let Some(events) = &result.events {
+        bench_events::run_lines(&mut out, events);
+    }
     out
 }
 
 /// The median of each figure separately, and the errors and requests summed.
-fn median_figures(all: &[&Figures]) -> (u64, Figures) {
+pub(crate) fn median_figures(all: &[&Figures]) -> (u64, Figures) {
     let of = |f: fn(&Figures) -> f64| median(all.iter().map(|figures| f(figures)).collect());
     let figures = Figures {
         requests: 0,
@@ -1351,7 +1512,7 @@ fn median_figures(all: &[&Figures]) -> (u64, Figures) {
     (all.iter().map(|figures| figures.requests).sum(), figures)
 }
 
-fn median_cpu(all: &[&CpuUsage]) -> CpuUsage {
+pub(crate) fn median_cpu(all: &[&CpuUsage]) -> CpuUsage {
     let of = |f: fn(&CpuUsage) -> f64| median(all.iter().map(|cpu| f(cpu)).collect());
     // Every share is a median of its own, over the same wall time of one
     // second, so that `percent` reads them back unchanged.
@@ -1360,6 +1521,7 @@ fn median_cpu(all: &[&CpuUsage]) -> CpuUsage {
         server_s: of(|c| c.server_s / c.wall_s),
         postgres_s: of(|c| c.postgres_s / c.wall_s),
         postgres_bench_s: of(|c| c.postgres_bench_s / c.wall_s),
+        brokers_s: of(|c| c.brokers_s / c.wall_s),
         generator_s: of(|c| c.generator_s / c.wall_s),
         machine_busy: of(|c| c.machine_busy),
     }
@@ -1390,6 +1552,13 @@ fn summary(runs: &[RunResult], pg_pool: usize) -> String {
         row(&mut out, "pg lookup", requests, &lookup);
         (register, lookup)
     });
+    let events_runs: Vec<&EventsResult> = runs.iter().filter_map(|r| r.events.as_ref()).collect();
+    let events_register = (!events_runs.is_empty()).then(|| {
+        let register: Vec<&Figures> = events_runs.iter().map(|e| &e.register).collect();
+        let (requests, register) = median_figures(&register);
+        row(&mut out, bench_events::REGISTER_ROW, requests, &register);
+        register
+    });
     let peak = runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0);
     let _ = writeln!(
         out,
@@ -1407,6 +1576,9 @@ fn summary(runs: &[RunResult], pg_pool: usize) -> String {
         cpu_line(&mut out, "pg register", &median_cpu(&register));
         let lookup: Vec<&CpuUsage> = pg_runs.iter().map(|pg| &pg.lookup_cpu).collect();
         cpu_line(&mut out, "pg lookup", &median_cpu(&lookup));
+    }
+    if events_register.is_some() {
+        bench_events::summary_lines(&mut out, &events_runs);
     }
     out.push('\n');
     let get = |wanted: Phase| {
@@ -1459,18 +1631,24 @@ fn summary(runs: &[RunResult], pg_pool: usize) -> String {
             );
         }
     }
+    bench_events::targets(
+        &mut out,
+        pg.map(|(register, _)| register),
+        events_register,
+        &events_runs,
+    );
     out
 }
 
 /// A target of the issue, stated as a bound on a ratio or an absolute figure.
 #[derive(Debug, Clone, Copy)]
-enum Bound {
+pub(crate) enum Bound {
     AtLeast(f64),
     AtMost(f64),
     Below(f64),
 }
 
-fn target(out: &mut String, name: &str, value: f64, bound: Bound) {
+pub(crate) fn target(out: &mut String, name: &str, value: f64, bound: Bound) {
     let (pass, relation, bound) = match bound {
         Bound::AtLeast(b) => (value >= b, ">=", b),
         Bound::AtMost(b) => (value <= b, "<=", b),
@@ -1485,11 +1663,11 @@ fn target(out: &mut String, name: &str, value: f64, bound: Bound) {
 
 /// The results: the only output on stdout, so it can be redirected to a file.
 #[allow(clippy::print_stdout)]
-fn report(text: &str) {
+pub(crate) fn report(text: &str) {
     print!("{text}");
 }
 
 /// Progress notes go to stderr, next to cargo's own output.
-fn progress(text: &str) {
+pub(crate) fn progress(text: &str) {
     eprintln!("{text}");
 }

@@ -6,6 +6,7 @@
 
 mod args;
 mod bench;
+mod bench_events;
 mod kafka;
 mod migrate;
 mod seed;
