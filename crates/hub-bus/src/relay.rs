@@ -27,6 +27,10 @@ pub struct RelaySettings {
     /// How often an idle leader looks for new entries (20 ms). Changes made
     /// through this process wake it at once (see [`Relay::waker`]).
     pub poll: Duration,
+    /// How long an idle leader waits after a wake-up before it reads (5 ms),
+    /// so that under load one read and one mark serve many changes instead
+    /// of one each.
+    pub linger: Duration,
     /// How often a relay that does not lead tries to take over (1 s).
     pub follower_retry: Duration,
     /// First wait after a failure (100 ms); doubles per failure...
@@ -40,6 +44,7 @@ impl Default for RelaySettings {
         Self {
             batch: 256,
             poll: Duration::from_millis(20),
+            linger: Duration::from_millis(5),
             follower_retry: Duration::from_secs(1),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
@@ -174,10 +179,16 @@ impl Relay {
                 }
             };
             if let Some(wait) = wait {
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = self.wake.notified(), if failing == 0 => {}
+                let woken = tokio::select! {
+                    _ = tokio::time::sleep(wait) => false,
+                    _ = self.wake.notified(), if failing == 0 => true,
                     _ = stop.changed() => break,
+                };
+                if woken && !self.settings.linger.is_zero() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.settings.linger) => {}
+                        _ = stop.changed() => break,
+                    }
                 }
             }
         }

@@ -44,7 +44,27 @@ pub struct PgOutboxSession {
     client: tokio_postgres::Client,
     sink: Sink,
     leading: bool,
+    /// Prepared once the session leads: the relay runs them many times a
+    /// second, and an unprepared query costs a round trip and a plan each.
+    statements: Option<Statements>,
 }
+
+struct Statements {
+    pending: tokio_postgres::Statement,
+    mark: tokio_postgres::Statement,
+}
+
+/// The pending rows of a sink, with the event id as text.
+const PENDING: &str = "SELECT id, tenant_id, revision, event_id::text, event_type, service_name, \
+        instance_id, occurred_at, previous_status, payload, registered_at, \
+        last_heartbeat, origin \
+ FROM hub_outbox_pending($1, $2)";
+
+/// Marks rows delivered in one statement (its own transaction), committed
+/// without waiting for the WAL flush: a mark lost in a crash only means the
+/// event is published again (at least once), so the relay's commits need not
+/// wait, and keep their cost off the registrations' path.
+const MARK: &str = "SELECT set_config('synchronous_commit', 'off', true), hub_outbox_mark($1, $2)";
 
 impl std::fmt::Debug for PgOutboxSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -118,26 +138,26 @@ impl OutboxSession for PgOutboxSession {
                 .await
                 .and_then(|row| row.try_get(0))
                 .map_err(from_pg)?;
+            if self.leading {
+                self.statements = Some(Statements {
+                    pending: self.client.prepare(PENDING).await.map_err(from_pg)?,
+                    mark: self.client.prepare(MARK).await.map_err(from_pg)?,
+                });
+            }
         }
         Ok(self.leading)
     }
 
     async fn pending(&mut self, max: u32) -> Result<Vec<OutboxEntry>, RegistryError> {
-        if !self.leading {
+        let Some(statements) = self.statements.as_ref().filter(|_| self.leading) else {
             return Err(RegistryError::Unexpected(
                 "outbox read by a session that does not lead".into(),
             ));
-        }
+        };
         let max = i32::try_from(max).unwrap_or(i32::MAX);
         let rows = self
             .client
-            .query(
-                "SELECT id, tenant_id, revision, event_id::text, event_type, service_name, \
-                        instance_id, occurred_at, previous_status, payload, registered_at, \
-                        last_heartbeat, origin \
-                 FROM hub_outbox_pending($1, $2)",
-                &[&bit(self.sink), &max],
-            )
+            .query(&statements.pending, &[&bit(self.sink), &max])
             .await
             .map_err(from_pg)?;
         rows.iter().map(entry).collect()
@@ -147,30 +167,16 @@ impl OutboxSession for PgOutboxSession {
         if seqs.is_empty() {
             return Ok(());
         }
-        // A mark lost in a crash only means the event is published again
-        // (at least once), so the relay's own commits need not wait for the
-        // WAL flush: it keeps the relay's cost off the registrations' path.
+        let Some(statements) = self.statements.as_ref().filter(|_| self.leading) else {
+            return Err(RegistryError::Unexpected(
+                "outbox marked by a session that does not lead".into(),
+            ));
+        };
         self.client
-            .batch_execute("BEGIN; SET LOCAL synchronous_commit = off")
+            .query_one(&statements.mark, &[&bit(self.sink), &seqs])
             .await
             .map_err(from_pg)?;
-        let marked = self
-            .client
-            .query_one("SELECT hub_outbox_mark($1, $2)", &[&bit(self.sink), &seqs])
-            .await
-            .map_err(from_pg);
-        match marked {
-            Ok(_) => {
-                self.client.batch_execute("COMMIT").await.map_err(from_pg)?;
-                Ok(())
-            }
-            Err(error) => {
-                // The session is dropped by the relay after an error; the
-                // rollback is a courtesy for a connection that still works.
-                let _ = self.client.batch_execute("ROLLBACK").await;
-                Err(error)
-            }
-        }
+        Ok(())
     }
 }
 
@@ -182,6 +188,7 @@ impl Outbox for PgStore {
             client,
             sink,
             leading: false,
+            statements: None,
         }))
     }
 
