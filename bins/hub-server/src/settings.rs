@@ -49,7 +49,8 @@ pub struct EventSettings {
     /// `HUB_KAFKA_PARTITIONS`: partitions of the topic when this server
     /// creates it (6); an existing topic keeps its own.
     pub kafka_partitions: i32,
-    /// `HUB_OUTBOX_RETENTION_SECS`: how long delivered outbox rows are kept (1 day).
+    /// `HUB_OUTBOX_RETENTION_SECS`: how long an event stays in the outbox
+    /// after it was written, once every bus has it (1 day).
     pub outbox_retention_secs: u64,
     /// `HUB_OUTBOX_POLL_MS`: how often an idle relay looks for events
     /// written through other replicas (20 ms).

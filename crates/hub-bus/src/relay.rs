@@ -250,7 +250,7 @@ impl Relay {
     }
 }
 
-/// Deletes delivered outbox entries older than `retention`, every `interval`,
+/// Deletes outbox entries every sink has and older than `retention`, every `interval`,
 /// until `stop` turns true. Any replica may run it: deleting is idempotent.
 pub async fn prune_outbox(
     outbox: Arc<dyn Outbox>,

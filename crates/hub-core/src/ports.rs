@@ -160,8 +160,9 @@ pub trait Outbox: Send + Sync + 'static {
     /// the store (see [`OutboxSession::lead`]).
     async fn open(&self, sink: Sink) -> Result<Box<dyn OutboxSession>, RegistryError>;
 
-    /// Deletes up to `max` entries delivered to every sink they were owed to
-    /// before `cutoff`; returns how many. Undelivered entries are never pruned.
+    /// Deletes up to `max` entries written before `cutoff` that every sink
+    /// they were owed to has; returns how many. Undelivered entries are never
+    /// pruned.
     async fn prune(&self, cutoff: DateTime<Utc>, max: u32) -> Result<u64, RegistryError>;
 
     /// What `sink` is still owed: for one tenant, or for all when `tenant` is `None`.

@@ -20,7 +20,7 @@ impl Sink {
     /// Every sink, in bit order.
     pub const ALL: [Sink; 2] = [Sink::Nats, Sink::Kafka];
 
-    /// The sink's bit in a [`Sinks`] set (and in the outbox's `pending` column).
+    /// The sink's bit in a [`Sinks`] set (and its number in the outbox).
     pub fn bit(self) -> u8 {
         match self {
             Sink::Nats => 1,

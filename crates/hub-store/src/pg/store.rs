@@ -28,10 +28,11 @@ pub struct PgStore {
 }
 
 /// What every change writes to the outbox: nothing when no sink is
-/// configured, else one row per event owed to `sinks`, tagged with `origin`.
+/// configured, else its event, tagged with `origin`, and one due row per sink
+/// in `sinks` (their bits).
 #[derive(Debug, Default)]
 struct OutboxWrites {
-    sinks: i16,
+    sinks: Vec<i16>,
     origin: Option<String>,
 }
 
@@ -74,7 +75,7 @@ impl PgStore {
     /// written to the outbox (the default).
     pub fn with_outbox(mut self, sinks: Sinks, origin: impl Into<String>) -> Self {
         self.outbox = Arc::new(OutboxWrites {
-            sinks: i16::from(sinks.bits()),
+            sinks: sinks.iter().map(|s| i16::from(s.bit())).collect(),
             origin: Some(origin.into().chars().take(64).collect()),
         });
         self
@@ -188,11 +189,18 @@ async fn record(
                      (tenant_id, revision, event_type, service_name, instance_id, actor, request_id, occurred_at, payload) \
                  SELECT $1, u.revision, u.kind, u.service, u.instance, $7, $8, $9, u.payload FROM u \
              ) \
-             INSERT INTO hub_outbox (tenant_id, revision, event_type, service_name, instance_id, \
-                 occurred_at, previous_status, payload, registered_at, last_heartbeat, origin, pending) \
-             SELECT $1, u.revision, u.kind, u.service, u.instance, $9, u.previous, u.payload, \
-                 u.registered, u.heartbeat, $10, $11 \
-             FROM u WHERE $11::smallint <> 0",
+             , event AS ( \
+                 SELECT nextval('hub_outbox_id_seq') AS id, u.* FROM u \
+                 WHERE cardinality($11::smallint[]) > 0 \
+             ), outbox AS ( \
+                 INSERT INTO hub_outbox (id, tenant_id, revision, event_type, service_name, instance_id, \
+                     occurred_at, previous_status, payload, registered_at, last_heartbeat, origin) \
+                 SELECT e.id, $1, e.revision, e.kind, e.service, e.instance, $9, e.previous, e.payload, \
+                     e.registered, e.heartbeat, $10 \
+                 FROM event e \
+             ) \
+             INSERT INTO hub_outbox_due (sink, id, tenant_id) \
+             SELECT s, event.id, $1 FROM event CROSS JOIN unnest($11::smallint[]) AS s",
             &[
                 &tenant.as_str(),
                 &revisions,
@@ -307,15 +315,21 @@ impl RegistryStore for PgStore {
                                               ELSE 'service.updated' END, \
                                 $2, $3, $14::varchar, $15::varchar, $12, $16::jsonb \
                          FROM up \
+                     ), event AS ( \
+                         SELECT nextval('hub_outbox_id_seq') AS id, up.revision, up.created, \
+                                up.registered_at \
+                         FROM up WHERE cardinality($18::smallint[]) > 0 \
                      ), outbox AS ( \
-                         INSERT INTO hub_outbox (tenant_id, revision, event_type, service_name, \
+                         INSERT INTO hub_outbox (id, tenant_id, revision, event_type, service_name, \
                              instance_id, occurred_at, previous_status, payload, registered_at, \
-                             last_heartbeat, origin, pending) \
-                         SELECT $1, up.revision, CASE WHEN up.created THEN 'service.registered' \
+                             last_heartbeat, origin) \
+                         SELECT e.id, $1, e.revision, CASE WHEN e.created THEN 'service.registered' \
                                               ELSE 'service.updated' END, \
-                                $2, $3, $12, NULL, $16::jsonb, up.registered_at, $12, \
-                                $17::varchar, $18::smallint \
-                         FROM up WHERE $18::smallint <> 0 \
+                                $2, $3, $12, NULL, $16::jsonb, e.registered_at, $12, $17::varchar \
+                         FROM event e \
+                     ), due AS ( \
+                         INSERT INTO hub_outbox_due (sink, id, tenant_id) \
+                         SELECT s, event.id, $1 FROM event CROSS JOIN unnest($18::smallint[]) AS s \
                      ) \
                      SELECT registered_at, created, revision FROM up",
             &params,

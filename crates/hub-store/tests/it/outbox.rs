@@ -310,9 +310,12 @@ async fn the_application_role_can_only_insert_its_own_tenants_rows() {
     let app = TestDb::connect(&w.db.app).await;
     for sql in [
         "SELECT count(*) FROM hub_outbox",
-        "UPDATE hub_outbox SET pending = 0",
+        "UPDATE hub_outbox SET origin = 'x'",
         "DELETE FROM hub_outbox",
         "TRUNCATE hub_outbox",
+        "SELECT count(*) FROM hub_outbox_due",
+        "DELETE FROM hub_outbox_due",
+        "UPDATE hub_outbox_due SET sink = 1",
     ] {
         let error = app.batch_execute(sql).await.unwrap_err();
         assert_eq!(
@@ -321,10 +324,11 @@ async fn the_application_role_can_only_insert_its_own_tenants_rows() {
             "{sql}: {error}"
         );
     }
-    let insert = "INSERT INTO hub_outbox (tenant_id, revision, event_type, service_name, \
-                  instance_id, occurred_at, payload, registered_at, last_heartbeat, pending) \
-                  VALUES ('tenant2', 1, 'service.registered', 's', 'i', now(), '{}', now(), now(), 1)";
-    for setting in ["", "tenant1"] {
+    let event = "INSERT INTO hub_outbox (tenant_id, revision, event_type, service_name, \
+                  instance_id, occurred_at, payload, registered_at, last_heartbeat) \
+                  VALUES ('tenant2', 1, 'service.registered', 's', 'i', now(), '{}', now(), now())";
+    let due = "INSERT INTO hub_outbox_due (sink, id, tenant_id) VALUES (1, 1, 'tenant2')";
+    for (setting, insert) in [("", event), ("tenant1", event), ("", due), ("tenant1", due)] {
         let error = app
             .batch_execute(&format!(
                 "BEGIN; SELECT set_config('app.tenant_id', '{setting}', true); {insert}; COMMIT"
