@@ -124,22 +124,26 @@ AS $$
 $$;
 
 -- The backlog of the sink `sink_bit`: events still owed and the creation
--- time of the oldest. For one tenant when `tenant` is not null (a tenant's
--- dashboard), for all tenants otherwise (operators).
-CREATE FUNCTION hub_outbox_backlog(sink_bit SMALLINT, tenant VARCHAR)
+-- time of the oldest. With `own_tenant` true, only the events of the tenant
+-- of the calling transaction (`app.tenant_id`, as set by the server's
+-- tenant-scoped transaction: none when it is unset), for a tenant's
+-- dashboard; with false, every tenant's (operators).
+CREATE FUNCTION hub_outbox_backlog(sink_bit SMALLINT, own_tenant BOOLEAN)
 RETURNS TABLE (backlog BIGINT, oldest_created_at TIMESTAMPTZ)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT
 AS $$
     SELECT count(*), min(o.created_at)
     FROM hub_outbox_due d JOIN hub_outbox o ON o.id = d.id
-    WHERE d.sink = sink_bit AND (tenant IS NULL OR d.tenant_id = tenant)
+    WHERE d.sink = sink_bit
+      AND (NOT own_tenant
+           OR d.tenant_id = NULLIF(current_setting('app.tenant_id', true), ''))
 $$;
 
 REVOKE ALL ON FUNCTION hub_outbox_pending(SMALLINT, INTEGER) FROM PUBLIC;
 REVOKE ALL ON FUNCTION hub_outbox_mark(SMALLINT, BIGINT[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION hub_outbox_prune(TIMESTAMPTZ, INTEGER) FROM PUBLIC;
-REVOKE ALL ON FUNCTION hub_outbox_backlog(SMALLINT, VARCHAR) FROM PUBLIC;
+REVOKE ALL ON FUNCTION hub_outbox_backlog(SMALLINT, BOOLEAN) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION hub_outbox_pending(SMALLINT, INTEGER) TO central_hub_app;
 GRANT EXECUTE ON FUNCTION hub_outbox_mark(SMALLINT, BIGINT[]) TO central_hub_app;
 GRANT EXECUTE ON FUNCTION hub_outbox_prune(TIMESTAMPTZ, INTEGER) TO central_hub_app;
-GRANT EXECUTE ON FUNCTION hub_outbox_backlog(SMALLINT, VARCHAR) TO central_hub_app;
+GRANT EXECUTE ON FUNCTION hub_outbox_backlog(SMALLINT, BOOLEAN) TO central_hub_app;

@@ -26,6 +26,7 @@ use tokio_postgres::NoTls;
 use super::config::PgConfig;
 use super::error::from_pg;
 use super::rows::{instance_from_payload, revision_of};
+use super::scoped::single_statement;
 use super::store::PgStore;
 
 /// The advisory lock of a sink's relay (arbitrary constants, next to the
@@ -208,14 +209,26 @@ impl Outbox for PgStore {
         sink: Sink,
         tenant: Option<&TenantId>,
     ) -> Result<Backlog, RegistryError> {
-        let client = self.pool.get().await.map_err(super::error::from_pool)?;
-        let row = client
-            .query_one(
-                "SELECT backlog, oldest_created_at FROM hub_outbox_backlog($1, $2)",
-                &[&bit(sink), &tenant.map(TenantId::as_str)],
-            )
-            .await
-            .map_err(from_pg)?;
+        const BACKLOG: &str = "SELECT backlog, oldest_created_at FROM hub_outbox_backlog($1, $2)";
+        let row = match tenant {
+            // A tenant's backlog is a tenant-scoped query like any other: it
+            // runs in the tenant's transaction, and the function filters on
+            // that transaction's `app.tenant_id`, not on a parameter.
+            Some(tenant) => single_statement(&self.pool, tenant, BACKLOG, &[&bit(sink), &true])
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| {
+                    RegistryError::Unexpected("the backlog query returned no row".into())
+                })?,
+            None => {
+                let client = self.pool.get().await.map_err(super::error::from_pool)?;
+                client
+                    .query_one(BACKLOG, &[&bit(sink), &false])
+                    .await
+                    .map_err(from_pg)?
+            }
+        };
         let pending: i64 = row.try_get(0).map_err(from_pg)?;
         Ok(Backlog {
             pending: pending.unsigned_abs(),

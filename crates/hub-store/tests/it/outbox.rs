@@ -342,6 +342,34 @@ async fn the_application_role_can_only_insert_its_own_tenants_rows() {
         );
         app.batch_execute("ROLLBACK").await.unwrap();
     }
+    // A tenant's backlog follows the transaction's tenant, not a parameter:
+    // with no tenant set it is empty.
+    let backlog = |sql: &'static str| {
+        let app = &app;
+        async move {
+            let rows = app.simple_query(sql).await.unwrap();
+            // The value of the last row: the backlog's.
+            rows.iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                    _ => None,
+                })
+                .last()
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        backlog("SELECT backlog FROM hub_outbox_backlog(1::smallint, true)").await,
+        "0"
+    );
+    assert_eq!(
+        backlog(
+            "BEGIN; SELECT set_config('app.tenant_id', 'tenant1', true); \
+             SELECT backlog FROM hub_outbox_backlog(1::smallint, true); COMMIT"
+        )
+        .await,
+        "1"
+    );
     // The functions are the only way in, and they refuse unknown sinks.
     let error = app
         .query("SELECT * FROM hub_outbox_pending(4::smallint, 1)", &[])
