@@ -152,6 +152,10 @@ impl Relay {
                 next = self.step(&mut session) => next,
                 _ = stop.changed() => break,
             };
+            // Only an idle leader listens for wake-ups: a follower would
+            // otherwise ask for the lock at every local change, and a failing
+            // relay must keep its backoff.
+            let listen = matches!(next, Next::Idle);
             let wait = match next {
                 Next::Now | Next::Idle | Next::Follow => {
                     if failing > 0 {
@@ -181,7 +185,7 @@ impl Relay {
             if let Some(wait) = wait {
                 let woken = tokio::select! {
                     _ = tokio::time::sleep(wait) => false,
-                    _ = self.wake.notified(), if failing == 0 => true,
+                    _ = self.wake.notified(), if listen => true,
                     _ = stop.changed() => break,
                 };
                 if woken && !self.settings.linger.is_zero() {
