@@ -3,6 +3,7 @@
 
 mod auth;
 mod concurrency;
+mod differential;
 mod discovery;
 mod events;
 mod leases;
