@@ -39,7 +39,10 @@ async fn round_trips(app: &TestApp, tenant: &str, service: &str, metadata: Value
     let r = app.get_service(tenant, service).await;
     assert_eq!(r.status(), StatusCode::OK, "get after heartbeat");
     let body: Value = r.json().await.unwrap();
-    assert_eq!(body["instances"][0]["metadata"], metadata, "after heartbeat");
+    assert_eq!(
+        body["instances"][0]["metadata"], metadata,
+        "after heartbeat"
+    );
 
     let r = app.deregister(tenant, service, "").await;
     assert_eq!(r.status(), StatusCode::OK, "delete");
@@ -55,7 +58,13 @@ async fn the_largest_double_reads_back(backend: Backend) {
         return;
     };
     round_trips(&app, "tb", "poison", json!({"x": f64::MAX})).await;
-    round_trips(&app, "tb", "tiny", json!({"x": 5e-324, "y": -1.7976931348623157e308})).await;
+    round_trips(
+        &app,
+        "tb",
+        "tiny",
+        json!({"x": 5e-324, "y": -1.7976931348623157e308}),
+    )
+    .await;
 }
 
 /// The second way in: 900 entries of 1.7e308 (15.3 KB) used to read back as

@@ -59,6 +59,33 @@ async fn invalid_registrations_are_422_naming_the_field_and_change_nothing(backe
         (with("tags", json!(["ok", ""])), "tags[1]"),
         (with("tags", json!("not-a-list")), "tags"),
         (with("instance_id", json!("a b")), "instance_id"),
+        // Invisible characters: `prod\u{200b}` would be stored and never match `prod`.
+        (with("tags", json!(["prod\u{200b}"])), "tags[0]"),
+        (with("tags", json!(["ok", "\u{202e}dorp"])), "tags[1]"),
+        (with("tags", json!(["\u{feff}"])), "tags[0]"),
+        (with("tags", json!(["a\u{2066}b"])), "tags[0]"),
+        (with("tags", json!(["a\u{e0041}"])), "tags[0]"),
+        (with("tags", json!(["a\u{ad}b"])), "tags[0]"),
+        (with("version", json!("1.0\u{200d}")), "version"),
+        (with("version", json!("\u{061c}1.0")), "version"),
+        (with("version", json!("1.0\u{200e}")), "version"),
+        (
+            with("health_endpoint", json!("/health\u{2060}")),
+            "health_endpoint",
+        ),
+        (
+            with("health_endpoint", json!("/h\u{202a}x")),
+            "health_endpoint",
+        ),
+        (
+            with("health_endpoint", json!("/h\u{200f}")),
+            "health_endpoint",
+        ),
+        // `.` and `..` cannot be addressed by clients that normalise paths.
+        (with("service_name", json!(".")), "service_name"),
+        (with("service_name", json!("..")), "service_name"),
+        (with("instance_id", json!(".")), "instance_id"),
+        (with("instance_id", json!("..")), "instance_id"),
         (json!({"host": "h", "port": 1}), "service_name"),
         (json!({"service_name": "victim", "port": 1}), "host"),
         (json!([1, 2]), "body"),
@@ -230,6 +257,23 @@ async fn bad_query_parameters_are_422(backend: Backend) {
         ("?status=dead", "status"),
         ("?service_name=a%20b", "service_name"),
         ("?cursor=zzzz", "cursor"),
+        // Query values are checked like body values: a tag that could never
+        // be stored (NUL was a 500 in PostgreSQL mode) is refused, in both modes.
+        ("?tag=%00", "tag"),
+        ("?tag=a%00b", "tag"),
+        ("?tag=prod%E2%80%8B", "tag"),
+        ("?tag=%E2%80%AEx", "tag"),
+        ("?tag=%01", "tag"),
+        ("?tag=", "tag"),
+        ("?tag=ok&tag=%7F", "tag"),
+        ("?status=%00", "status"),
+        ("?status=passing%E2%80%8B", "status"),
+        ("?service_name=%00", "service_name"),
+        ("?service_name=a%E2%80%8Fb", "service_name"),
+        ("?service_name=.", "service_name"),
+        ("?service_name=..", "service_name"),
+        ("?cursor=%00", "cursor"),
+        ("?cursor=61%00", "cursor"),
     ] {
         let message = assert_error(
             app.list("tenant1", query).await,
@@ -239,8 +283,17 @@ async fn bad_query_parameters_are_422(backend: Backend) {
         .await;
         assert!(message.starts_with(field), "{query}: {message}");
     }
-    let r = app.deregister("tenant1", "svc", "?instance_id=a%20b").await;
-    assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    for query in [
+        "?instance_id=a%20b",
+        "?instance_id=%00",
+        "?instance_id=a%E2%80%8B",
+        "?instance_id=.",
+        "?instance_id=..",
+    ] {
+        let r = app.deregister("tenant1", "svc", query).await;
+        let message = assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+        assert!(message.starts_with("instance_id"), "{query}: {message}");
+    }
     let r = app.get_service("tenant1", "bad%20name").await;
     assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
 }

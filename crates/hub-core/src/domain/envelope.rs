@@ -131,7 +131,8 @@ pub struct EnvelopeError(String);
 
 /// Reads an envelope back into the event it was made from (same id), for
 /// replicas that follow each other through the bus. Every field passes the
-/// domain's validation again: bytes from a bus are input like any other.
+/// checks its type needs again ([`Registration::restore`]): bytes from a bus
+/// are input like any other, but what a store once accepted is never refused.
 pub fn from_json(bytes: &[u8]) -> Result<RegistryEvent, EnvelopeError> {
     let e: Incoming = serde_json::from_slice(bytes).map_err(|e| EnvelopeError(e.to_string()))?;
     if e.schema != SCHEMA {
@@ -141,7 +142,11 @@ pub fn from_json(bytes: &[u8]) -> Result<RegistryEvent, EnvelopeError> {
         .ok_or_else(|| EnvelopeError(format!("type {:?}", e.kind)))?;
     let tenant = TenantId::parse(e.tenant_id).map_err(|e| EnvelopeError(e.to_string()))?;
     let d = e.data;
-    let registration = Registration::try_from(RegistrationInput {
+    // `restore`: an envelope carries what a store accepted; the admission
+    // rules were checked when it was written, and re-checking them here
+    // (or checking rules added since) would make a replica refuse an event
+    // its origin accepted.
+    let registration = Registration::restore(RegistrationInput {
         service_name: e.service_name,
         instance_id: Some(e.instance_id),
         host: d.host,

@@ -33,6 +33,19 @@ fn check(
     Ok(())
 }
 
+/// `.` and `..` are path segments: a client that normalises URLs (most do)
+/// turns `/services/..` into `/`, so an instance so named could never be
+/// addressed again.
+fn refuse_dot_segments(field: &'static str, value: &str) -> Result<(), ValidationError> {
+    if value == "." || value == ".." {
+        return Err(ValidationError::new(
+            field,
+            format!("must not be {value:?}: clients that normalise URL paths cannot address it"),
+        ));
+    }
+    Ok(())
+}
+
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, field = $field:literal, max = $max:expr, allowed = $allowed:expr, charset = $charset:literal) => {
         $(#[$doc])*
@@ -45,6 +58,17 @@ macro_rules! id_type {
 
             /// Validates `value`; the error names the field and the broken rule.
             pub fn parse(value: impl Into<String>) -> Result<Self, ValidationError> {
+                let value = value.into();
+                check($field, &value, Self::MAX_LEN, $allowed, $charset)?;
+                refuse_dot_segments($field, &value)?;
+                Ok(Self(value))
+            }
+
+            /// Validates a value read back from a store or an event: the
+            /// rules of [`Self::parse`] except those added after values were
+            /// first stored (`.` and `..`), so that nothing a store once
+            /// accepted becomes unreadable. New input goes through `parse`.
+            pub fn restore(value: impl Into<String>) -> Result<Self, ValidationError> {
                 let value = value.into();
                 check($field, &value, Self::MAX_LEN, $allowed, $charset)?;
                 Ok(Self(value))
@@ -187,6 +211,10 @@ mod tests {
             &"x".repeat(300),
             "a/b",
             "a:b",
+            ".",
+            "..",
+            "a\u{200b}",
+            "\u{202e}a",
         ] {
             let err = ServiceName::parse(bad).expect_err(bad);
             assert_eq!(err.field(), "service_name");
@@ -196,10 +224,25 @@ mod tests {
     #[test]
     fn instance_id_rules() {
         assert!(InstanceId::parse("10.0.0.1:8080").is_ok());
-        for bad in ["", "a b", &"x".repeat(129), "a/b"] {
+        for bad in ["", "a b", &"x".repeat(129), "a/b", ".", "..", "a\u{feff}"] {
             let err = InstanceId::parse(bad).expect_err(bad);
             assert_eq!(err.field(), "instance_id");
         }
+        // Dots are fine inside a name; only the bare path segments are refused.
+        for ok in ["...", ".a", "a..", "10.0.0.1:80"] {
+            assert!(InstanceId::parse(ok).is_ok(), "{ok}");
+            assert!(ServiceName::parse(ok.replace(':', "-")).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn restore_reads_back_dot_segments_stored_before_they_were_refused() {
+        for legacy in [".", ".."] {
+            assert_eq!(ServiceName::restore(legacy).unwrap().as_str(), legacy);
+            assert_eq!(InstanceId::restore(legacy).unwrap().as_str(), legacy);
+        }
+        assert!(ServiceName::restore("a b").is_err());
+        assert!(InstanceId::restore("").is_err());
     }
 
     #[test]

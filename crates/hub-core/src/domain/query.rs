@@ -4,6 +4,7 @@ use crate::error::ValidationError;
 
 use super::ids::{InstanceId, ServiceName};
 use super::instance::HealthStatus;
+use super::registration::{MAX_TAGS, check_tag};
 
 /// Default page size of a list.
 pub const DEFAULT_LIST_LIMIT: usize = 1000;
@@ -61,9 +62,11 @@ impl ListCursor {
             .ok_or_else(invalid)?;
         let raw = String::from_utf8(bytes).map_err(|_| invalid())?;
         let (service, instance) = raw.split_once('/').ok_or_else(invalid)?;
+        // `restore`, not `parse`: a cursor may point just after an instance
+        // stored before `.` and `..` were refused, and paging must go on.
         Ok(Self {
-            service_name: ServiceName::parse(service).map_err(|_| invalid())?,
-            instance_id: InstanceId::parse(instance).map_err(|_| invalid())?,
+            service_name: ServiceName::restore(service).map_err(|_| invalid())?,
+            instance_id: InstanceId::restore(instance).map_err(|_| invalid())?,
         })
     }
 }
@@ -92,7 +95,11 @@ impl Default for ListQuery {
 }
 
 impl ListQuery {
-    /// A query; `limit` must be 1-10000 (default 1000 when `None`).
+    /// A query; `limit` must be 1-10000 (default 1000 when `None`). Each tag
+    /// obeys the rule of registered tags (field `tag`): a filter that no
+    /// stored tag could ever match (empty, too long, NUL, control or
+    /// invisible characters) is refused rather than run, so every store
+    /// answers it alike.
     pub fn new(
         service_name: Option<ServiceName>,
         tags: Vec<String>,
@@ -112,6 +119,18 @@ impl ListQuery {
                     )
                 })?,
         };
+        if tags.len() > MAX_TAGS {
+            return Err(ValidationError::new(
+                "tag",
+                format!(
+                    "at most {MAX_TAGS} tags (got {}): an instance carries no more",
+                    tags.len()
+                ),
+            ));
+        }
+        for tag in &tags {
+            check_tag("tag", tag)?;
+        }
         Ok(Self {
             service_name,
             tags,
@@ -293,6 +312,44 @@ mod tests {
                 "limit"
             );
         }
+    }
+
+    #[test]
+    fn tag_filters_obey_the_tag_rule() {
+        let query = |tags: Vec<&str>| {
+            ListQuery::new(
+                None,
+                tags.into_iter().map(str::to_owned).collect(),
+                None,
+                None,
+                None,
+            )
+        };
+        assert!(query(vec!["prod", "eu-1", "\u{1F600}"]).is_ok());
+        let long = "x".repeat(129);
+        for bad in [
+            vec!["\0"],
+            vec!["a\0b"],
+            vec!["ok", ""],
+            vec!["\u{7f}"],
+            vec!["prod\u{200b}"],
+            vec!["\u{202e}x"],
+            vec!["\u{feff}"],
+            vec![long.as_str()],
+        ] {
+            assert_eq!(query(bad.clone()).unwrap_err().field(), "tag", "{bad:?}");
+        }
+        assert_eq!(query(vec!["t"; 65]).unwrap_err().field(), "tag");
+        assert!(query(vec!["t"; 64]).is_ok());
+    }
+
+    #[test]
+    fn a_cursor_may_point_after_a_legacy_dot_name() {
+        let legacy = ListCursor::after(
+            ServiceName::restore("..").unwrap(),
+            InstanceId::restore(".").unwrap(),
+        );
+        assert_eq!(ListCursor::decode(&legacy.encode()).unwrap(), legacy);
     }
 
     #[test]

@@ -210,8 +210,105 @@ pub struct Registration {
     ttl_seconds: u32,
 }
 
-fn printable(s: &str) -> bool {
-    !s.chars().any(char::is_control)
+/// Whether `c` is invisible formatting: the Unicode `Cf` (format) category
+/// (bidi controls such as U+202E and U+2066-U+2069, zero-width characters
+/// U+200B-U+200D and U+2060, the byte-order mark U+FEFF, the soft hyphen,
+/// tag characters...) and the line and paragraph separators U+2028/U+2029.
+/// They render as nothing or reorder what is shown, so `prod\u{200b}` would
+/// look like `prod` and never match it. The table is `Cf` of Unicode 16,
+/// written out so hub-core needs no Unicode-tables crate.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}'
+    )
+}
+
+/// Which rules a registration is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// New input: every rule, and the metadata is put in canonical form.
+    New,
+    /// A value read back from a store or an event: what the types need
+    /// (charsets, ranges, a metadata object), not the admission rules that
+    /// were checked when it was written (the metadata size and NUL checks)
+    /// or added since (invisible characters, `.` and `..`). A read never
+    /// refuses what a write accepted, so no tenant's row can become a 500.
+    Stored,
+}
+
+/// The first character of `value` that new input may not contain, with what it is.
+fn forbidden_char(value: &str) -> Option<(char, &'static str)> {
+    value.chars().find_map(|c| {
+        if c.is_control() {
+            Some((c, "a control character"))
+        } else if is_invisible(c) {
+            Some((
+                c,
+                "an invisible formatting character (bidi control or zero-width)",
+            ))
+        } else {
+            None
+        }
+    })
+}
+
+/// Checks a free-text value of 1-`max` bytes (tags, version): no control
+/// characters, and for new input no invisible formatting characters.
+fn check_text(
+    field: impl Into<String>,
+    value: &str,
+    max: usize,
+    admission: Admission,
+) -> Result<(), ValidationError> {
+    let field = field.into();
+    if value.is_empty() || value.len() > max {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "must be 1-{max} printable characters (got {} bytes)",
+                value.len()
+            ),
+        ));
+    }
+    match forbidden_char(value) {
+        Some((c, what)) if admission == Admission::New || c.is_control() => {
+            Err(ValidationError::new(
+                field,
+                format!(
+                    "contains U+{:04X}, {what}; must be 1-{max} printable characters",
+                    u32::from(c)
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Validates one tag as registration and list filters take it (the same rule,
+/// so a filter that could never match a stored tag is refused, not run).
+pub fn check_tag(field: impl Into<String>, tag: &str) -> Result<(), ValidationError> {
+    check_text(field, tag, MAX_TAG_LEN, Admission::New)
 }
 
 /// Whether any key or string inside `value` holds a NUL character. JSON
@@ -230,13 +327,79 @@ fn map_contains_nul(map: &Map<String, Value>) -> bool {
     map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v))
 }
 
+/// Puts every number inside `value` in the one form that every store reads
+/// back alike: a float that is a whole number and fits `i64` or `u64`
+/// becomes that integer (`-0.0` and `0.0` become `0`, `1e16` becomes
+/// `10000000000000000`). PostgreSQL's JSONB keeps numbers as exact decimals
+/// and prints them in plain notation, which serde_json reads back as an
+/// integer whenever it is one; without this, `1e16` would come back from
+/// PostgreSQL as an integer and from memory as a float, and `-0.0` as `0.0`
+/// from one and `-0.0` from the other. JSON does not tell `1.0` from `1`,
+/// so the meaning is unchanged. Other floats already read back exactly
+/// (serde_json's `float_roundtrip` parses PostgreSQL's digits correctly).
+fn canonicalise(value: &mut Value) {
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(integer) = n.as_f64().and_then(whole_number) {
+                *value = integer;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(canonicalise),
+        Value::Object(map) => map.values_mut().for_each(canonicalise),
+        _ => {}
+    }
+}
+
+/// `x` as a JSON integer, if it is a whole number within `i64` or `u64`.
+fn whole_number(x: f64) -> Option<Value> {
+    // 2^63 and 2^64 are exact as f64; the casts below are exact in range.
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    const TWO_64: f64 = 18_446_744_073_709_551_616.0;
+    if !x.is_finite() || x.fract() != 0.0 {
+        return None;
+    }
+    if (-TWO_63..TWO_63).contains(&x) {
+        #[allow(clippy::cast_possible_truncation)]
+        return Some(Value::from(x as i64));
+    }
+    if (0.0..TWO_64).contains(&x) {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        return Some(Value::from(x as u64));
+    }
+    None
+}
+
 impl TryFrom<RegistrationInput> for Registration {
     type Error = ValidationError;
 
+    /// Validates new input against every rule.
     fn try_from(input: RegistrationInput) -> Result<Self, Self::Error> {
-        let service_name = ServiceName::parse(input.service_name)?;
+        Self::validate(input, Admission::New)
+    }
+}
+
+impl Registration {
+    /// Rebuilds a registration read back from a store or an event envelope.
+    ///
+    /// The checks are those the types need (charsets, lengths, ranges, a
+    /// metadata object), not the admission rules that were checked when the
+    /// value was written (the 16 KiB metadata limit, NUL) or added since
+    /// (invisible characters, `.` and `..` as names): a read never refuses
+    /// what a write accepted. New input goes through `Registration::try_from`.
+    pub fn restore(input: RegistrationInput) -> Result<Self, ValidationError> {
+        Self::validate(input, Admission::Stored)
+    }
+
+    fn validate(input: RegistrationInput, admission: Admission) -> Result<Self, ValidationError> {
+        let new = admission == Admission::New;
+        let service_name = if new {
+            ServiceName::parse(input.service_name)?
+        } else {
+            ServiceName::restore(input.service_name)?
+        };
         let instance_id = match input.instance_id {
-            Some(id) => InstanceId::parse(id)?,
+            Some(id) if new => InstanceId::parse(id)?,
+            Some(id) => InstanceId::restore(id)?,
             None => InstanceId::from(&service_name),
         };
         let host = Host::parse(input.host)?;
@@ -258,27 +421,23 @@ impl TryFrom<RegistrationInput> for Registration {
             Some(path) => {
                 if !path.starts_with('/')
                     || path.len() > MAX_HEALTH_ENDPOINT_LEN
-                    || path.chars().any(|c| c.is_whitespace() || c.is_control())
+                    || path
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control() || (new && is_invisible(c)))
                 {
                     return Err(ValidationError::new(
                         "health_endpoint",
                         format!(
-                            "must be a path starting with '/', without spaces, at most {MAX_HEALTH_ENDPOINT_LEN} characters"
+                            "must be a path starting with '/', without spaces, control or invisible characters, at most {MAX_HEALTH_ENDPOINT_LEN} characters"
                         ),
                     ));
                 }
                 path
             }
         };
-        let version = match input.version {
-            Some(v) if v.is_empty() || v.len() > MAX_VERSION_LEN || !printable(&v) => {
-                return Err(ValidationError::new(
-                    "version",
-                    format!("must be 1-{MAX_VERSION_LEN} printable characters"),
-                ));
-            }
-            v => v,
-        };
+        if let Some(v) = &input.version {
+            check_text("version", v, MAX_VERSION_LEN, admission)?;
+        }
         if input.tags.len() > MAX_TAGS {
             return Err(ValidationError::new(
                 "tags",
@@ -286,22 +445,22 @@ impl TryFrom<RegistrationInput> for Registration {
             ));
         }
         for (i, tag) in input.tags.iter().enumerate() {
-            if tag.is_empty() || tag.len() > MAX_TAG_LEN || !printable(tag) {
-                return Err(ValidationError::new(
-                    format!("tags[{i}]"),
-                    format!("must be 1-{MAX_TAG_LEN} printable characters"),
-                ));
-            }
+            check_text(format!("tags[{i}]"), tag, MAX_TAG_LEN, admission)?;
         }
         let metadata = match input.metadata {
             None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(map)) => {
+            Some(Value::Object(map)) if !new => map,
+            Some(Value::Object(mut map)) => {
                 if map_contains_nul(&map) {
                     return Err(ValidationError::new(
                         "metadata",
                         "must not contain NUL characters (\\u0000)",
                     ));
                 }
+                map.values_mut().for_each(canonicalise);
+                // The limit applies to what is stored and served: the
+                // canonical form (a whole number written as `1e18` counts
+                // with its 19 digits).
                 let size = serde_json::to_vec(&map)
                     .map(|v| v.len())
                     .unwrap_or(usize::MAX);
@@ -334,7 +493,7 @@ impl TryFrom<RegistrationInput> for Registration {
             port,
             protocol,
             health_endpoint,
-            version,
+            version: input.version,
             tags: input.tags,
             metadata,
             ttl_seconds,
@@ -621,6 +780,154 @@ mod tests {
             }),
             "health_endpoint"
         );
+    }
+
+    #[test]
+    fn invisible_characters_are_refused_in_text_fields() {
+        for c in [
+            '\u{061C}',
+            '\u{200B}',
+            '\u{200C}',
+            '\u{200D}',
+            '\u{200E}',
+            '\u{200F}',
+            '\u{202A}',
+            '\u{202E}',
+            '\u{2060}',
+            '\u{2066}',
+            '\u{2069}',
+            '\u{FEFF}',
+            '\u{00AD}',
+            '\u{2028}',
+            '\u{E0001}',
+            '\u{E007F}',
+        ] {
+            let text = format!("prod{c}");
+            assert_eq!(
+                field_of(RegistrationInput {
+                    tags: vec!["ok".into(), text.clone()],
+                    ..input()
+                }),
+                "tags[1]",
+                "{c:?}"
+            );
+            assert_eq!(
+                field_of(RegistrationInput {
+                    version: Some(text.clone()),
+                    ..input()
+                }),
+                "version"
+            );
+            assert_eq!(
+                field_of(RegistrationInput {
+                    health_endpoint: Some(format!("/{text}")),
+                    ..input()
+                }),
+                "health_endpoint"
+            );
+        }
+        // Visible text from every plane is fine.
+        for ok in [
+            "prod",
+            "\u{e9}t\u{e9}",
+            "\u{4e2d}\u{6587}",
+            "\u{1F600}",
+            "\u{10FFFD}",
+            "a b",
+        ] {
+            let r = Registration::try_from(RegistrationInput {
+                tags: vec![ok.into()],
+                version: Some(ok.into()),
+                ..input()
+            });
+            assert!(r.is_ok(), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn metadata_numbers_are_canonical() {
+        let r = Registration::try_from(RegistrationInput {
+            metadata: Some(json!({
+                "neg_zero": -0.0, "zero": 0.0, "one": 1.0, "e16": 1e16, "half": 0.5,
+                "max_i64": 9_223_372_036_854_775_807_i64, "min_i64": -9.223372036854775808e18,
+                "two_63": 9.223372036854775808e18, "max_u64": u64::MAX, "two_64": 1.8446744073709551616e19,
+                "big": 1.7976931348623157e308, "tiny": 5e-324, "nested": [{"x": -0.0, "y": 2e3}],
+            })),
+            ..input()
+        })
+        .unwrap();
+        let m = Value::Object(r.metadata().clone());
+        assert!(m["neg_zero"].is_u64() && m["neg_zero"] == 0, "{m}");
+        assert!(m["zero"].is_u64() && m["one"] == 1 && m["one"].is_u64());
+        assert_eq!(m["e16"].as_u64(), Some(10_000_000_000_000_000));
+        assert!(m["half"].is_f64());
+        assert_eq!(m["max_i64"].as_i64(), Some(i64::MAX));
+        assert_eq!(m["min_i64"].as_i64(), Some(i64::MIN));
+        assert_eq!(m["two_63"].as_u64(), Some(1 << 63));
+        assert_eq!(m["max_u64"].as_u64(), Some(u64::MAX));
+        assert!(m["two_64"].is_f64(), "beyond u64 stays a float");
+        assert_eq!(m["big"].as_f64(), Some(f64::MAX));
+        assert_eq!(m["tiny"].as_f64(), Some(5e-324));
+        assert!(m["nested"][0]["x"].is_u64() && m["nested"][0]["y"] == 2000);
+        // Canonical form is a fixed point.
+        let again = Registration::try_from(RegistrationInput {
+            metadata: Some(m.clone()),
+            ..input()
+        })
+        .unwrap();
+        assert_eq!(again.metadata(), r.metadata());
+    }
+
+    #[test]
+    fn the_size_limit_applies_to_the_canonical_form() {
+        // 1e18 is 4 bytes as sent and 19 as stored and served.
+        let entries = |n: usize| -> Value {
+            Value::Object((0..n).map(|i| (format!("k{i:04}"), json!(1e18))).collect())
+        };
+        let as_sent = serde_json::to_vec(&entries(1000)).unwrap().len();
+        assert!(as_sent < MAX_METADATA_BYTES, "{as_sent}");
+        assert_eq!(
+            field_of(RegistrationInput {
+                metadata: Some(entries(1000)),
+                ..input()
+            }),
+            "metadata"
+        );
+    }
+
+    #[test]
+    fn restore_reads_back_what_was_accepted_under_older_rules() {
+        let legacy = RegistrationInput {
+            service_name: "..".into(),
+            instance_id: Some(".".into()),
+            tags: vec!["prod\u{200b}".into()],
+            version: Some("\u{202e}1".into()),
+            health_endpoint: Some("/h\u{feff}".into()),
+            metadata: Some(json!({ "k": "x".repeat(MAX_METADATA_BYTES + 100) })),
+            ..input()
+        };
+        assert!(Registration::try_from(legacy.clone()).is_err());
+        let r = Registration::restore(legacy).unwrap();
+        assert_eq!(r.service_name().as_str(), "..");
+        assert_eq!(r.tags(), ["prod\u{200b}"]);
+        // What the types need still holds.
+        for broken in [
+            RegistrationInput { port: 0, ..input() },
+            RegistrationInput {
+                tags: vec!["a\nb".into()],
+                ..input()
+            },
+            RegistrationInput {
+                metadata: Some(json!([1])),
+                ..input()
+            },
+            RegistrationInput {
+                service_name: "a b".into(),
+                ..input()
+            },
+        ] {
+            assert!(Registration::restore(broken).is_err());
+        }
     }
 
     #[test]

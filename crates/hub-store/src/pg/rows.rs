@@ -16,9 +16,11 @@ fn corrupt(what: String) -> RegistryError {
     RegistryError::Unexpected(what.into())
 }
 
-/// Rebuilds an instance from a row of [`COLUMNS`]. The values pass the domain
-/// validation again: a row that breaks it (written by hand, say) is reported
-/// as an unexpected error naming the row, never served.
+/// Rebuilds an instance from a row of [`COLUMNS`]. The values pass the checks
+/// their types need again ([`Registration::restore`]): a row that breaks them
+/// (written by hand, say) is reported as an unexpected error naming the row,
+/// never served. The admission rules (the metadata size limit, invisible
+/// characters) are not re-checked: a read never refuses what a write accepted.
 pub(crate) fn instance(tenant: &TenantId, row: &Row) -> Result<Instance, RegistryError> {
     instance_at(tenant, row, 0)
 }
@@ -32,7 +34,7 @@ pub(crate) fn instance_at(
     let decode = |e: tokio_postgres::Error| RegistryError::Unexpected(Box::new(e));
     let service_name: String = row.try_get(first).map_err(decode)?;
     let instance_id: String = row.try_get(first + 1).map_err(decode)?;
-    let registration = Registration::try_from(RegistrationInput {
+    let registration = Registration::restore(RegistrationInput {
         service_name: service_name.clone(),
         instance_id: Some(instance_id.clone()),
         host: row.try_get(first + 2).map_err(decode)?,
@@ -111,8 +113,8 @@ pub(crate) fn registration_payload(
 }
 
 /// Rebuilds an instance from a [`payload`] and the fields it does not carry
-/// (the outbox keeps its events this way). The values pass the domain
-/// validation again, like [`instance`].
+/// (the outbox keeps its events this way). The values pass the checks their
+/// types need again, like [`instance`].
 pub(crate) fn instance_from_payload(
     tenant: &TenantId,
     service_name: String,
@@ -135,7 +137,7 @@ pub(crate) fn instance_from_payload(
         .iter()
         .map(|t| t.as_str().map(str::to_owned).ok_or_else(|| bad("tags")))
         .collect::<Result<Vec<_>, _>>()?;
-    let registration = Registration::try_from(RegistrationInput {
+    let registration = Registration::restore(RegistrationInput {
         service_name: service_name.clone(),
         instance_id: Some(instance_id.clone()),
         host: text("host").ok_or_else(|| bad("host"))?,
