@@ -306,7 +306,7 @@ mod generate {
         prop_oneof![
             6 => vec((meta_text(wild), value(wild)), 0..6).prop_map(|kv| object(&kv)),
             u32::from(wild) => value(wild),
-            1 => (120usize..=130).prop_map(|depth| {
+            1 => prop_oneof![30usize..=34, 120usize..=130].prop_map(|depth| {
                 format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth))
             }),
             1 => (16_360usize..16_392).prop_map(|n| format!("{{\"k\":\"{}\"}}", "x".repeat(n))),

@@ -17,6 +17,15 @@ fn with(field: &str, value: Value) -> Value {
     body
 }
 
+/// A metadata object nested `levels` deep.
+fn nested(levels: usize) -> Value {
+    let mut v = json!(1);
+    for _ in 0..levels {
+        v = json!({ "a": v });
+    }
+    v
+}
+
 async fn snapshot(app: &TestApp) -> Value {
     let r = app.get_service("tenant1", "victim").await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -53,6 +62,10 @@ async fn invalid_registrations_are_422_naming_the_field_and_change_nothing(backe
             with("metadata", json!({"big": "x".repeat(17 * 1024)})),
             "metadata",
         ),
+        // 33 levels: accepted before, then unreadable in list responses and
+        // envelopes once near serde_json's 128-level limit.
+        (with("metadata", nested(33)), "metadata"),
+        (with("metadata", nested(126)), "metadata"),
         (with("ttl_seconds", json!(0)), "ttl_seconds"),
         (with("ttl_seconds", json!(100000)), "ttl_seconds"),
         (with("protocol", json!("ftp")), "protocol"),

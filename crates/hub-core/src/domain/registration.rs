@@ -14,6 +14,12 @@ use crate::error::ValidationError;
 pub const MAX_HOST_LEN: usize = 255;
 /// Largest metadata object accepted, measured as compact JSON.
 pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+/// Deepest nesting of the metadata object (the object itself is level 1).
+/// The value travels inside responses and event envelopes a few levels down,
+/// and serde_json (like many JSON readers) stops at 128 levels: without a
+/// limit well below that, metadata nested about 126 deep was accepted and
+/// then unreadable in list responses and in replicas' envelopes.
+pub const MAX_METADATA_DEPTH: usize = 32;
 /// Most tags one instance may carry.
 pub const MAX_TAGS: usize = 64;
 /// Longest tag.
@@ -327,6 +333,16 @@ fn map_contains_nul(map: &Map<String, Value>) -> bool {
     map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v))
 }
 
+/// Nesting depth of `value`: 0 for a scalar, 1 + the deepest child for an
+/// array or object.
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// Puts every number inside `value` in the one form that every store reads
 /// back alike: a float that is a whole number and fits `i64` or `u64`
 /// becomes that integer (`-0.0` and `0.0` become `0`, `1e16` becomes
@@ -455,6 +471,15 @@ impl Registration {
                     return Err(ValidationError::new(
                         "metadata",
                         "must not contain NUL characters (\\u0000)",
+                    ));
+                }
+                let levels = 1 + map.values().map(depth).max().unwrap_or(0);
+                if levels > MAX_METADATA_DEPTH {
+                    return Err(ValidationError::new(
+                        "metadata",
+                        format!(
+                            "must be nested at most {MAX_METADATA_DEPTH} levels deep (got {levels})"
+                        ),
                     ));
                 }
                 map.values_mut().for_each(canonicalise);
@@ -876,6 +901,42 @@ mod tests {
         })
         .unwrap();
         assert_eq!(again.metadata(), r.metadata());
+    }
+
+    #[test]
+    fn metadata_depth_is_limited() {
+        let nested = |levels: usize| -> Value {
+            let mut v = json!(1);
+            for _ in 0..levels {
+                v = json!({ "a": v });
+            }
+            v
+        };
+        assert!(
+            Registration::try_from(RegistrationInput {
+                metadata: Some(nested(MAX_METADATA_DEPTH)),
+                ..input()
+            })
+            .is_ok()
+        );
+        assert_eq!(
+            field_of(RegistrationInput {
+                metadata: Some(nested(MAX_METADATA_DEPTH + 1)),
+                ..input()
+            }),
+            "metadata"
+        );
+        let mut arrays = json!([]);
+        for _ in 0..MAX_METADATA_DEPTH {
+            arrays = json!([arrays]);
+        }
+        assert_eq!(
+            field_of(RegistrationInput {
+                metadata: Some(json!({ "a": arrays })),
+                ..input()
+            }),
+            "metadata"
+        );
     }
 
     #[test]
