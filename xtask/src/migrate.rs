@@ -60,9 +60,9 @@ const MAINTENANCE_DB: &str = "postgres";
 /// answer in this time is reported rather than waited for.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The migration runs as one transaction per version and an upgrade copies
-/// every row of the original tables, which may take much longer than the
-/// server's per-statement limit (`HUB_PG_STATEMENT_TIMEOUT_MS`).
+/// The migrations run in one transaction and an upgrade copies every row of
+/// the original tables, which may take much longer than the server's
+/// per-statement limit (`HUB_PG_STATEMENT_TIMEOUT_MS`).
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
