@@ -26,7 +26,20 @@ commands:
   seed     load the demo data set (three tenants, a dozen services each)
   bench    start a release hub-server and drive it over loopback; prints medians of 3 runs";
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    // Errors are told as one line of causes (`{:#}`), not as anyhow's Debug
+    // form, which dumps a backtrace under RUST_BACKTRACE=1: an expected
+    // refusal (a database `migrate` will not touch) is a sentence, not a crash.
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("test") => test::run(&args[1..]),

@@ -21,6 +21,10 @@ const USAGE: &str = "usage: cargo xtask migrate [options]
 
 Creates the database if it does not exist, then applies the pending SQL
 migrations of migrations/ (an already migrated database is left as it is).
+A database of the original hub (single-tenant, after the seed document's
+migration SQL, or the original multi-tenant schema) is upgraded on the way and
+a report of what moved and what stayed behind is printed; a database in any
+other state is refused without a change.
 
 options:
   --app-user NAME      also make NAME a member of the central_hub_app group role,
@@ -56,9 +60,9 @@ const MAINTENANCE_DB: &str = "postgres";
 /// answer in this time is reported rather than waited for.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The migration runs as one transaction per version and an upgrade copies
-/// every row of the original tables, which may take much longer than the
-/// server's per-statement limit (`HUB_PG_STATEMENT_TIMEOUT_MS`).
+/// The migrations run in one transaction and an upgrade copies every row of
+/// the original tables, which may take much longer than the server's
+/// per-statement limit (`HUB_PG_STATEMENT_TIMEOUT_MS`).
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
@@ -168,10 +172,19 @@ async fn migrate(options: &Options, target: &PgConfig) -> anyhow::Result<()> {
         statement_timeout: MIGRATION_TIMEOUT,
         ..target.clone()
     };
-    let applied = migrate::run(&migration)
-        .await
-        .map_err(anyhow::Error::new)
-        .with_context(|| format!("applying the migrations to {}", describe(target)))?;
+    let migrated = match migrate::run_with_report(&migration).await {
+        Ok(migrated) => migrated,
+        // An expected refusal is a plain sentence of its own.
+        Err(migrate::MigrateError::Refused(message)) => bail!("{message}"),
+        Err(migrate::MigrateError::Store(error)) => {
+            return Err(anyhow::Error::new(error))
+                .with_context(|| format!("applying the migrations to {}", describe(target)));
+        }
+    };
+    if let Some(report) = &migrated.upgrade {
+        eprintln!("{report}");
+    }
+    let applied = migrated.applied;
     if applied.is_empty() {
         eprintln!("up to date: no migration was pending");
     } else {

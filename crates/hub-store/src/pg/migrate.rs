@@ -1,10 +1,13 @@
-//! Schema migrations (refinery, from `migrations/`), the application role grant, and the startup role check.
+//! Schema migrations (refinery, from `migrations/`, in one transaction with the upgrade of an original hub's database), the application role grant, and the startup role check.
 
 use hub_core::RegistryError;
+use refinery::{AsyncMigrate, Migration, SchemaVersion, Target};
+use refinery_core::traits::r#async::{AsyncQuery, AsyncTransaction};
 use tokio_postgres::NoTls;
 
 use super::config::PgConfig;
 use super::error::from_pg;
+use super::legacy::{self, SchemaState, UpgradeReport};
 
 mod embedded {
     refinery::embed_migrations!("../../migrations");
@@ -52,23 +55,169 @@ async fn connect(config: &PgConfig) -> Result<tokio_postgres::Client, RegistryEr
 
 /// Applies the pending migrations in order, recorded in refinery's history
 /// table; applying twice is a no-op. Returns the versions applied now.
+/// A database of the original hub is upgraded on the way (its report is
+/// logged); see [`run_with_report`].
 pub async fn run(config: &PgConfig) -> Result<Vec<String>, RegistryError> {
+    match run_with_report(config).await {
+        Ok(migrated) => {
+            if let Some(report) = &migrated.upgrade {
+                tracing::warn!(%report, "upgraded a database of the original hub");
+            }
+            Ok(migrated.applied)
+        }
+        Err(MigrateError::Store(error)) => Err(error),
+        Err(refused) => Err(RegistryError::Unexpected(Box::new(refused))),
+    }
+}
+
+/// What [`run_with_report`] did.
+#[derive(Debug, Clone)]
+pub struct Migrated {
+    /// The state the database was found in.
+    pub state: SchemaState,
+    /// The versions applied now (`V1__multi_tenant_registry`, ...).
+    pub applied: Vec<String>,
+    /// For a database of the original hub: what moved and what stayed.
+    pub upgrade: Option<UpgradeReport>,
+}
+
+/// Why [`run_with_report`] failed. Either way nothing was changed: the
+/// detection, the upgrade and every migration share one transaction.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// The database is in a state this hub will not change by itself; the
+    /// message says why and what to do, in plain words.
+    #[error("{0}")]
+    Refused(String),
+    /// The database failed or refused a statement.
+    #[error(transparent)]
+    Store(#[from] RegistryError),
+}
+
+/// Applies the pending migrations like [`run`], recognising first the state
+/// of the database (`legacy::detect`): an empty one is created, one of this
+/// hub is brought up to date, one of the original hub is upgraded
+/// (`legacy`), and anything else is refused before any change. Detection,
+/// upgrade and migrations run in one transaction, under an advisory lock
+/// against a second migrating process.
+pub async fn run_with_report(config: &PgConfig) -> Result<Migrated, MigrateError> {
     let mut client = connect(config).await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(from_pg)?;
-    let report = embedded::migrations::runner().run_async(&mut client).await;
+    let result = migrate_locked(&mut client).await;
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await;
-    let report = report.map_err(|e| RegistryError::Unexpected(Box::new(e)))?;
+    result
+}
+
+async fn migrate_locked(client: &mut tokio_postgres::Client) -> Result<Migrated, MigrateError> {
+    // Dropped without commit on every early return: rolled back.
+    let transaction = client.transaction().await.map_err(from_pg)?;
+    let schema = legacy::inspect(&transaction).await?;
+    let state = schema.state().clone();
+    if let SchemaState::Unknown(reason) = &state {
+        return Err(MigrateError::Refused(format!(
+            "refusing to migrate: the database is in a state this hub does not know how to upgrade ({reason}). Nothing was changed."
+        )));
+    }
+    let mut applied = Vec::new();
+    let mut upgrade = None;
+    if state.is_legacy() {
+        if let Err(refusal) = legacy::stage(&transaction, &schema).await? {
+            return Err(MigrateError::Refused(format!(
+                "refusing to upgrade {state}: {}",
+                refusal.0
+            )));
+        }
+        // V1 creates the new tables; the rows go in before later
+        // migrations, which then see them like any others.
+        applied.extend(apply(&transaction, Target::Version(1)).await?);
+        upgrade = Some(legacy::import(&transaction, &schema).await?);
+    }
+    applied.extend(apply(&transaction, Target::Latest).await?);
+    transaction.commit().await.map_err(from_pg)?;
+    Ok(Migrated {
+        state,
+        applied,
+        upgrade,
+    })
+}
+
+/// Runs refinery's runner up to `target` inside `transaction`.
+async fn apply(
+    transaction: &tokio_postgres::Transaction<'_>,
+    target: Target,
+) -> Result<Vec<String>, RegistryError> {
+    let report = embedded::migrations::runner()
+        .set_target(target)
+        .run_async(&mut InTransaction(transaction))
+        .await
+        .map_err(|e| RegistryError::Unexpected(Box::new(e)))?;
     Ok(report
         .applied_migrations()
         .iter()
         .map(|m| format!("V{}__{}", m.version(), m.name()))
         .collect())
 }
+
+/// refinery's connection, bound to a transaction of ours: refinery's own
+/// `Client` driver commits a transaction per migration, and the upgrade
+/// from the original hub must happen together with V1 or not at all.
+struct InTransaction<'t, 'c>(&'t tokio_postgres::Transaction<'c>);
+
+/// A failure of [`InTransaction`]: of the database, or a history row that
+/// refinery did not write.
+#[derive(Debug, thiserror::Error)]
+enum InTransactionError {
+    #[error(transparent)]
+    Pg(#[from] tokio_postgres::Error),
+    #[error("refinery_schema_history holds a row refinery cannot have written: {0}")]
+    History(String),
+}
+
+impl AsyncTransaction for InTransaction<'_, '_> {
+    type Error = InTransactionError;
+
+    async fn execute<'a, T: Iterator<Item = &'a str> + Send + 'a>(
+        &'a mut self,
+        queries: T,
+    ) -> Result<usize, Self::Error> {
+        let mut count = 0;
+        for query in queries {
+            self.0.batch_execute(query).await?;
+            count += 1;
+        }
+        Ok(count)
+    }
+}
+
+impl AsyncQuery<Vec<Migration>> for InTransaction<'_, '_> {
+    /// As refinery's own driver reads its history table.
+    async fn query<'a>(&'a mut self, query: &'a str) -> Result<Vec<Migration>, Self::Error> {
+        let mut applied = Vec::new();
+        for row in self.0.query(query, &[]).await? {
+            let version: SchemaVersion = row.try_get(0)?;
+            let name: String = row.try_get(1)?;
+            let applied_on: String = row.try_get(2)?;
+            let checksum: String = row.try_get(3)?;
+            let applied_on = time::OffsetDateTime::parse(
+                &applied_on,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .map_err(|e| InTransactionError::History(format!("applied_on {applied_on:?}: {e}")))?;
+            let checksum = checksum
+                .parse::<u64>()
+                .map_err(|e| InTransactionError::History(format!("checksum {checksum:?}: {e}")))?;
+            applied.push(Migration::applied(version, name, applied_on, checksum));
+        }
+        Ok(applied)
+    }
+}
+
+impl AsyncMigrate for InTransaction<'_, '_> {}
 
 /// Makes `login` a member of [`APP_ROLE`], creating it as a LOGIN role first
 /// if it does not exist. Run as a role allowed to do so (the migrating one).

@@ -4,6 +4,7 @@ mod config;
 mod error;
 #[cfg(all(test, feature = "testing"))]
 mod hygiene_tests;
+pub mod legacy;
 pub mod migrate;
 pub mod outbox;
 mod rows;
