@@ -417,9 +417,11 @@ fn signal(which: &str, pids: &[u32]) {
     if pids.is_empty() {
         return;
     }
+    // Best effort: a backend may have exited since it was listed.
     let _ = Command::new("kill")
         .arg(which)
         .args(pids.iter().map(u32::to_string))
+        .stderr(std::process::Stdio::null())
         .status();
 }
 
