@@ -38,6 +38,7 @@ use tokio_postgres::NoTls;
 use tokio_postgres::config::Host;
 
 use crate::bench_events::{self, EventsResult};
+use crate::bench_fairness::{self, FairnessResult};
 
 const USAGE: &str = "usage: cargo xtask bench [options]
 
@@ -50,6 +51,7 @@ options:
   --postgres          fail if PostgreSQL cannot be reached (default: skip its phases)
   --skip-postgres     measure the embedded mode only
   --skip-events       skip the event phases (PostgreSQL mode with NATS and Kafka)
+  --skip-fairness     skip the fairness phase (PostgreSQL mode: one tenant floods, another is timed)
   --event-secs N      length of the fixed-rate event latency phase (default 10)
   --event-rate N      registrations/s of the event latency phase (default 1000)
   --quick             smoke test: 2 s phases, 1 run, 2000 registrations, 3 s event latency phase
@@ -66,7 +68,7 @@ Tansu broker is started as for `cargo xtask test`. Each run uses its own subject
 stream and Kafka topic, deleted at its end";
 
 /// The operator key the server is started with; it may act for any tenant.
-const API_KEY: &str = "bench-key";
+pub(crate) const API_KEY: &str = "bench-key";
 const TENANTS: usize = 100;
 const SERVICES_PER_TENANT: usize = 10;
 const REGISTRATIONS: usize = 10_000;
@@ -138,7 +140,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 /// Command-line options after `--quick` and the explicit flags are applied.
 #[derive(Debug)]
 pub(crate) struct Options {
-    duration: Duration,
+    pub(crate) duration: Duration,
     runs: usize,
     pub(crate) connections: usize,
     pub(crate) registrations: usize,
@@ -149,6 +151,8 @@ pub(crate) struct Options {
     pg_admin: String,
     /// Whether the event phases run (not `--skip-events`).
     pub(crate) events: bool,
+    /// Whether the fairness phase runs (not `--skip-fairness`).
+    fairness: bool,
     /// Length of the fixed-rate event latency phase.
     pub(crate) event_duration: Duration,
     /// Registrations per second of the event latency phase.
@@ -178,6 +182,7 @@ impl Options {
         let mut require_postgres = false;
         let mut skip_postgres = false;
         let mut skip_events = false;
+        let mut skip_fairness = false;
         let mut event_secs = None;
         let mut event_rate = None;
         // Both `--flag value` and `--flag=value` are accepted.
@@ -193,6 +198,7 @@ impl Options {
                 "--postgres" => require_postgres = true,
                 "--skip-postgres" => skip_postgres = true,
                 "--skip-events" => skip_events = true,
+                "--skip-fairness" => skip_fairness = true,
                 "--event-secs" => event_secs = Some(positive(flag, &value()?)?),
                 "--event-rate" => event_rate = Some(positive(flag, &value()?)?),
                 "--quick" => quick = true,
@@ -226,6 +232,7 @@ impl Options {
             pg_pool: pg_pool.unwrap_or(PG_POOL_DEFAULT),
             pg_admin,
             events: !skip_events,
+            fairness: !skip_fairness,
             event_duration: Duration::from_secs(u64::try_from(event_secs)?),
             event_rate: event_rate.unwrap_or(EVENT_RATE),
         }))
@@ -277,6 +284,7 @@ struct RunResult {
     peak_rss_kib: u64,
     pg: Option<PgResult>,
     events: Option<EventsResult>,
+    fairness: Option<FairnessResult>,
 }
 
 /// The figures of the PostgreSQL-mode server of one run.
@@ -366,11 +374,24 @@ async fn bench(options: &Options, binary: &Path, log_dir: &Path) -> anyhow::Resu
                 }
             }
         }
+        let fairness = match &admin {
+            Some(admin) if options.fairness => {
+                let log_path = log_dir.join(format!("server-pg-fairness-run{run}.log"));
+                let result = bench_fairness::pg_fairness_run(options, admin, binary, &log_path)
+                    .await
+                    .with_context(|| {
+                        format!("run {run}, fairness (server log: {})", log_path.display())
+                    })?;
+                Some(result)
+            }
+            _ => None,
+        };
         let result = RunResult {
             phases,
             peak_rss_kib,
             pg,
             events,
+            fairness,
         };
         report(&run_table(run, &result, options.pg_pool));
         runs.push(result);
@@ -1496,6 +1517,9 @@ fn run_table(run: usize, result: &RunResult, pg_pool: usize) -> String {
     if let Some(events) = &result.events {
         bench_events::run_lines(&mut out, events);
     }
+    if let Some(fairness) = &result.fairness {
+        bench_fairness::run_lines(&mut out, fairness);
+    }
     out
 }
 
@@ -1637,6 +1661,8 @@ fn summary(runs: &[RunResult], pg_pool: usize) -> String {
         events_register,
         &events_runs,
     );
+    let fairness: Vec<&FairnessResult> = runs.iter().filter_map(|r| r.fairness.as_ref()).collect();
+    bench_fairness::summary_lines(&mut out, &fairness);
     out
 }
 

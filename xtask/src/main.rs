@@ -7,6 +7,7 @@
 mod args;
 mod bench;
 mod bench_events;
+mod bench_fairness;
 mod kafka;
 mod migrate;
 mod seed;

@@ -82,8 +82,14 @@ pub struct PostgresSettings {
     /// `HUB_PG_POOL_SIZE`: connections in the pool.
     pub pool_size: usize,
     /// `HUB_PG_STATEMENT_TIMEOUT_MS`: longest statement and longest wait for a
-    /// connection; beyond it requests get 503 `store_unavailable`.
+    /// connection; beyond it requests get 503 `store_unavailable`. Every
+    /// call also has a client-side deadline of this plus 1 s, which holds
+    /// when PostgreSQL does not answer at all.
     pub statement_timeout_ms: u64,
+    /// `HUB_PG_TENANT_MAX_CONNECTIONS`: pooled connections one tenant's
+    /// requests may hold at once (unset or 0: a quarter of the pool, at
+    /// least 1). Past it the tenant's requests queue, then get 503.
+    pub tenant_max_connections: usize,
     /// `HUB_MIGRATE_ON_START=true` applies pending migrations at start (the
     /// server's role then needs to own the schema: development setups).
     pub migrate_on_start: bool,
@@ -145,7 +151,7 @@ pub struct LeaseSettings {
 
 /// Environment variables and the settings keys they set. The names are those
 /// of the original deployment guide, honoured exactly.
-const ENV_KEYS: [(&str, &str); 33] = [
+const ENV_KEYS: [(&str, &str); 34] = [
     ("NATS_URL", "events.nats_url"),
     ("NATS_USER", "events.nats_user"),
     ("NATS_PASSWORD", "events.nats_password"),
@@ -175,6 +181,10 @@ const ENV_KEYS: [(&str, &str); 33] = [
     (
         "HUB_PG_STATEMENT_TIMEOUT_MS",
         "postgres.statement_timeout_ms",
+    ),
+    (
+        "HUB_PG_TENANT_MAX_CONNECTIONS",
+        "postgres.tenant_max_connections",
     ),
     ("HUB_MIGRATE_ON_START", "postgres.migrate_on_start"),
     ("HUB_ALLOW_RLS_BYPASS", "postgres.allow_rls_bypass"),
@@ -220,6 +230,7 @@ impl Settings {
             .set_default("postgres.user", "central_hub")?
             .set_default("postgres.pool_size", 16)?
             .set_default("postgres.statement_timeout_ms", 5000)?
+            .set_default("postgres.tenant_max_connections", 0)?
             .set_default("postgres.migrate_on_start", false)?
             .set_default("postgres.allow_rls_bypass", false)?
             .set_default("postgres.startup_timeout_secs", 60)?
@@ -396,6 +407,12 @@ mod tests {
         assert!(!s.postgres.allow_rls_bypass);
         assert!(!format!("{s:?}").contains("pw-secret"));
         assert!(Settings::load(&env(&[("POSTGRES_PORT", "99999")])).is_err());
+        assert_eq!(
+            s.postgres.tenant_max_connections, 0,
+            "0: a quarter of the pool"
+        );
+        let s = Settings::load(&env(&[("HUB_PG_TENANT_MAX_CONNECTIONS", "3")])).unwrap();
+        assert_eq!(s.postgres.tenant_max_connections, 3);
         assert_eq!(s.postgres.lookup_cache_ms, 500);
         assert!(Settings::load(&env(&[("HUB_LOOKUP_CACHE_MS", "1001")])).is_err());
         assert!(Settings::load(&env(&[("HUB_LOOKUP_CACHE_MS", "0")])).is_ok());

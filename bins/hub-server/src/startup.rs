@@ -98,6 +98,7 @@ fn pg_config(host: &str, s: &PostgresSettings) -> PgConfig {
         password: s.password.as_ref().map(|p| p.expose_secret().to_owned()),
         pool_size: s.pool_size,
         statement_timeout: Duration::from_millis(s.statement_timeout_ms),
+        tenant_max_connections: (s.tenant_max_connections > 0).then_some(s.tenant_max_connections),
         ..PgConfig::new(host)
     }
 }
@@ -190,6 +191,7 @@ async fn build_store(
         database = %config.dbname,
         user = %config.user,
         pool_size = config.pool_size,
+        tenant_max_connections = config.tenant_share(),
         "postgres mode: the registry is stored in PostgreSQL with row-level security"
     );
     let pg = Arc::new(PgStore::new(&config)?.with_outbox(sinks, replica_id));

@@ -7,6 +7,13 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, 
 use hub_core::RegistryError;
 use tokio_postgres::NoTls;
 
+/// Idle time before the first keepalive probe, time between probes, and
+/// probes unanswered before the connection is dropped: a vanished peer of
+/// an idle connection is noticed within about 25 s.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_RETRIES: u32 = 3;
+
 /// Connection settings (the `POSTGRES_*` variables of the deployment guide).
 #[derive(Clone)]
 pub struct PgConfig {
@@ -24,8 +31,13 @@ pub struct PgConfig {
     pub pool_size: usize,
     /// Longest a statement may run, and longest a request waits for a
     /// connection or for a new one to open; beyond it the store answers
-    /// `Unavailable` (503 `store_unavailable`).
+    /// `Unavailable` (503 `store_unavailable`). Every call also has a
+    /// client-side deadline of this plus a margin ([`Self::call_deadline`]),
+    /// which holds when the server does not answer at all.
     pub statement_timeout: Duration,
+    /// Pooled connections one tenant's requests may hold at once; `None`:
+    /// a quarter of the pool, at least one.
+    pub tenant_max_connections: Option<usize>,
 }
 
 impl fmt::Debug for PgConfig {
@@ -38,6 +50,7 @@ impl fmt::Debug for PgConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("pool_size", &self.pool_size)
             .field("statement_timeout", &self.statement_timeout)
+            .field("tenant_max_connections", &self.tenant_share())
             .finish()
     }
 }
@@ -53,12 +66,33 @@ impl PgConfig {
             password: None,
             pool_size: 16,
             statement_timeout: Duration::from_secs(5),
+            tenant_max_connections: None,
         }
+    }
+
+    /// The client-side bound on one call to PostgreSQL: the statement
+    /// timeout plus a margin, so the server's own timeout comes first
+    /// whenever the server is answering.
+    pub fn call_deadline(&self) -> Duration {
+        self.statement_timeout + super::gate::DEADLINE_MARGIN
+    }
+
+    /// Pooled connections one tenant's requests may hold at once: the
+    /// setting, or a quarter of the pool; at least one, at most the pool.
+    pub fn tenant_share(&self) -> usize {
+        self.tenant_max_connections
+            .unwrap_or(self.pool_size / 4)
+            .clamp(1, self.pool_size.max(1))
     }
 
     /// The tokio-postgres configuration of one connection. The statement
     /// timeout is a session setting of the connection (it says nothing about
-    /// tenants, so carrying it across checkouts is intended).
+    /// tenants, so carrying it across checkouts is intended). TCP keepalive
+    /// finds an idle pooled connection whose peer vanished (the pool then
+    /// drops it instead of handing it out), and the TCP user timeout closes
+    /// a connection whose sent data goes unacknowledged for longer than a
+    /// call may take (a frozen network), including one the client already
+    /// gave up on.
     pub fn connection(&self) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();
         config
@@ -68,6 +102,11 @@ impl PgConfig {
             .user(&self.user)
             .application_name("central-hub")
             .connect_timeout(self.statement_timeout)
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVE_IDLE)
+            .keepalives_interval(KEEPALIVE_INTERVAL)
+            .keepalives_retries(KEEPALIVE_RETRIES)
+            .tcp_user_timeout(self.call_deadline())
             .options(format!(
                 "-c statement_timeout={}",
                 self.statement_timeout.as_millis()

@@ -16,6 +16,13 @@ pub(crate) enum DbError {
     /// A stored row that breaks the domain rules.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// PostgreSQL did not answer a call within the client-side deadline
+    /// (the connection was closed, not reused).
+    #[error(
+        "PostgreSQL did not answer within {0:?} (HUB_PG_STATEMENT_TIMEOUT_MS plus a margin); \
+         the connection was closed"
+    )]
+    Deadline(std::time::Duration),
 }
 
 /// Whether the transaction was rolled back by the server because of a
@@ -54,6 +61,10 @@ pub(crate) fn from_db(error: DbError) -> RegistryError {
         DbError::Pg(e) => from_pg(e),
         DbError::Finished => RegistryError::Unexpected(Box::new(DbError::Finished)),
         DbError::Registry(e) => e,
+        deadline @ DbError::Deadline(_) => RegistryError::Unavailable {
+            component: "store",
+            source: Box::new(deadline),
+        },
     }
 }
 

@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
 use hub_core::{RegistryError, TenantId};
 
+use super::gate::Gate;
 use super::scoped::in_tenant;
 use crate::testing::TestDb;
 
@@ -30,7 +30,7 @@ enum Mode {
 
 /// What a pipelined single-statement transaction saw.
 async fn one_shot(
-    pool: &Pool,
+    pool: &Gate,
     tenant: &TenantId,
     mode: Mode,
 ) -> Result<(Vec<String>, String), RegistryError> {
@@ -57,7 +57,7 @@ async fn one_shot(
 /// What one transaction saw: the tenants of the visible rows and the
 /// tenant setting in force.
 async fn run(
-    pool: &Pool,
+    pool: &Gate,
     tenant: &TenantId,
     mode: Mode,
 ) -> Result<(Vec<String>, String), RegistryError> {
@@ -85,7 +85,7 @@ async fn run(
     })
 }
 
-async fn seed(pool: &Pool, tenant: &TenantId) -> Result<(), RegistryError> {
+async fn seed(pool: &Gate, tenant: &TenantId) -> Result<(), RegistryError> {
     in_tenant!(pool, tenant, |scoped| {
         for n in 0..3 {
             scoped
@@ -109,9 +109,11 @@ async fn interleaved_failing_transactions_never_leak_a_tenant() {
     };
     let config = crate::PgConfig {
         pool_size: 2,
+        // Either tenant may use both connections, as before the cap.
+        tenant_max_connections: Some(2),
         ..db.app.clone()
     };
-    let pool = config.pool().unwrap();
+    let pool = Gate::new(&config).unwrap();
     let tenants = [
         TenantId::parse("hyg-a").unwrap(),
         TenantId::parse("hyg-b").unwrap(),
@@ -190,7 +192,7 @@ async fn interleaved_failing_transactions_never_leak_a_tenant() {
     );
 
     // Both pooled connections, outside any transaction, carry no tenant and see nothing.
-    let (a, b) = tokio::join!(pool.get(), pool.get());
+    let (a, b) = tokio::join!(pool.internal(), pool.internal());
     for client in [a.unwrap(), b.unwrap()] {
         let setting: Option<String> = client
             .query_one("SELECT current_setting('app.tenant_id', true)", &[])

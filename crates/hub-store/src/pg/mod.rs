@@ -2,6 +2,7 @@
 
 mod config;
 mod error;
+mod gate;
 #[cfg(all(test, feature = "testing"))]
 mod hygiene_tests;
 pub mod legacy;

@@ -194,12 +194,13 @@ impl Outbox for PgStore {
     }
 
     async fn prune(&self, cutoff: DateTime<Utc>, max: u32) -> Result<u64, RegistryError> {
-        let client = self.pool.get().await.map_err(super::error::from_pool)?;
+        let client = self.pool.internal().await?;
         let max = i32::try_from(max).unwrap_or(i32::MAX);
         let pruned: i64 = client
             .query_one("SELECT hub_outbox_prune($1, $2)", &[&cutoff, &max])
             .await
-            .and_then(|row| row.try_get(0))
+            .map_err(super::error::from_db)?
+            .try_get(0)
             .map_err(from_pg)?;
         Ok(pruned.unsigned_abs())
     }
@@ -222,11 +223,11 @@ impl Outbox for PgStore {
                     RegistryError::Unexpected("the backlog query returned no row".into())
                 })?,
             None => {
-                let client = self.pool.get().await.map_err(super::error::from_pool)?;
+                let client = self.pool.internal().await?;
                 client
                     .query_one(BACKLOG, &[&bit(sink), &false])
                     .await
-                    .map_err(from_pg)?
+                    .map_err(super::error::from_db)?
             }
         };
         let pending: i64 = row.try_get(0).map_err(from_pg)?;

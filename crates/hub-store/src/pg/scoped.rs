@@ -13,13 +13,18 @@
 //! dropped, say because the client went away) must not hand its connection
 //! back to the pool while still open: `Drop` detaches such a connection from
 //! the pool, which closes it, and the server rolls the transaction back.
+//!
+//! Every call here (`BEGIN`, each statement, the end) goes through the
+//! connection's [`Checkout::bounded`], so each has the client-side deadline
+//! of [`super::gate`]; a call that missed it leaves the transaction
+//! unfinished, and the connection is closed the same way.
 
-use deadpool_postgres::{Object, Pool};
 use hub_core::{RegistryError, TenantId};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-use super::error::{DbError, from_db, from_pool};
+use super::error::{DbError, from_db};
+use super::gate::{Checkout, Gate};
 
 /// Times a transaction is run again after the server rolled it back for a
 /// serialization failure or deadlock. Only those: any other failure has an
@@ -31,61 +36,78 @@ const SET_TENANT: &str = "SELECT set_config('app.tenant_id', $1, true)";
 /// An open transaction acting for one tenant. Statements are prepared once
 /// per connection and cached (deadpool's statement cache).
 pub(crate) struct Scoped {
-    client: Option<Object>,
+    connection: Option<Checkout>,
 }
 
 impl Drop for Scoped {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
+        if let Some(connection) = self.connection.take() {
             tracing::debug!("transaction abandoned; closing its connection instead of reusing it");
-            drop(Object::take(client));
+            connection.detach();
         }
     }
 }
 
 impl Scoped {
-    /// Checks out a connection and opens a transaction for `tenant`. `BEGIN`
-    /// and `set_config` go out together (pipelined).
-    pub(crate) async fn begin(pool: &Pool, tenant: &TenantId) -> Result<Self, RegistryError> {
-        let client = pool.get().await.map_err(from_pool)?;
+    /// Checks out a connection (within the tenant's share) and opens a
+    /// transaction for `tenant`. `BEGIN` and `set_config` go out together
+    /// (pipelined).
+    pub(crate) async fn begin(gate: &Gate, tenant: &TenantId) -> Result<Self, RegistryError> {
         let scoped = Self {
-            client: Some(client),
+            connection: Some(gate.tenant(tenant).await?),
         };
         scoped.open(tenant).await.map_err(from_db)?;
         Ok(scoped)
     }
 
     async fn open(&self, tenant: &TenantId) -> Result<(), DbError> {
-        let client = self.client()?;
-        let set_tenant = client.prepare_cached(SET_TENANT).await?;
+        let connection = self.connection()?;
+        let client = connection.client()?;
         let tenant = tenant.as_str();
-        let params: [&(dyn ToSql + Sync); 1] = [&tenant];
-        tokio::try_join!(
-            client.batch_execute("BEGIN"),
-            client.execute(&set_tenant, &params),
-        )?;
+        connection
+            .bounded(async {
+                let set_tenant = client.prepare_cached(SET_TENANT).await?;
+                let params: [&(dyn ToSql + Sync); 1] = [&tenant];
+                tokio::try_join!(
+                    client.batch_execute("BEGIN"),
+                    client.execute(&set_tenant, &params),
+                )
+            })
+            .await?;
         Ok(())
     }
 
     /// Commits on `Ok`, rolls back on `Err`, and returns `result` (or the
     /// commit's error). A connection whose transaction could not be ended
-    /// cleanly is closed rather than reused.
+    /// cleanly, or on which a call missed its deadline, is closed rather
+    /// than reused.
     pub(crate) async fn finish<T>(mut self, result: Result<T, DbError>) -> Result<T, DbError> {
-        let Some(client) = self.client.take() else {
+        let Some(connection) = self.connection.take() else {
             return Err(DbError::Finished);
         };
+        if connection.is_spoiled() {
+            // The server may still be running a statement of this
+            // transaction (or not answering at all): no `ROLLBACK` to wait
+            // for, the connection is closed and the server rolls back.
+            connection.detach();
+            return result;
+        }
         let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        match client.batch_execute(end).await {
+        let ended = match connection.client() {
+            Ok(client) => connection.bounded(client.batch_execute(end)).await,
+            Err(e) => Err(e),
+        };
+        match ended {
             Ok(()) => result,
             Err(error) => {
-                drop(Object::take(client));
-                result.and(Err(error.into()))
+                connection.detach();
+                result.and(Err(error))
             }
         }
     }
 
-    fn client(&self) -> Result<&Object, DbError> {
-        self.client.as_ref().ok_or(DbError::Finished)
+    fn connection(&self) -> Result<&Checkout, DbError> {
+        self.connection.as_ref().ok_or(DbError::Finished)
     }
 
     pub(crate) async fn query(
@@ -93,9 +115,14 @@ impl Scoped {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, DbError> {
-        let client = self.client()?;
-        let statement = client.prepare_cached(sql).await?;
-        Ok(client.query(&statement, params).await?)
+        let connection = self.connection()?;
+        let client = connection.client()?;
+        connection
+            .bounded(async {
+                let statement = client.prepare_cached(sql).await?;
+                client.query(&statement, params).await
+            })
+            .await
     }
 
     pub(crate) async fn query_opt(
@@ -103,9 +130,14 @@ impl Scoped {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, DbError> {
-        let client = self.client()?;
-        let statement = client.prepare_cached(sql).await?;
-        Ok(client.query_opt(&statement, params).await?)
+        let connection = self.connection()?;
+        let client = connection.client()?;
+        connection
+            .bounded(async {
+                let statement = client.prepare_cached(sql).await?;
+                client.query_opt(&statement, params).await
+            })
+            .await
     }
 
     pub(crate) async fn query_one(
@@ -113,9 +145,14 @@ impl Scoped {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, DbError> {
-        let client = self.client()?;
-        let statement = client.prepare_cached(sql).await?;
-        Ok(client.query_one(&statement, params).await?)
+        let connection = self.connection()?;
+        let client = connection.client()?;
+        connection
+            .bounded(async {
+                let statement = client.prepare_cached(sql).await?;
+                client.query_one(&statement, params).await
+            })
+            .await
     }
 
     pub(crate) async fn execute(
@@ -123,9 +160,14 @@ impl Scoped {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, DbError> {
-        let client = self.client()?;
-        let statement = client.prepare_cached(sql).await?;
-        Ok(client.execute(&statement, params).await?)
+        let connection = self.connection()?;
+        let client = connection.client()?;
+        connection
+            .bounded(async {
+                let statement = client.prepare_cached(sql).await?;
+                client.execute(&statement, params).await
+            })
+            .await
     }
 }
 
@@ -139,17 +181,21 @@ impl Scoped {
 /// rollback, so the connection goes back to the pool outside any
 /// transaction. The four requests are queued on the connection in one poll,
 /// so a caller that gives up cannot leave them half sent. A serialization
-/// failure or deadlock reruns it (up to `MAX_ATTEMPTS` times).
+/// failure or deadlock reruns it (up to `MAX_ATTEMPTS` times). The whole
+/// pipeline has the call deadline; one that missed it closes the connection.
 pub(crate) async fn single_statement(
-    pool: &Pool,
+    gate: &Gate,
     tenant: &TenantId,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<Row>, RegistryError> {
-    let client = pool.get().await.map_err(from_pool)?;
+    let connection = gate.tenant(tenant).await?;
+    let client = connection.client().map_err(from_db)?;
     let mut attempt = 1;
     loop {
-        let result = pipelined(&client, tenant, sql, params).await;
+        let result = connection
+            .bounded(pipelined(client, tenant, sql, params))
+            .await;
         match result {
             Err(e) if super::error::is_retryable(&e) && attempt < MAX_ATTEMPTS => {
                 tracing::debug!(attempt, error = %e, "transaction rolled back by the server; running it again");
@@ -161,11 +207,11 @@ pub(crate) async fn single_statement(
 }
 
 async fn pipelined(
-    client: &Object,
+    client: &deadpool_postgres::Object,
     tenant: &TenantId,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
-) -> Result<Vec<Row>, DbError> {
+) -> Result<Vec<Row>, tokio_postgres::Error> {
     let set_tenant = client.prepare_cached(SET_TENANT).await?;
     let statement = client.prepare_cached(sql).await?;
     let tenant = tenant.as_str();
@@ -183,7 +229,7 @@ async fn pipelined(
     Ok(rows)
 }
 
-/// `in_tenant!(pool, tenant, |scoped| { ... })`: runs the block (an async
+/// `in_tenant!(gate, tenant, |scoped| { ... })`: runs the block (an async
 /// block returning `Result<T, DbError>`) in a transaction scoped
 /// to `tenant`, commits it on `Ok` and rolls it back on `Err`. A serialization
 /// failure or deadlock reruns the whole block (up to `MAX_ATTEMPTS` times).
@@ -193,10 +239,10 @@ async fn pipelined(
 /// borrows its captures cannot be shown to be `Send` for every lifetime the
 /// `RegistryStore` futures need.
 macro_rules! in_tenant {
-    ($pool:expr, $tenant:expr, |$scoped:ident| $body:block) => {{
+    ($gate:expr, $tenant:expr, |$scoped:ident| $body:block) => {{
         let mut attempt = 1usize;
         loop {
-            let transaction = $crate::pg::scoped::Scoped::begin($pool, $tenant).await?;
+            let transaction = $crate::pg::scoped::Scoped::begin($gate, $tenant).await?;
             let result: Result<_, $crate::pg::error::DbError> = {
                 let $scoped = &transaction;
                 async { $body }.await

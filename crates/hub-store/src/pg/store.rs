@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
-use deadpool_postgres::Pool;
 use hub_core::ports::{LeaseChange, ListPage, RegistryStore, Renewed, ServiceSnapshot, Upserted};
 use hub_core::{
     ChangeContext, EventKind, HealthStatus, Heartbeat, Instance, InstanceId, LeaseState,
@@ -15,14 +14,15 @@ use tokio_postgres::types::ToSql;
 
 use super::config::PgConfig;
 use super::error::DbError;
-use super::error::{from_pg, from_pool};
+use super::error::{from_db, from_pg};
+use super::gate::Gate;
 use super::rows::{self, COLUMNS, revision_of, stored};
 use super::scoped::{Scoped, in_tenant, single_statement};
 
 /// The registry store on PostgreSQL. Cheap to clone (the pool is shared).
 #[derive(Clone)]
 pub struct PgStore {
-    pub(super) pool: Pool,
+    pub(super) pool: Gate,
     pub(super) config: Arc<PgConfig>,
     outbox: Arc<OutboxWrites>,
 }
@@ -63,7 +63,7 @@ impl PgStore {
     /// A store over a new pool (connections open on first use).
     pub fn new(config: &PgConfig) -> Result<Self, RegistryError> {
         Ok(Self {
-            pool: config.pool()?,
+            pool: Gate::new(config)?,
             config: Arc::new(config.clone()),
             outbox: Arc::new(OutboxWrites::default()),
         })
@@ -85,11 +85,11 @@ impl PgStore {
     /// data, no row-level security). The reaper visits each in its own
     /// tenant-scoped transaction.
     async fn known_tenants(&self) -> Result<Vec<TenantId>, RegistryError> {
-        let client = self.pool.get().await.map_err(from_pool)?;
+        let client = self.pool.internal().await?;
         let rows = client
             .query("SELECT tenant_id FROM hub_tenants ORDER BY tenant_id", &[])
             .await
-            .map_err(from_pg)?;
+            .map_err(from_db)?;
         rows.iter()
             .map(|row| {
                 let id: String = row.try_get(0).map_err(from_pg)?;
@@ -608,11 +608,12 @@ impl RegistryStore for PgStore {
         // they would only do the same work twice.) The lock is held on a
         // connection of its own for the length of the pass; if the process
         // dies, PostgreSQL releases it with the connection.
-        let lock = self.pool.get().await.map_err(from_pool)?;
+        let lock = self.pool.internal().await?;
         let taken: bool = lock
             .query_one("SELECT pg_try_advisory_lock($1)", &[&REAPER_LOCK])
             .await
-            .and_then(|row| row.try_get(0))
+            .map_err(from_db)?
+            .try_get(0)
             .map_err(from_pg)?;
         if !taken {
             return Ok(Vec::new());
@@ -624,14 +625,14 @@ impl RegistryStore for PgStore {
             .is_err()
         {
             // A connection that may still hold the lock must not go back to the pool.
-            drop(deadpool_postgres::Object::take(lock));
+            lock.detach();
         }
         result
     }
 
     async fn check(&self) -> Result<(), RegistryError> {
-        let client = self.pool.get().await.map_err(from_pool)?;
-        client.simple_query("SELECT 1").await.map_err(from_pg)?;
+        let client = self.pool.internal().await?;
+        client.simple_query("SELECT 1").await.map_err(from_db)?;
         Ok(())
     }
 }
@@ -645,9 +646,12 @@ impl PgStore {
     ) -> Result<Vec<LeaseChange>, RegistryError> {
         let context = ChangeContext::reaper();
         let mut changes = Vec::new();
+        // The passes take no permit of the tenants' shares: a tenant at its
+        // cap must not hold up its own expiries (see `gate`).
+        let pool = self.pool.uncapped();
         for tenant in self.known_tenants().await? {
             let tenant = &tenant;
-            let outcome = in_tenant!(&self.pool, tenant, |scoped| {
+            let outcome = in_tenant!(&pool, tenant, |scoped| {
                 // Cheap check first: most passes find nothing to do, and
                 // then take no lock.
                 let due = scoped
