@@ -73,6 +73,8 @@ async fn start(
         env.insert("POSTGRES_PORT".into(), db.app.port.to_string());
         env.insert("POSTGRES_DB".into(), db.app.dbname.clone());
         env.insert("POSTGRES_USER".into(), db.app.user.clone());
+        // The stricter set-up: the relay has a login of its own.
+        env.insert("HUB_RELAY_PG_USER".into(), db.relay.user.clone());
     }
     for (k, v) in extra {
         env.insert((*k).to_owned(), v.clone());
@@ -522,7 +524,7 @@ async fn a_relay_stopped_between_publish_and_mark_delivers_again() {
     let store = PgStore::new(&db.app)
         .unwrap()
         .with_outbox(Sinks::NONE.with(Sink::Nats), "replica-a");
-    let outbox: Arc<dyn Outbox> = Arc::new(store.clone());
+    let outbox: Arc<dyn Outbox> = Arc::new(store.relay_outbox(&db.relay).unwrap());
     let registry = Registry::new(
         Arc::new(store.clone()),
         Arc::new(InProcessBus::new()),
@@ -782,7 +784,7 @@ async fn relays_of_several_replicas_publish_each_event_once_in_tenant_order() {
     let store = PgStore::new(&db.app)
         .unwrap()
         .with_outbox(Sinks::NONE.with(Sink::Kafka), "replica-a");
-    let outbox: Arc<dyn Outbox> = Arc::new(store.clone());
+    let outbox: Arc<dyn Outbox> = Arc::new(store.relay_outbox(&db.relay).unwrap());
     let registry = Registry::new(
         Arc::new(store.clone()),
         Arc::new(InProcessBus::new()),

@@ -23,7 +23,6 @@ use super::scoped::{Scoped, in_tenant, single_statement};
 #[derive(Clone)]
 pub struct PgStore {
     pub(super) pool: Pool,
-    pub(super) config: Arc<PgConfig>,
     outbox: Arc<OutboxWrites>,
 }
 
@@ -64,7 +63,6 @@ impl PgStore {
     pub fn new(config: &PgConfig) -> Result<Self, RegistryError> {
         Ok(Self {
             pool: config.pool()?,
-            config: Arc::new(config.clone()),
             outbox: Arc::new(OutboxWrites::default()),
         })
     }
