@@ -249,9 +249,13 @@ async fn relay_roles(options: &Options, target: &PgConfig) -> anyhow::Result<()>
                     .await
                     .map_err(anyhow::Error::new)
                     .with_context(|| format!("taking {role} from {app:?}"))?;
-                eprintln!("{app:?} is not a member of {role}: the server cannot read other tenants' events");
+                eprintln!(
+                    "{app:?} is not a member of {role}: the server cannot read other tenants' events"
+                );
             }
-            eprintln!("start hub-server with HUB_RELAY_PG_USER={relay} (and HUB_RELAY_PG_PASSWORD if it has one)");
+            eprintln!(
+                "start hub-server with HUB_RELAY_PG_USER={relay} (and HUB_RELAY_PG_PASSWORD if it has one)"
+            );
         }
         (None, Some(app)) if *app != target.user => {
             migrate::grant_relay_role(target, app, options.app_password.as_deref())

@@ -417,7 +417,10 @@ mod tests {
         .unwrap();
         assert_eq!(s.postgres.relay_user.as_deref(), Some("hub_relay"));
         assert_eq!(
-            s.postgres.relay_password.as_ref().map(|p| p.expose_secret()),
+            s.postgres
+                .relay_password
+                .as_ref()
+                .map(|p| p.expose_secret()),
             Some("relay-secret")
         );
         assert!(!format!("{s:?}").contains("relay-secret"));

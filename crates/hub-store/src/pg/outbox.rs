@@ -125,8 +125,8 @@ fn pending_row(row: &tokio_postgres::Row) -> Result<Pending, RegistryError> {
 
 /// Rebuilds the event of one row of `hub_outbox_pending`, or says why not.
 fn entry(seq: i64, tenant: &str, row: &tokio_postgres::Row) -> Result<RegistryEvent, String> {
-    let column = |e: tokio_postgres::Error| chain(&e);
-    let domain = |e: RegistryError| chain(&e);
+    let column = |e: tokio_postgres::Error| format!("outbox row {seq}: {}", chain(&e));
+    let domain = |e: RegistryError| format!("outbox row {seq}: {}", chain(&e));
     let tenant = TenantId::parse(tenant.to_owned())
         .map_err(|e| format!("outbox row {seq} has an invalid tenant: {e}"))?;
     let revision = revision_of(row.try_get(2).map_err(column)?).map_err(domain)?;

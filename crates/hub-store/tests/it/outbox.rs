@@ -11,8 +11,8 @@ use hub_core::{
     ChangeContext, EventKind, HealthStatus, Heartbeat, InstanceId, OutboxEntry, Pending, Registry,
     RegistryEvent, ServiceName, Sink, Sinks,
 };
-use hub_store::{PgOutbox, PgStore};
 use hub_store::testing::TestDb;
+use hub_store::{PgOutbox, PgStore};
 use tokio::sync::broadcast::Receiver;
 
 use crate::support::{registration, tenant};
@@ -396,5 +396,89 @@ async fn the_application_role_can_only_insert_its_own_tenants_rows() {
     assert!(
         format!("{error:?}").contains("unknown outbox sink"),
         "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_undecodable_row_comes_back_in_its_place_and_stays_set_aside() {
+    let Some(w) = outbox_world(Sinks::NONE.with(Sink::Nats)).await else {
+        return;
+    };
+    let ctx = ChangeContext::new(None, None);
+    w.registry
+        .register(&tenant("tenant1"), registration("svc", "a"), &ctx)
+        .await
+        .unwrap();
+    // Written as the owner, past every check a request goes through: a
+    // payload that is not an instance, and a number serde_json cannot hold.
+    let owner = TestDb::connect(&w.db.owner).await;
+    for payload in [r#"["not", "an", "object"]"#, r#"{"metadata":{"x":1e400}}"#] {
+        owner
+            .execute(
+                "WITH e AS (INSERT INTO hub_outbox (tenant_id, revision, event_type, service_name, \
+                     instance_id, occurred_at, payload, registered_at, last_heartbeat) \
+                     VALUES ('tenantx', 1, 'service.registered', 'svc', 'i', now(), $1::text::jsonb, \
+                             now(), now()) RETURNING id) \
+                 INSERT INTO hub_outbox_due (sink, id, tenant_id) SELECT 1, id, 'tenantx' FROM e",
+                &[&payload],
+            )
+            .await
+            .unwrap();
+    }
+    w.registry
+        .register(&tenant("tenant2"), registration("svc", "b"), &ctx)
+        .await
+        .unwrap();
+    let mut nats = leader(&w.outbox, Sink::Nats).await;
+    let pending = nats.pending(100).await.unwrap();
+    let shape: Vec<&str> = pending
+        .iter()
+        .map(|p| match p {
+            Pending::Event(e) => e.event.tenant_id().as_str(),
+            Pending::Undecodable(row) => {
+                assert_eq!(row.tenant, "tenantx");
+                assert!(
+                    !row.cause.is_empty() && !row.cause.contains("unavailable"),
+                    "{row:?}"
+                );
+                "undecodable"
+            }
+        })
+        .collect();
+    assert_eq!(shape, ["tenant1", "undecodable", "undecodable", "tenant2"]);
+    let seqs: Vec<i64> = pending.iter().map(Pending::seq).collect();
+    for (seq, item) in seqs.iter().zip(&pending) {
+        if let Pending::Undecodable(row) = item {
+            assert!(nats.set_aside(*seq, &row.cause).await.unwrap());
+            assert!(!nats.set_aside(*seq, &row.cause).await.unwrap(), "once");
+        }
+    }
+    nats.mark(&[seqs[0], seqs[3]]).await.unwrap();
+    assert!(
+        nats.pending(100).await.unwrap().is_empty(),
+        "nothing retried"
+    );
+    let backlog = w.outbox.backlog(Sink::Nats, None).await.unwrap();
+    assert_eq!((backlog.pending, backlog.undeliverable), (0, 2));
+    let tenant1 = w
+        .outbox
+        .backlog(Sink::Nats, Some(&tenant("tenant1")))
+        .await
+        .unwrap();
+    assert_eq!(
+        tenant1.undeliverable, 0,
+        "another tenant's rows are not counted"
+    );
+    // Delivered events are pruned; the set-aside ones are kept for an operator.
+    let future = Utc::now() + Duration::days(1);
+    assert_eq!(w.outbox.prune(future, 1000).await.unwrap(), 2);
+    assert_eq!(
+        owner_count(
+            &w.db,
+            "SELECT count(*) FROM hub_outbox o JOIN hub_outbox_undeliverable u USING (id) \
+             WHERE u.reason <> ''"
+        )
+        .await,
+        2
     );
 }
