@@ -394,8 +394,11 @@ async fn a_temporary_table_cannot_make_prune_delete_owed_events() {
         let client = TestDb::connect(login).await;
         client
             .batch_execute(
+                // Empty look-alikes, readable by the functions' owner: under
+                // V2, prune read these and deleted every event (seen).
                 "CREATE TEMP TABLE hub_outbox_due (sink SMALLINT, id BIGINT, tenant_id VARCHAR); \
                  CREATE TEMP TABLE hub_outbox_undeliverable (sink SMALLINT, id BIGINT); \
+                 GRANT SELECT ON hub_outbox_due, hub_outbox_undeliverable TO PUBLIC; \
                  SET search_path = pg_temp, public",
             )
             .await
