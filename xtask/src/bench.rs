@@ -560,6 +560,11 @@ impl PgServer {
         hub_store::pg::migrate::grant_app_role(&as_admin, &scratch.role, Some(&scratch.password))
             .await
             .with_context(|| format!("creating the login {}", scratch.role))?;
+        // One login for the server and its outbox relay, as `cargo xtask
+        // migrate --app-user` sets it up.
+        hub_store::pg::migrate::grant_relay_role(&as_admin, &scratch.role, None)
+            .await
+            .with_context(|| format!("granting the relay role to {}", scratch.role))?;
         let mut env = vec![
             ("POSTGRES_HOST", admin.host.clone()),
             ("POSTGRES_PORT", admin.port.to_string()),

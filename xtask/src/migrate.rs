@@ -6,7 +6,9 @@
 //! disable row-level security on its tables. `--app-user NAME` creates (if
 //! missing) the separate login the server should use and makes it a member of
 //! the `central_hub_app` group role, which holds exactly the privileges the
-//! migration grants.
+//! migration grants, and of `central_hub_relay` (the outbox relay's role) for
+//! a single-login set-up; `--relay-user NAME` gives the relay a login of its
+//! own instead (the stricter set-up of docs/POSTGRES.md).
 //!
 //! The driver is reached through hub-store's `PgConfig` (its pool hands out
 //! plain clients), so xtask needs no database dependency of its own.
@@ -30,7 +32,15 @@ options:
   --app-user NAME      also make NAME a member of the central_hub_app group role,
                        creating it as a LOGIN role first if it does not exist:
                        the role hub-server should connect as. It must not be the
-                       owner (POSTGRES_USER), a superuser or BYPASSRLS.
+                       owner (POSTGRES_USER), a superuser or BYPASSRLS. Without
+                       --relay-user, NAME also joins central_hub_relay, so that
+                       the server's outbox relay can run as the same login.
+  --relay-user NAME    the stricter set-up: make NAME (created as a LOGIN role if
+                       missing) the outbox relay's own login, the only member of
+                       central_hub_relay among the two, and take that role away
+                       from --app-user. Start hub-server with HUB_RELAY_PG_USER=NAME.
+  --relay-password PW  password given to the relay login when it is created
+                       (default: the HUB_RELAY_PG_PASSWORD variable).
   --app-password PW    password given to NAME when it is created (default: the
                        HUB_APP_PASSWORD variable; prefer it, a command line is
                        visible to other users of the machine). An existing role
@@ -83,6 +93,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 struct Options {
     app_user: Option<String>,
     app_password: Option<String>,
+    relay_user: Option<String>,
+    relay_password: Option<String>,
 }
 
 impl Options {
@@ -90,6 +102,8 @@ impl Options {
     fn parse(args: &[String]) -> anyhow::Result<Option<Self>> {
         let mut app_user = None;
         let mut app_password = None;
+        let mut relay_user = None;
+        let mut relay_password = None;
         // Both `--flag value` and `--flag=value` are accepted.
         let mut flags = crate::args::Flags::new(args, USAGE);
         while let Some((flag, inline)) = flags.next_flag() {
@@ -97,6 +111,8 @@ impl Options {
             match flag {
                 "--app-user" => app_user = Some(value()?),
                 "--app-password" => app_password = Some(value()?),
+                "--relay-user" => relay_user = Some(value()?),
+                "--relay-password" => relay_password = Some(value()?),
                 "--help" | "-h" => return Ok(None),
                 other => bail!("unknown option {other:?}\n\n{USAGE}"),
             }
@@ -104,10 +120,16 @@ impl Options {
         if app_password.is_some() && app_user.is_none() {
             bail!("--app-password needs --app-user\n\n{USAGE}");
         }
+        if relay_password.is_some() && relay_user.is_none() {
+            bail!("--relay-password needs --relay-user\n\n{USAGE}");
+        }
         let app_password = app_password.or_else(|| non_empty_env("HUB_APP_PASSWORD"));
+        let relay_password = relay_password.or_else(|| non_empty_env("HUB_RELAY_PG_PASSWORD"));
         Ok(Some(Self {
             app_user,
             app_password,
+            relay_user,
+            relay_password,
         }))
     }
 }
@@ -196,14 +218,65 @@ async fn migrate(options: &Options, target: &PgConfig) -> anyhow::Result<()> {
     match &options.app_user {
         Some(app_user) => {
             grant(target, app_user, options.app_password.as_deref()).await?;
+            relay_roles(options, target).await?;
             next_steps(target, app_user, options.app_password.is_some());
         }
-        None => eprintln!(
+        None => relay_roles(options, target).await?,
+    }
+    if options.app_user.is_none() {
+        eprintln!(
             "\nnext: hub-server must connect as a login that is a member of {role} and neither \
              the owner ({owner}) nor a superuser: run again with --app-user NAME to create one",
             role = migrate::APP_ROLE,
             owner = target.user
-        ),
+        );
+    }
+    Ok(())
+}
+
+/// The outbox relay's role: granted to `--relay-user` (and taken from
+/// `--app-user`) in the stricter set-up, else to `--app-user` itself.
+async fn relay_roles(options: &Options, target: &PgConfig) -> anyhow::Result<()> {
+    let role = migrate::RELAY_ROLE;
+    let context = |login: &str| {
+        format!(
+            "making {login:?} a member of {role} as {:?} (the same rights as for {})",
+            target.user,
+            migrate::APP_ROLE
+        )
+    };
+    match (&options.relay_user, &options.app_user) {
+        (Some(relay), app) => {
+            if *relay == target.user || app.as_ref() == Some(relay) {
+                bail!(
+                    "--relay-user {relay:?} must be a login of its own, neither the owner (POSTGRES_USER) nor --app-user"
+                );
+            }
+            migrate::grant_relay_role(target, relay, options.relay_password.as_deref())
+                .await
+                .map_err(anyhow::Error::new)
+                .with_context(|| context(relay))?;
+            eprintln!("{relay:?} is the outbox relay's login (a member of {role})");
+            if let Some(app) = app {
+                migrate::revoke_relay_role(target, app)
+                    .await
+                    .map_err(anyhow::Error::new)
+                    .with_context(|| format!("taking {role} from {app:?}"))?;
+                eprintln!(
+                    "{app:?} is not a member of {role}: the server cannot read other tenants' events"
+                );
+            }
+            eprintln!(
+                "start hub-server with HUB_RELAY_PG_USER={relay} (and HUB_RELAY_PG_PASSWORD if it has one)"
+            );
+        }
+        (None, Some(app)) if *app != target.user => {
+            migrate::grant_relay_role(target, app, options.app_password.as_deref())
+                .await
+                .map_err(anyhow::Error::new)
+                .with_context(|| context(app))?;
+        }
+        _ => {}
     }
     Ok(())
 }

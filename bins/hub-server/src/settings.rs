@@ -79,6 +79,14 @@ pub struct PostgresSettings {
     pub user: String,
     /// `POSTGRES_PASSWORD`.
     pub password: Option<SecretString>,
+    /// `HUB_RELAY_PG_USER`: the login the outbox relay acts as (reading
+    /// every tenant's events, marking, setting aside, pruning); a member of
+    /// `central_hub_relay`. Unset or empty: `POSTGRES_USER`, which must then
+    /// be a member of both group roles (a single-login set-up).
+    pub relay_user: Option<String>,
+    /// `HUB_RELAY_PG_PASSWORD`: its password. Unset: `POSTGRES_PASSWORD`
+    /// when the relay uses `POSTGRES_USER`, else none.
+    pub relay_password: Option<SecretString>,
     /// `HUB_PG_POOL_SIZE`: connections in the pool.
     pub pool_size: usize,
     /// `HUB_PG_STATEMENT_TIMEOUT_MS`: longest statement and longest wait for a
@@ -151,7 +159,7 @@ pub struct LeaseSettings {
 
 /// Environment variables and the settings keys they set. The names are those
 /// of the original deployment guide, honoured exactly.
-const ENV_KEYS: [(&str, &str); 34] = [
+const ENV_KEYS: &[(&str, &str)] = &[
     ("NATS_URL", "events.nats_url"),
     ("NATS_USER", "events.nats_user"),
     ("NATS_PASSWORD", "events.nats_password"),
@@ -177,6 +185,8 @@ const ENV_KEYS: [(&str, &str); 34] = [
     ("POSTGRES_DB", "postgres.db"),
     ("POSTGRES_USER", "postgres.user"),
     ("POSTGRES_PASSWORD", "postgres.password"),
+    ("HUB_RELAY_PG_USER", "postgres.relay_user"),
+    ("HUB_RELAY_PG_PASSWORD", "postgres.relay_password"),
     ("HUB_PG_POOL_SIZE", "postgres.pool_size"),
     (
         "HUB_PG_STATEMENT_TIMEOUT_MS",
@@ -247,7 +257,7 @@ impl Settings {
         if let Some(path) = env.get("HUB_CONFIG").filter(|p| !p.is_empty()) {
             builder = builder.add_source(File::new(path, FileFormat::Toml).required(true));
         }
-        for (var, key) in ENV_KEYS {
+        for &(var, key) in ENV_KEYS {
             if let Some(value) = env.get(var) {
                 builder = builder.set_override(key, value.as_str())?;
             }
@@ -416,6 +426,21 @@ mod tests {
         assert_eq!(s.postgres.lookup_cache_ms, 500);
         assert!(Settings::load(&env(&[("HUB_LOOKUP_CACHE_MS", "1001")])).is_err());
         assert!(Settings::load(&env(&[("HUB_LOOKUP_CACHE_MS", "0")])).is_ok());
+        assert_eq!(s.postgres.relay_user, None);
+        let s = Settings::load(&env(&[
+            ("HUB_RELAY_PG_USER", "hub_relay"),
+            ("HUB_RELAY_PG_PASSWORD", "relay-secret"),
+        ]))
+        .unwrap();
+        assert_eq!(s.postgres.relay_user.as_deref(), Some("hub_relay"));
+        assert_eq!(
+            s.postgres
+                .relay_password
+                .as_ref()
+                .map(|p| p.expose_secret()),
+            Some("relay-secret")
+        );
+        assert!(!format!("{s:?}").contains("relay-secret"));
     }
 
     #[test]

@@ -103,6 +103,29 @@ fn pg_config(host: &str, s: &PostgresSettings) -> PgConfig {
     }
 }
 
+/// The relay's login: `HUB_RELAY_PG_USER` (with `HUB_RELAY_PG_PASSWORD`), or
+/// the server's own login and password when it is unset.
+fn relay_pg_config(server: &PgConfig, s: &PostgresSettings) -> PgConfig {
+    match s.relay_user.as_deref().filter(|u| !u.is_empty()) {
+        Some(user) => PgConfig {
+            user: user.to_owned(),
+            password: s
+                .relay_password
+                .as_ref()
+                .map(|p| p.expose_secret().to_owned()),
+            ..server.clone()
+        },
+        None => PgConfig {
+            password: s
+                .relay_password
+                .as_ref()
+                .map(|p| p.expose_secret().to_owned())
+                .or_else(|| server.password.clone()),
+            ..server.clone()
+        },
+    }
+}
+
 /// The store and, in PostgreSQL mode, its outbox and lookup cache.
 struct Stores {
     registry: Arc<dyn RegistryStore>,
@@ -181,7 +204,7 @@ async fn build_store(
         );
     } else if !check.schema_ready {
         anyhow::bail!(
-            "the database {} is not migrated to this version (no hub_outbox table): run `cargo xtask migrate` or set HUB_MIGRATE_ON_START=true",
+            "the database {} is not migrated to this version (no hub_outbox_undeliverable table, migration V3): run `cargo xtask migrate` or set HUB_MIGRATE_ON_START=true",
             config.dbname
         );
     }
@@ -198,7 +221,9 @@ async fn build_store(
     let outbox: Option<Arc<dyn Outbox>> = if sinks.is_empty() {
         None
     } else {
-        Some(pg.clone())
+        let relay = relay_pg_config(&config, settings);
+        check_relay_login(&relay).await?;
+        Some(Arc::new(pg.relay_outbox(&relay)?))
     };
     if settings.lookup_cache_ms == 0 {
         return Ok(Stores {
@@ -217,6 +242,28 @@ async fn build_store(
         outbox,
         cache: Some(cache),
     })
+}
+
+/// Refuses to start a relay whose login could not do its job: it would
+/// retry forever while every event stays pending.
+async fn check_relay_login(relay: &PgConfig) -> anyhow::Result<()> {
+    let which = "HUB_RELAY_PG_USER (default: POSTGRES_USER)";
+    match migrate::relay_check(relay).await {
+        Ok(true) => {
+            tracing::info!(user = %relay.user, "the outbox relay connects as its own login");
+            Ok(())
+        }
+        Ok(false) => anyhow::bail!(
+            "the outbox relay's login {:?} ({which}) may not read the outbox: make it a member of {} with `cargo xtask migrate --app-user NAME` (one login for both roles) or `--relay-user NAME` (a separate relay login), or set HUB_RELAY_PG_USER to such a login",
+            relay.user,
+            migrate::RELAY_ROLE
+        ),
+        Err(error) => anyhow::bail!(
+            "the outbox relay cannot connect to PostgreSQL as {:?} ({which}; password HUB_RELAY_PG_PASSWORD, default POSTGRES_PASSWORD): {:#}",
+            relay.user,
+            anyhow::Error::new(error)
+        ),
+    }
 }
 
 /// The configured event buses, each connected on first use (and again after

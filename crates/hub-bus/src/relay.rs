@@ -9,6 +9,12 @@
 //! event, after an exponential backoff (capped), so delivery is at least
 //! once and each tenant's events keep their order. Sinks do not wait for each
 //! other: each has its own relay, session and marks.
+//!
+//! A row that cannot be decoded into an event can never be delivered, and
+//! retrying it would hold up every event behind it, every tenant's. It is
+//! set aside instead (kept in the outbox for an operator, counted, logged
+//! once with its id, tenant and cause), and the relay goes on with the
+//! others in order.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,7 +22,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use hub_core::ports::{EventSink, Outbox, OutboxSession};
-use hub_core::{RegistryError, RegistryEvent, Sink};
+use hub_core::{Pending, RegistryError, RegistryEvent, Sink};
 use tokio::sync::{Notify, watch};
 
 /// How a relay paces itself.
@@ -57,6 +63,7 @@ impl Default for RelaySettings {
 pub struct RelayStats {
     published: AtomicU64,
     failures: AtomicU64,
+    set_aside: AtomicU64,
     leading: AtomicBool,
 }
 
@@ -68,6 +75,10 @@ impl RelayStats {
     /// Failed attempts (publish or outbox) so far.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
+    }
+    /// Rows this relay set aside as undeliverable.
+    pub fn set_aside(&self) -> u64 {
+        self.set_aside.load(Ordering::Relaxed)
     }
     /// Whether this relay currently leads its sink.
     pub fn leading(&self) -> bool {
@@ -171,6 +182,9 @@ impl Relay {
                 }
                 Next::PublishFailed(error) | Next::OutboxFailed(error) => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    // The whole chain: "store unavailable" alone hides
+                    // whether the database refused, timed out or is gone.
+                    let error = cause(&error);
                     if failing == 0 {
                         tracing::warn!(%sink, %error, retry_in_ms = backoff.as_millis() as u64, "outbox relay cannot deliver; retrying with backoff");
                     } else {
@@ -237,8 +251,37 @@ impl Relay {
             return Next::Idle;
         }
         let full = entries.len() >= usize::try_from(self.settings.batch).unwrap_or(usize::MAX);
-        let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
-        let events: Vec<RegistryEvent> = entries.into_iter().map(|e| e.event).collect();
+        let mut seqs: Vec<i64> = Vec::with_capacity(entries.len());
+        let mut events: Vec<RegistryEvent> = Vec::with_capacity(entries.len());
+        for pending in entries {
+            match pending {
+                Pending::Event(entry) => {
+                    seqs.push(entry.seq);
+                    events.push(entry.event);
+                }
+                // Set aside before anything is published: if that fails, the
+                // batch is read again as it was, nothing published twice.
+                Pending::Undecodable(row) => match session.set_aside(row.seq, &row.cause).await {
+                    Ok(owed) => {
+                        if owed {
+                            self.stats.set_aside.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(
+                                sink = %self.sink,
+                                outbox_id = row.seq,
+                                tenant = %row.tenant,
+                                cause = %row.cause,
+                                "outbox event cannot be decoded: set aside (kept in hub_outbox_undeliverable); the relay goes on with the other events"
+                            );
+                        }
+                    }
+                    Err(error) => return Next::OutboxFailed(error),
+                },
+            }
+        }
+        if events.is_empty() {
+            // Only rows set aside: look again at once for what follows them.
+            return Next::Now;
+        }
         if let Err(error) = self.publisher.publish(&events).await {
             return Next::PublishFailed(error);
         }
@@ -252,6 +295,18 @@ impl Relay {
             .fetch_add(seqs.len() as u64, Ordering::Relaxed);
         if full { Next::Now } else { Next::Idle }
     }
+}
+
+/// An error with its causes on one line, for the log.
+fn cause(error: &RegistryError) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
 }
 
 /// Deletes outbox entries every sink has and older than `retention`, every `interval`,
@@ -282,6 +337,7 @@ pub async fn prune_outbox(
                     }
                 }
                 Err(error) => {
+                    let error = cause(&error);
                     tracing::warn!(%error, "outbox pruning failed; retrying at the next tick");
                     break;
                 }

@@ -43,7 +43,9 @@ pub use domain::context::ChangeContext;
 pub use domain::event::{EventKind, RegistryEvent};
 pub use domain::ids::{InstanceId, ServiceName, TenantId};
 pub use domain::instance::{HealthStatus, Instance, LeaseState, Revision};
-pub use domain::outbox::{Backlog, Delivery, OutboxEntry, Sink, SinkStatus, Sinks};
+pub use domain::outbox::{
+    Backlog, Delivery, OutboxEntry, Pending, Sink, SinkStatus, Sinks, Undecodable,
+};
 pub use domain::query::{
     DEFAULT_LIST_LIMIT, Heartbeat, HeartbeatMetrics, ListCursor, ListQuery, MAX_LIST_LIMIT,
 };

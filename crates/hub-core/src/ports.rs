@@ -9,7 +9,7 @@ use crate::domain::context::ChangeContext;
 use crate::domain::event::RegistryEvent;
 use crate::domain::ids::{InstanceId, ServiceName, TenantId};
 use crate::domain::instance::{HealthStatus, Instance, Revision};
-use crate::domain::outbox::{Backlog, Delivery, OutboxEntry, Sink, SinkStatus};
+use crate::domain::outbox::{Backlog, Delivery, Pending, Sink, SinkStatus};
 use crate::domain::query::{Heartbeat, ListCursor, ListQuery};
 use crate::domain::registration::Registration;
 use crate::error::RegistryError;
@@ -161,8 +161,8 @@ pub trait Outbox: Send + Sync + 'static {
     async fn open(&self, sink: Sink) -> Result<Box<dyn OutboxSession>, RegistryError>;
 
     /// Deletes up to `max` entries written before `cutoff` that every sink
-    /// they were owed to has; returns how many. Undelivered entries are never
-    /// pruned.
+    /// they were owed to has; returns how many. Undelivered entries, and
+    /// entries set aside, are never pruned.
     async fn prune(&self, cutoff: DateTime<Utc>, max: u32) -> Result<u64, RegistryError>;
 
     /// What `sink` is still owed: for one tenant, or for all when `tenant` is `None`.
@@ -182,11 +182,19 @@ pub trait OutboxSession: Send {
     async fn lead(&mut self) -> Result<bool, RegistryError>;
 
     /// Up to `max` entries still owed to the sink, in outbox order (which is
-    /// each tenant's commit order). Only for a leading session.
-    async fn pending(&mut self, max: u32) -> Result<Vec<OutboxEntry>, RegistryError>;
+    /// each tenant's commit order). Only for a leading session. Each row is
+    /// decoded on its own: one that is not a valid event comes back as
+    /// [`Pending::Undecodable`] in its place, and the others are unaffected.
+    /// An error means the outbox could not be read at all.
+    async fn pending(&mut self, max: u32) -> Result<Vec<Pending>, RegistryError>;
 
     /// Records that the entries with these sequence numbers reached the sink.
     async fn mark(&mut self, seqs: &[i64]) -> Result<(), RegistryError>;
+
+    /// Sets the entry `seq` aside for this sink: it is no longer pending, is
+    /// kept (never pruned) with `reason` for an operator, and is counted in
+    /// [`Backlog::undeliverable`]. Returns whether the sink still owed it.
+    async fn set_aside(&mut self, seq: i64, reason: &str) -> Result<bool, RegistryError>;
 }
 
 /// The state of event delivery, for the dashboard.

@@ -9,4 +9,4 @@ pub mod pg;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use pg::{PgConfig, PgStore, RoleCheck};
+pub use pg::{PgConfig, PgOutbox, PgStore, RoleCheck};

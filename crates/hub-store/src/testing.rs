@@ -25,6 +25,9 @@ pub struct TestDb {
     pub owner: PgConfig,
     /// The application's login: a member of `central_hub_app`, nothing more.
     pub app: PgConfig,
+    /// The outbox relay's login: a member of `central_hub_relay`, nothing
+    /// more (the stricter set-up of docs/POSTGRES.md).
+    pub relay: PgConfig,
     admin: String,
 }
 
@@ -79,18 +82,32 @@ impl TestDb {
         let name = format!("hub_test_{id}");
         let owner = format!("hubt_{id}_owner");
         let app = format!("hubt_{id}_app");
+        let relay = format!("hubt_{id}_relay");
+        // The group roles are cluster-wide and made by an administrator
+        // (the owner has no CREATEROLE); one statement each, so that a
+        // concurrent test creating the same role only fails its own.
+        for role in [migrate::APP_ROLE, migrate::RELAY_ROLE] {
+            client
+                .batch_execute(&format!(
+                    "DO $$ BEGIN
+                         IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN
+                             CREATE ROLE {role} NOLOGIN;
+                         END IF;
+                     EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+                     END $$;"
+                ))
+                .await
+                .unwrap_or_else(|e| panic!("creating test role {role}: {e}"));
+        }
         client
             .batch_execute(&format!(
-                "DO $$ BEGIN
-                     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN
-                         CREATE ROLE {role} NOLOGIN;
-                     END IF;
-                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
-                 END $$;
-                 CREATE ROLE {owner} LOGIN;
+                "CREATE ROLE {owner} LOGIN;
                  CREATE ROLE {app} LOGIN;
-                 GRANT {role} TO {app};",
-                role = migrate::APP_ROLE
+                 CREATE ROLE {relay} LOGIN;
+                 GRANT {app_role} TO {app};
+                 GRANT {relay_role} TO {relay};",
+                app_role = migrate::APP_ROLE,
+                relay_role = migrate::RELAY_ROLE
             ))
             .await
             .unwrap_or_else(|e| panic!("creating test roles: {e}"));
@@ -123,6 +140,7 @@ impl TestDb {
         Self {
             owner: config(&owner),
             app: config(&app),
+            relay: config(&relay),
             name,
             admin,
         }
@@ -152,7 +170,7 @@ impl TestDb {
 }
 
 impl Drop for TestDb {
-    /// Drops the database and its two roles (best effort, on a thread of its
+    /// Drops the database and its three roles (best effort, on a thread of its
     /// own because the test's runtime may be shutting down). One statement
     /// at a time: several in one simple query form an implicit transaction,
     /// and `DROP DATABASE` refuses to run inside one. `WITH (FORCE)` gives
@@ -164,6 +182,7 @@ impl Drop for TestDb {
             format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
             format!("DROP ROLE IF EXISTS {}", self.owner.user),
             format!("DROP ROLE IF EXISTS {}", self.app.user),
+            format!("DROP ROLE IF EXISTS {}", self.relay.user),
         ];
         let cleanup = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()

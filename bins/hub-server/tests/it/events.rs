@@ -73,6 +73,8 @@ async fn start(
         env.insert("POSTGRES_PORT".into(), db.app.port.to_string());
         env.insert("POSTGRES_DB".into(), db.app.dbname.clone());
         env.insert("POSTGRES_USER".into(), db.app.user.clone());
+        // The stricter set-up: the relay has a login of its own.
+        env.insert("HUB_RELAY_PG_USER".into(), db.relay.user.clone());
     }
     for (k, v) in extra {
         env.insert((*k).to_owned(), v.clone());
@@ -522,7 +524,7 @@ async fn a_relay_stopped_between_publish_and_mark_delivers_again() {
     let store = PgStore::new(&db.app)
         .unwrap()
         .with_outbox(Sinks::NONE.with(Sink::Nats), "replica-a");
-    let outbox: Arc<dyn Outbox> = Arc::new(store.clone());
+    let outbox: Arc<dyn Outbox> = Arc::new(store.relay_outbox(&db.relay).unwrap());
     let registry = Registry::new(
         Arc::new(store.clone()),
         Arc::new(InProcessBus::new()),
@@ -782,7 +784,7 @@ async fn relays_of_several_replicas_publish_each_event_once_in_tenant_order() {
     let store = PgStore::new(&db.app)
         .unwrap()
         .with_outbox(Sinks::NONE.with(Sink::Kafka), "replica-a");
-    let outbox: Arc<dyn Outbox> = Arc::new(store.clone());
+    let outbox: Arc<dyn Outbox> = Arc::new(store.relay_outbox(&db.relay).unwrap());
     let registry = Registry::new(
         Arc::new(store.clone()),
         Arc::new(InProcessBus::new()),
@@ -886,4 +888,121 @@ async fn relays_of_several_replicas_publish_each_event_once_in_tenant_order() {
     for (_, task) in relays {
         task.abort();
     }
+}
+
+/// An outbox row no relay can decode (a payload of the wrong shape, written
+/// behind the server's back or by another version) used to stop the relay
+/// for good: every tenant's events behind it stayed pending. It is set aside
+/// now, once, and the others are delivered in order.
+#[tokio::test]
+async fn an_undecodable_outbox_row_is_set_aside_and_the_others_are_delivered_in_order() {
+    let Some(nats) = testing::nats_client("poison").await else {
+        return;
+    };
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    // The poison row, first in the outbox and owed to NATS, written as the
+    // tables' owner (no request can write such a row).
+    let owner = TestDb::connect(&db.owner).await;
+    owner
+        .batch_execute(
+            "INSERT INTO hub_outbox (tenant_id, revision, event_type, service_name, instance_id, \
+                 occurred_at, payload, registered_at, last_heartbeat) \
+             VALUES ('tenantx', 1, 'service.registered', 'svc', 'i', now(), \
+                 '{\"metadata\":{\"x\":1e400}}', now(), now()); \
+             INSERT INTO hub_outbox_due (sink, id, tenant_id) \
+             SELECT 1, max(id), 'tenantx' FROM hub_outbox",
+        )
+        .await
+        .unwrap();
+    let poison: i64 = owner
+        .query_one("SELECT max(id) FROM hub_outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let prefix = unique("hubt");
+    let stream = unique("HUBT_").to_uppercase();
+    let mut all = nats.subscribe(format!("{prefix}.>")).await.unwrap();
+    nats.flush().await.unwrap();
+    let app = start(
+        Some(&db),
+        &[
+            ("NATS_URL", testing::nats_url()),
+            ("HUB_NATS_SUBJECT_PREFIX", prefix.clone()),
+            ("HUB_NATS_STREAM", stream.clone()),
+        ],
+        None,
+    )
+    .await;
+    let changes = [
+        ("tenant1", "a", 8080),
+        ("tenant2", "b", 8080),
+        ("tenant1", "a", 9090),
+        ("tenant2", "b", 9090),
+    ];
+    for (tenant, service, port) in changes {
+        app.register(tenant, service, "i-1", port).await;
+    }
+    let mut delivered = Vec::new();
+    for (tenant, ..) in changes {
+        let (_, envelope) = next_envelope(&mut all, tenant).await;
+        delivered.push((
+            envelope["tenant_id"].as_str().unwrap().to_owned(),
+            envelope["revision"].as_u64().unwrap(),
+            envelope["data"]["port"].as_u64().unwrap(),
+        ));
+    }
+    assert_eq!(
+        delivered,
+        [
+            ("tenant1".to_owned(), 1, 8080),
+            ("tenant2".to_owned(), 1, 8080),
+            ("tenant1".to_owned(), 2, 9090),
+            ("tenant2".to_owned(), 2, 9090),
+        ],
+        "every other event, in order"
+    );
+    // Visible to operators, kept, and never retried: no failed attempt.
+    let nats_metrics = crate::support::eventually(5, || async {
+        let metrics = app.event_metrics(OPERATOR_KEY).await;
+        let nats = metrics["events"]["sinks"]["nats"].clone();
+        // The counter follows the mark's commit by a moment.
+        (nats["backlog"]["pending"] == 0 && nats["published"] == 4).then_some(nats)
+    })
+    .await;
+    assert_eq!(nats_metrics["undeliverable"], 1, "{nats_metrics}");
+    assert_eq!(nats_metrics["failures"], 0, "{nats_metrics}");
+    let mine = app.event_metrics(BOUND_KEY).await;
+    assert_eq!(
+        mine["events"]["sinks"]["nats"]["undeliverable"], 0,
+        "tenantx's row is not tenant1's: {mine}"
+    );
+    let kept = owner
+        .query_one(
+            "SELECT u.tenant_id::text, u.reason, \
+                    (SELECT count(*) FROM hub_outbox o WHERE o.id = u.id) \
+             FROM hub_outbox_undeliverable u WHERE u.sink = 1 AND u.id = $1",
+            &[&poison],
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept.get::<_, String>(0), "tenantx");
+    let reason: String = kept.get(1);
+    // The real cause, whatever it is (a number serde_json cannot hold, or a
+    // payload without the instance's fields), naming the row.
+    assert!(
+        reason.starts_with(&format!("outbox row {poison}: ")) && !reason.contains("unavailable"),
+        "{reason}"
+    );
+    assert_eq!(kept.get::<_, i64>(2), 1, "the event itself is kept");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), all.next())
+            .await
+            .is_err(),
+        "the poison row is never published"
+    );
+    let _ = async_nats::jetstream::new(nats)
+        .delete_stream(&stream)
+        .await;
 }

@@ -325,10 +325,12 @@ impl PgCluster {
         admin
             .batch_execute(&format!(
                 "CREATE ROLE {role} NOLOGIN;
+                 CREATE ROLE {relay} NOLOGIN;
                  CREATE ROLE hub_owner LOGIN;
                  CREATE ROLE hub_app LOGIN;
                  GRANT {role} TO hub_app;",
-                role = migrate::APP_ROLE
+                role = migrate::APP_ROLE,
+                relay = migrate::RELAY_ROLE
             ))
             .await
             .unwrap();

@@ -81,6 +81,7 @@ pub async fn spawn_app_with(
             env.insert("POSTGRES_PORT".into(), db.app.port.to_string());
             env.insert("POSTGRES_DB".into(), db.app.dbname.clone());
             env.insert("POSTGRES_USER".into(), db.app.user.clone());
+            env.insert("HUB_RELAY_PG_USER".into(), db.relay.user.clone());
             env.insert("HUB_PG_POOL_SIZE".into(), "8".into());
             Some(db)
         }

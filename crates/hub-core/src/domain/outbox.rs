@@ -93,6 +93,38 @@ pub struct OutboxEntry {
     pub event: RegistryEvent,
 }
 
+/// An outbox row the relay read but could not rebuild into an event (a
+/// payload of the wrong shape, a value out of range): it can never be
+/// delivered as it is, so the relay sets it aside instead of retrying it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undecodable {
+    /// The row's sequence number.
+    pub seq: i64,
+    /// The tenant the row names, as stored (for the log).
+    pub tenant: String,
+    /// Why it could not be decoded.
+    pub cause: String,
+}
+
+/// One row the outbox still owes a sink, as the relay reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pending {
+    /// An event to publish.
+    Event(OutboxEntry),
+    /// A row that is not a valid event; it is set aside, never published.
+    Undecodable(Undecodable),
+}
+
+impl Pending {
+    /// The row's sequence number.
+    pub fn seq(&self) -> i64 {
+        match self {
+            Pending::Event(entry) => entry.seq,
+            Pending::Undecodable(row) => row.seq,
+        }
+    }
+}
+
 /// What a sink is still owed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Backlog {
@@ -100,6 +132,9 @@ pub struct Backlog {
     pub pending: u64,
     /// When the oldest of them was written, if any.
     pub oldest: Option<DateTime<Utc>>,
+    /// Events set aside as undeliverable (kept for an operator, never
+    /// published nor pruned).
+    pub undeliverable: u64,
 }
 
 /// How this replica gets events to the buses.

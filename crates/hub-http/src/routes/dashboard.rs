@@ -39,6 +39,10 @@ fn sink_body(status: &SinkStatus, all: bool) -> Value {
             "backlog".into(),
             json!({ "pending": backlog.pending, "oldest_pending_age_seconds": age }),
         );
+        // Events set aside because they could not be decoded: never
+        // delivered, kept for an operator (docs/POSTGRES.md). The tenant's
+        // own, or every tenant's for operators, like the backlog.
+        body.insert("undeliverable".into(), json!(backlog.undeliverable));
     }
     if all {
         body.insert("published".into(), json!(status.published));
@@ -54,8 +58,9 @@ fn sink_body(status: &SinkStatus, all: bool) -> Value {
 }
 
 /// The event section of the dashboard metrics: how events are delivered and,
-/// per configured bus, the outbox backlog (for the request's tenant, or all
-/// tenants for operators) and, for operators, this replica's counters.
+/// per configured bus, the outbox backlog and the events set aside as
+/// undeliverable (for the request's tenant, or all tenants for operators)
+/// and, for operators, this replica's counters.
 async fn metrics(
     req: HttpRequest,
     tenant: Tenant,

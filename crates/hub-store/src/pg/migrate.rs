@@ -16,6 +16,10 @@ mod embedded {
 /// The NOLOGIN group role that holds the application's privileges.
 pub const APP_ROLE: &str = "central_hub_app";
 
+/// The NOLOGIN group role of the outbox relay (migration V3): it alone may
+/// read every tenant's events, mark them, set them aside and prune them.
+pub const RELAY_ROLE: &str = "central_hub_relay";
+
 /// An arbitrary constant: the advisory lock that keeps two processes from
 /// migrating the same database at once.
 const MIGRATION_LOCK: i64 = 0x00C3_7A11_4B1D;
@@ -30,8 +34,9 @@ pub struct RoleCheck {
     /// So do roles with BYPASSRLS.
     pub bypass_rls: bool,
     /// Whether the schema is migrated to this version. Checked on
-    /// `hub_outbox`, the newest table (V2): a database that stopped at V1,
-    /// or the original single-tenant schema (which also has a
+    /// `hub_outbox_undeliverable`, the newest table (V3): a database that
+    /// stopped at V1 or V2 (whose outbox functions any application session
+    /// could misuse), or the original single-tenant schema (which also has a
     /// `service_registry`), is not ready.
     pub schema_ready: bool,
 }
@@ -226,6 +231,31 @@ pub async fn grant_app_role(
     login: &str,
     password: Option<&str>,
 ) -> Result<(), RegistryError> {
+    grant_role(config, login, password, APP_ROLE).await
+}
+
+/// Makes `login` a member of [`RELAY_ROLE`], creating it as a LOGIN role
+/// first if it does not exist (like [`grant_app_role`]).
+pub async fn grant_relay_role(
+    config: &PgConfig,
+    login: &str,
+    password: Option<&str>,
+) -> Result<(), RegistryError> {
+    grant_role(config, login, password, RELAY_ROLE).await
+}
+
+/// Ends `login`'s membership of [`RELAY_ROLE`] (the stricter set-up, where
+/// the relay has a login of its own and the server's may not read events).
+pub async fn revoke_relay_role(config: &PgConfig, login: &str) -> Result<(), RegistryError> {
+    check_login_name(login)?;
+    let client = connect(config).await?;
+    client
+        .batch_execute(&format!("REVOKE {RELAY_ROLE} FROM \"{login}\""))
+        .await
+        .map_err(from_pg)
+}
+
+fn check_login_name(login: &str) -> Result<(), RegistryError> {
     if login.is_empty()
         || !login
             .chars()
@@ -236,6 +266,16 @@ pub async fn grant_app_role(
             "must be letters, digits, '_' or '-'",
         )));
     }
+    Ok(())
+}
+
+async fn grant_role(
+    config: &PgConfig,
+    login: &str,
+    password: Option<&str>,
+    role: &str,
+) -> Result<(), RegistryError> {
+    check_login_name(login)?;
     let client = connect(config).await?;
     let exists = client
         .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&login])
@@ -252,7 +292,7 @@ pub async fn grant_app_role(
         client.batch_execute(&sql).await.map_err(from_pg)?;
     }
     client
-        .batch_execute(&format!("GRANT {APP_ROLE} TO \"{login}\""))
+        .batch_execute(&format!("GRANT {role} TO \"{login}\""))
         .await
         .map_err(from_pg)
 }
@@ -263,7 +303,7 @@ pub async fn role_check(config: &PgConfig) -> Result<RoleCheck, RegistryError> {
     let row = client
         .query_one(
             "SELECT current_user::text, rolsuper, rolbypassrls, \
-                    to_regclass('hub_outbox') IS NOT NULL \
+                    to_regclass('public.hub_outbox_undeliverable') IS NOT NULL \
              FROM pg_roles WHERE rolname = current_user",
             &[],
         )
@@ -275,4 +315,22 @@ pub async fn role_check(config: &PgConfig) -> Result<RoleCheck, RegistryError> {
         bypass_rls: row.try_get(2).map_err(from_pg)?,
         schema_ready: row.try_get(3).map_err(from_pg)?,
     })
+}
+
+/// Whether the connected login may run the relay's functions (a member of
+/// [`RELAY_ROLE`], or the tables' owner). `false` as well when the schema
+/// has no such function yet.
+pub async fn relay_check(config: &PgConfig) -> Result<bool, RegistryError> {
+    let client = connect(config).await?;
+    let row = client
+        .query_one(
+            "SELECT coalesce(has_function_privilege(\
+                 to_regprocedure('public.hub_outbox_pending(smallint, integer)'), 'EXECUTE'), false) \
+             AND coalesce(has_function_privilege(\
+                 to_regprocedure('public.hub_outbox_set_aside(smallint, bigint, text)'), 'EXECUTE'), false)",
+            &[],
+        )
+        .await
+        .map_err(from_pg)?;
+    row.try_get(0).map_err(from_pg)
 }

@@ -14,4 +14,5 @@ mod store;
 
 pub use config::PgConfig;
 pub use migrate::RoleCheck;
+pub use outbox::PgOutbox;
 pub use store::PgStore;

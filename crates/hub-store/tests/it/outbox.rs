@@ -8,18 +8,19 @@ use hub_core::domain::envelope;
 use hub_core::memory::{InProcessBus, ManualClock};
 use hub_core::ports::{Outbox, OutboxSession};
 use hub_core::{
-    ChangeContext, EventKind, HealthStatus, Heartbeat, InstanceId, Registry, RegistryEvent,
-    ServiceName, Sink, Sinks,
+    ChangeContext, EventKind, HealthStatus, Heartbeat, InstanceId, OutboxEntry, Pending, Registry,
+    RegistryEvent, ServiceName, Sink, Sinks,
 };
-use hub_store::PgStore;
 use hub_store::testing::TestDb;
+use hub_store::{PgOutbox, PgStore};
 use tokio::sync::broadcast::Receiver;
 
 use crate::support::{registration, tenant};
 
 struct OutboxWorld {
     db: TestDb,
-    store: PgStore,
+    /// The outbox as the relay sees it: the relay's own login.
+    outbox: PgOutbox,
     registry: Registry,
     clock: Arc<ManualClock>,
     bus: Receiver<RegistryEvent>,
@@ -33,10 +34,11 @@ async fn outbox_world(sinks: Sinks) -> Option<OutboxWorld> {
     let clock = Arc::new(ManualClock::default());
     let bus = InProcessBus::new();
     let rx = bus.subscribe();
-    let registry = Registry::new(Arc::new(store.clone()), Arc::new(bus), clock.clone());
+    let outbox = store.relay_outbox(&db.relay).unwrap();
+    let registry = Registry::new(Arc::new(store), Arc::new(bus), clock.clone());
     Some(OutboxWorld {
         db,
-        store,
+        outbox,
         registry,
         clock,
         bus: rx,
@@ -47,10 +49,24 @@ fn both() -> Sinks {
     Sinks::NONE.with(Sink::Nats).with(Sink::Kafka)
 }
 
-async fn leader(store: &PgStore, sink: Sink) -> Box<dyn OutboxSession> {
-    let mut session = store.open(sink).await.unwrap();
+async fn leader(outbox: &PgOutbox, sink: Sink) -> Box<dyn OutboxSession> {
+    let mut session = outbox.open(sink).await.unwrap();
     assert!(session.lead().await.unwrap(), "no other relay runs here");
     session
+}
+
+/// The pending events, every row decoded.
+async fn events(session: &mut dyn OutboxSession, max: u32) -> Vec<OutboxEntry> {
+    session
+        .pending(max)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| match p {
+            Pending::Event(entry) => entry,
+            Pending::Undecodable(row) => panic!("undecodable outbox row: {row:?}"),
+        })
+        .collect()
 }
 
 async fn owner_count(db: &TestDb, sql: &str) -> i64 {
@@ -122,8 +138,8 @@ async fn every_change_writes_its_event_in_commit_order() {
     while let Ok(event) = w.bus.try_recv() {
         local.push(event);
     }
-    let mut nats = leader(&w.store, Sink::Nats).await;
-    let pending = nats.pending(100).await.unwrap();
+    let mut nats = leader(&w.outbox, Sink::Nats).await;
+    let pending = events(nats.as_mut(), 100).await;
     assert_eq!(pending.len(), local.len(), "one outbox row per event");
     let seqs: Vec<i64> = pending.iter().map(|e| e.seq).collect();
     assert!(seqs.windows(2).all(|p| p[0] < p[1]), "{seqs:?}");
@@ -217,11 +233,11 @@ async fn marks_are_per_sink_and_pruning_keeps_what_is_owed() {
         .register(&t2, registration("svc", "x"), &ctx)
         .await
         .unwrap();
-    let backlog = w.store.backlog(Sink::Kafka, None).await.unwrap();
+    let backlog = w.outbox.backlog(Sink::Kafka, None).await.unwrap();
     assert_eq!(backlog.pending, 6);
     assert!(backlog.oldest.unwrap() <= Utc::now());
     assert_eq!(
-        w.store
+        w.outbox
             .backlog(Sink::Kafka, Some(&t2))
             .await
             .unwrap()
@@ -229,36 +245,36 @@ async fn marks_are_per_sink_and_pruning_keeps_what_is_owed() {
         1
     );
 
-    let mut nats = leader(&w.store, Sink::Nats).await;
-    let first = nats.pending(4).await.unwrap();
+    let mut nats = leader(&w.outbox, Sink::Nats).await;
+    let first = events(nats.as_mut(), 4).await;
     assert_eq!(first.len(), 4);
     nats.mark(&first.iter().map(|e| e.seq).collect::<Vec<_>>())
         .await
         .unwrap();
-    let rest = nats.pending(100).await.unwrap();
+    let rest = events(nats.as_mut(), 100).await;
     assert_eq!(rest.len(), 2);
     assert!(rest[0].seq > first[3].seq);
-    assert_eq!(w.store.backlog(Sink::Nats, None).await.unwrap().pending, 2);
+    assert_eq!(w.outbox.backlog(Sink::Nats, None).await.unwrap().pending, 2);
     // Kafka still owes all six: one sink's progress is not the other's.
-    let mut kafka = leader(&w.store, Sink::Kafka).await;
-    assert_eq!(kafka.pending(100).await.unwrap().len(), 6);
+    let mut kafka = leader(&w.outbox, Sink::Kafka).await;
+    assert_eq!(events(kafka.as_mut(), 100).await.len(), 6);
 
     // Nothing is fully delivered yet: pruning removes nothing, however late.
     let future = Utc::now() + Duration::days(1);
-    assert_eq!(w.store.prune(future, 1000).await.unwrap(), 0);
+    assert_eq!(w.outbox.prune(future, 1000).await.unwrap(), 0);
     kafka
         .mark(&first.iter().map(|e| e.seq).collect::<Vec<_>>())
         .await
         .unwrap();
     // Delivered to both, but within the retention: kept.
     assert_eq!(
-        w.store
+        w.outbox
             .prune(Utc::now() - Duration::hours(1), 1000)
             .await
             .unwrap(),
         0
     );
-    assert_eq!(w.store.prune(future, 1000).await.unwrap(), 4);
+    assert_eq!(w.outbox.prune(future, 1000).await.unwrap(), 4);
     assert_eq!(
         owner_count(&w.db, "SELECT count(*) FROM hub_outbox").await,
         2
@@ -272,13 +288,13 @@ async fn one_session_leads_per_sink_until_it_is_dropped() {
     let Some(w) = outbox_world(both()).await else {
         return;
     };
-    let mut first = w.store.open(Sink::Nats).await.unwrap();
-    let mut second = w.store.open(Sink::Nats).await.unwrap();
+    let mut first = w.outbox.open(Sink::Nats).await.unwrap();
+    let mut second = w.outbox.open(Sink::Nats).await.unwrap();
     assert!(first.lead().await.unwrap());
     assert!(!second.lead().await.unwrap());
     assert!(second.pending(10).await.is_err(), "a follower may not read");
     // The other sink has its own leader.
-    let mut kafka = w.store.open(Sink::Kafka).await.unwrap();
+    let mut kafka = w.outbox.open(Sink::Kafka).await.unwrap();
     assert!(kafka.lead().await.unwrap());
     drop(first);
     let deadline = tokio::time::Instant::now() + StdDuration::from_secs(5);
@@ -370,13 +386,99 @@ async fn the_application_role_can_only_insert_its_own_tenants_rows() {
         .await,
         "1"
     );
-    // The functions are the only way in, and they refuse unknown sinks.
-    let error = app
+    // The functions are the only way in (the relay's: see rls.rs for the
+    // application role), and they refuse unknown sinks.
+    let relay = TestDb::connect(&w.db.relay).await;
+    let error = relay
         .query("SELECT * FROM hub_outbox_pending(4::smallint, 1)", &[])
         .await
         .unwrap_err();
     assert!(
         format!("{error:?}").contains("unknown outbox sink"),
         "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_undecodable_row_comes_back_in_its_place_and_stays_set_aside() {
+    let Some(w) = outbox_world(Sinks::NONE.with(Sink::Nats)).await else {
+        return;
+    };
+    let ctx = ChangeContext::new(None, None);
+    w.registry
+        .register(&tenant("tenant1"), registration("svc", "a"), &ctx)
+        .await
+        .unwrap();
+    // Written as the owner, past every check a request goes through: a
+    // payload that is not an instance, and a number serde_json cannot hold.
+    let owner = TestDb::connect(&w.db.owner).await;
+    for payload in [r#"["not", "an", "object"]"#, r#"{"metadata":{"x":1e400}}"#] {
+        owner
+            .execute(
+                "WITH e AS (INSERT INTO hub_outbox (tenant_id, revision, event_type, service_name, \
+                     instance_id, occurred_at, payload, registered_at, last_heartbeat) \
+                     VALUES ('tenantx', 1, 'service.registered', 'svc', 'i', now(), $1::text::jsonb, \
+                             now(), now()) RETURNING id) \
+                 INSERT INTO hub_outbox_due (sink, id, tenant_id) SELECT 1, id, 'tenantx' FROM e",
+                &[&payload],
+            )
+            .await
+            .unwrap();
+    }
+    w.registry
+        .register(&tenant("tenant2"), registration("svc", "b"), &ctx)
+        .await
+        .unwrap();
+    let mut nats = leader(&w.outbox, Sink::Nats).await;
+    let pending = nats.pending(100).await.unwrap();
+    let shape: Vec<&str> = pending
+        .iter()
+        .map(|p| match p {
+            Pending::Event(e) => e.event.tenant_id().as_str(),
+            Pending::Undecodable(row) => {
+                assert_eq!(row.tenant, "tenantx");
+                assert!(
+                    !row.cause.is_empty() && !row.cause.contains("unavailable"),
+                    "{row:?}"
+                );
+                "undecodable"
+            }
+        })
+        .collect();
+    assert_eq!(shape, ["tenant1", "undecodable", "undecodable", "tenant2"]);
+    let seqs: Vec<i64> = pending.iter().map(Pending::seq).collect();
+    for (seq, item) in seqs.iter().zip(&pending) {
+        if let Pending::Undecodable(row) = item {
+            assert!(nats.set_aside(*seq, &row.cause).await.unwrap());
+            assert!(!nats.set_aside(*seq, &row.cause).await.unwrap(), "once");
+        }
+    }
+    nats.mark(&[seqs[0], seqs[3]]).await.unwrap();
+    assert!(
+        nats.pending(100).await.unwrap().is_empty(),
+        "nothing retried"
+    );
+    let backlog = w.outbox.backlog(Sink::Nats, None).await.unwrap();
+    assert_eq!((backlog.pending, backlog.undeliverable), (0, 2));
+    let tenant1 = w
+        .outbox
+        .backlog(Sink::Nats, Some(&tenant("tenant1")))
+        .await
+        .unwrap();
+    assert_eq!(
+        tenant1.undeliverable, 0,
+        "another tenant's rows are not counted"
+    );
+    // Delivered events are pruned; the set-aside ones are kept for an operator.
+    let future = Utc::now() + Duration::days(1);
+    assert_eq!(w.outbox.prune(future, 1000).await.unwrap(), 2);
+    assert_eq!(
+        owner_count(
+            &w.db,
+            "SELECT count(*) FROM hub_outbox o JOIN hub_outbox_undeliverable u USING (id) \
+             WHERE u.reason <> ''"
+        )
+        .await,
+        2
     );
 }

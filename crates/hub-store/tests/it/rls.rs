@@ -1,4 +1,4 @@
-//! SQL-level proof of row-level security on every tenant table, as the application role and as the table owner.
+//! SQL-level proof of row-level security on every tenant table, as the application role and as the table owner, and of who may run the outbox functions.
 
 use hub_store::testing::TestDb;
 use tokio_postgres::Client;
@@ -255,4 +255,234 @@ async fn the_app_role_cannot_switch_security_off() {
         (row.get(0), row.get(1))
     };
     assert_eq!(role, (false, false), "tests connect as a plain role");
+}
+
+/// Writes `n` events of `tenant` owed to both buses (two days old), as the
+/// application writes them: acting as the tenant, through its INSERT grant.
+async fn owed_events(app: &Client, tenant: &'static str, n: i64) {
+    begin(app, Acting::As(tenant)).await;
+    app.execute(
+        "WITH e AS (SELECT nextval('hub_outbox_id_seq') AS id FROM generate_series(1, $2::bigint)), \
+              o AS (INSERT INTO hub_outbox (id, tenant_id, revision, event_type, service_name, \
+                        instance_id, occurred_at, payload, registered_at, last_heartbeat, created_at) \
+                    SELECT id, $1, 1, 'service.registered', 's', 'i', now(), '{}', now(), now(), \
+                           now() - interval '2 days' FROM e) \
+         INSERT INTO hub_outbox_due (sink, id, tenant_id) \
+         SELECT v.sink, e.id, $1 FROM e, (VALUES (1::smallint), (2::smallint)) v (sink)",
+        &[&tenant, &n],
+    )
+    .await
+    .unwrap();
+    app.batch_execute("COMMIT").await.unwrap();
+}
+
+/// Every event in the outbox, as the owner counts them.
+async fn events_kept(owner: &Client) -> i64 {
+    owner
+        .query_one("SELECT count(*) FROM hub_outbox", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn denied(result: Result<(), tokio_postgres::Error>, what: &str) {
+    match result {
+        Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {}
+        other => panic!("{what}: expected 42501, got {other:?}"),
+    }
+}
+
+const PENDING: &str = "SELECT * FROM hub_outbox_pending(1::smallint, 100)";
+const MARK: &str = "SELECT hub_outbox_mark(1::smallint, ARRAY[1, 2]::bigint[])";
+const PRUNE: &str = "SELECT hub_outbox_prune(now() + interval '1 day', 1000)";
+const SET_ASIDE: &str = "SELECT hub_outbox_set_aside(1::smallint, 1, 'x')";
+
+#[tokio::test]
+async fn only_the_relay_role_may_read_mark_set_aside_or_prune_events() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let app = TestDb::connect(&db.app).await;
+    let relay = TestDb::connect(&db.relay).await;
+    let owner = TestDb::connect(&db.owner).await;
+    owed_events(&app, "tenant-a", 3).await;
+    owed_events(&app, "tenant-b", 3).await;
+
+    // The request path can neither read nor drop any tenant's events, not
+    // even while acting as that tenant.
+    for acting in ["", "tenant-a"] {
+        for sql in [PENDING, MARK, PRUNE, SET_ASIDE] {
+            let result = app
+                .batch_execute(&format!(
+                    "BEGIN; SELECT set_config('app.tenant_id', '{acting}', true); {sql}; COMMIT"
+                ))
+                .await;
+            denied(result, &format!("app acting as {acting:?}: {sql}"));
+            app.batch_execute("ROLLBACK").await.unwrap();
+        }
+    }
+    // It keeps the backlog counts of the dashboards.
+    let counts = app
+        .query_one(
+            "SELECT backlog, undeliverable FROM hub_outbox_backlog(1::smallint, false)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((counts.get::<_, i64>(0), counts.get::<_, i64>(1)), (6, 0));
+    // Neither role reaches the tables themselves.
+    for (who, client) in [("app", &app), ("relay", &relay)] {
+        for sql in [
+            "SELECT count(*) FROM hub_outbox",
+            "SELECT count(*) FROM hub_outbox_due",
+            "SELECT count(*) FROM hub_outbox_undeliverable",
+            "DELETE FROM hub_outbox",
+            "INSERT INTO hub_outbox_undeliverable (sink, id, tenant_id, reason) VALUES (1, 1, 'x', 'x')",
+        ] {
+            denied(client.batch_execute(sql).await, &format!("{who}: {sql}"));
+        }
+    }
+
+    // The relay role does its job: read, mark, set aside, prune.
+    let ids: Vec<i64> = relay
+        .query("SELECT id FROM hub_outbox_pending(1::smallint, 100)", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids.len(), 6);
+    let marked: i64 = relay
+        .query_one("SELECT hub_outbox_mark(1::smallint, $1)", &[&&ids[..2]])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(marked, 2);
+    let set_aside: bool = relay
+        .query_one(
+            "SELECT hub_outbox_set_aside(1::smallint, $1, 'cannot be decoded')",
+            &[&ids[2]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(set_aside);
+    let pruned: i64 = relay.query_one(PRUNE, &[]).await.unwrap().get(0);
+    assert_eq!(pruned, 0, "Kafka is still owed every event");
+    let counts = app
+        .query_one(
+            "SELECT backlog, undeliverable FROM hub_outbox_backlog(1::smallint, false)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((counts.get::<_, i64>(0), counts.get::<_, i64>(1)), (3, 1));
+    assert_eq!(events_kept(&owner).await, 6);
+}
+
+#[tokio::test]
+async fn a_temporary_table_cannot_make_prune_delete_owed_events() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let app = TestDb::connect(&db.app).await;
+    owed_events(&app, "tenant-a", 6).await;
+    owed_events(&app, "tenant-b", 5).await;
+    let owner = TestDb::connect(&db.owner).await;
+    for (who, login) in [("app", &db.app), ("relay", &db.relay)] {
+        // A session of its own: the temporary tables live as long as it.
+        let client = TestDb::connect(login).await;
+        client
+            .batch_execute(
+                // Empty look-alikes, readable by the functions' owner: under
+                // V2, prune read these and deleted every event (seen).
+                "CREATE TEMP TABLE hub_outbox_due (sink SMALLINT, id BIGINT, tenant_id VARCHAR); \
+                 CREATE TEMP TABLE hub_outbox_undeliverable (sink SMALLINT, id BIGINT); \
+                 GRANT SELECT ON hub_outbox_due, hub_outbox_undeliverable TO PUBLIC; \
+                 SET search_path = pg_temp, public",
+            )
+            .await
+            .unwrap();
+        let result = client.query_one(PRUNE, &[]).await;
+        match who {
+            "app" => denied(result.map(|_| ()), "app: prune"),
+            _ => assert_eq!(result.unwrap().get::<_, i64>(0), 0, "{who}: nothing pruned"),
+        }
+        assert_eq!(
+            events_kept(&owner).await,
+            11,
+            "{who}: every owed event kept"
+        );
+    }
+}
+
+#[tokio::test]
+async fn no_caller_can_delete_an_event_still_owed_or_set_aside() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let app = TestDb::connect(&db.app).await;
+    let relay = TestDb::connect(&db.relay).await;
+    let owner = TestDb::connect(&db.owner).await;
+    owed_events(&app, "tenant-a", 4).await;
+    let ids: Vec<i64> = relay
+        .query("SELECT id FROM hub_outbox_pending(1::smallint, 100)", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // Event 0 delivered to both buses, event 1 delivered to Kafka and set
+    // aside for NATS, events 2 and 3 still owed.
+    for sink in [1i16, 2] {
+        relay
+            .execute("SELECT hub_outbox_mark($1, $2)", &[&sink, &&ids[..1]])
+            .await
+            .unwrap();
+    }
+    relay
+        .execute("SELECT hub_outbox_mark(2::smallint, $1)", &[&&ids[1..2]])
+        .await
+        .unwrap();
+    relay
+        .execute(
+            "SELECT hub_outbox_set_aside(1::smallint, $1, 'cannot be decoded')",
+            &[&ids[1]],
+        )
+        .await
+        .unwrap();
+    // Even the tables' owner, past every function, is refused by
+    // PostgreSQL itself.
+    for id in &ids[1..] {
+        let error = owner
+            .execute("DELETE FROM hub_outbox WHERE id = $1", &[id])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.code(),
+            Some(&SqlState::FOREIGN_KEY_VIOLATION),
+            "owner deleting event {id}: {error}"
+        );
+    }
+    let error = owner
+        .batch_execute("DELETE FROM hub_outbox")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.code(),
+        Some(&SqlState::FOREIGN_KEY_VIOLATION),
+        "{error}"
+    );
+    assert_eq!(events_kept(&owner).await, 4);
+    // Pruning removes exactly the event nobody is owed.
+    let pruned: i64 = relay.query_one(PRUNE, &[]).await.unwrap().get(0);
+    assert_eq!(pruned, 1);
+    let left: Vec<i64> = owner
+        .query("SELECT id FROM hub_outbox ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, ids[1..], "the set-aside and the owed events are kept");
 }
