@@ -37,6 +37,9 @@ fn is_unavailable(error: &tokio_postgres::Error) -> bool {
     if error.is_closed() {
         return true;
     }
+    if is_conversion(error) {
+        return false;
+    }
     match error.code() {
         None => true, // No SQLSTATE: an I/O or protocol failure of the connection.
         Some(code) => {
@@ -46,6 +49,29 @@ fn is_unavailable(error: &tokio_postgres::Error) -> bool {
                 || class == "53" // insufficient resources (too many connections, disk full)
         }
     }
+}
+
+/// Whether the error is a conversion on this side of the connection: a
+/// stored value that cannot be read into its Rust type (a row written behind
+/// the API's back, say), a parameter that cannot be sent, or a result of the
+/// wrong shape. Such errors carry no SQLSTATE either, but the database is
+/// fine: reporting them as "store unavailable" sent operators looking at a
+/// healthy PostgreSQL. tokio-postgres exposes no error kind, so they are told
+/// apart by their (stable) messages.
+pub(crate) fn is_conversion(error: &tokio_postgres::Error) -> bool {
+    if error.code().is_some() {
+        return false;
+    }
+    let text = error.to_string();
+    [
+        "error deserializing column",
+        "error serializing parameter",
+        "invalid column",
+        "query returned an unexpected number of",
+        "expected ",
+    ]
+    .iter()
+    .any(|prefix| text.starts_with(prefix))
 }
 
 /// An error of a scoped transaction as the registry reports it.
@@ -86,4 +112,17 @@ pub(crate) fn from_pool(error: PoolError) -> RegistryError {
             source: Box::new(other),
         },
     }
+}
+
+/// An error and its causes on one line, for logs: the outer message alone
+/// ("unexpected error") says nothing an operator can act on.
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
