@@ -401,6 +401,58 @@ mod tests {
         }
     }
 
+    fn instance(id: &str, metadata_bytes: usize) -> Instance {
+        let registration = crate::Registration::try_from(crate::RegistrationInput {
+            service_name: "svc".into(),
+            instance_id: Some(id.into()),
+            host: "10.0.0.1".into(),
+            port: 80,
+            metadata: Some(serde_json::json!({ "k": "x".repeat(metadata_bytes) })),
+            ..Default::default()
+        })
+        .unwrap();
+        Instance::registered(
+            crate::TenantId::parse("t").unwrap(),
+            registration,
+            chrono::DateTime::UNIX_EPOCH,
+            None,
+            crate::Revision::new(1),
+        )
+    }
+
+    #[test]
+    fn pages_stop_at_the_limit_or_the_byte_budget() {
+        let query = ListQuery::new(None, vec![], None, Some(3), None).unwrap();
+        // The limit.
+        let mut page = PageBuilder::new(&query);
+        for id in ["a", "b", "c"] {
+            assert!(page.offer(instance(id, 10)));
+        }
+        assert!(!page.offer(instance("d", 10)));
+        let (taken, next) = page.finish();
+        assert_eq!(taken.len(), 3);
+        assert_eq!(next.unwrap().instance_id().as_str(), "c");
+        // The budget: two instances fit, the third does not.
+        let size = listed_size(&instance("a", 1000));
+        assert!(size > 1000);
+        let mut page = PageBuilder::with_budget(&query, 2 * size + size / 2);
+        assert!(page.offer(instance("a", 1000)));
+        assert!(page.offer(instance("b", 1000)));
+        assert!(!page.offer(instance("c", 1000)));
+        assert!(page.is_full());
+        let (taken, next) = page.finish();
+        assert_eq!(taken.len(), 2);
+        assert_eq!(next.unwrap().instance_id().as_str(), "b");
+        // One instance larger than the budget still makes a page.
+        let mut page = PageBuilder::with_budget(&query, 10);
+        assert!(page.offer(instance("a", 1000)));
+        assert!(!page.offer(instance("b", 1)));
+        // All matches taken: no cursor.
+        let mut page = PageBuilder::new(&query);
+        assert!(page.offer(instance("a", 1)));
+        assert_eq!(page.finish().1, None);
+    }
+
     #[test]
     fn metric_ranges() {
         assert!(HeartbeatMetrics::new(Some(12.5), Some(99.0), Some(1e9), Some(0.01)).is_ok());

@@ -126,3 +126,51 @@ pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::testing::TestDb;
+
+    /// A stored value that cannot be read is no outage: before, it was
+    /// reported as "store unavailable" (503), sending operators to a healthy
+    /// database.
+    #[tokio::test]
+    async fn a_value_that_cannot_be_read_is_not_store_unavailable() {
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let client = TestDb::connect(&db.app).await;
+        let row = client
+            .query_one(r#"SELECT '{"x": 1e400}'::jsonb"#, &[])
+            .await
+            .unwrap();
+        let error = row.try_get::<_, serde_json::Value>(0).unwrap_err();
+        assert!(is_conversion(&error));
+        let reported = from_pg(error);
+        assert!(
+            matches!(reported, RegistryError::Unexpected(_)),
+            "{reported:?}"
+        );
+        assert!(chain(&reported).contains("error deserializing column 0"));
+        // A closed connection still is.
+        drop(client);
+        let gone = TestDb::connect(&db.app).await;
+        let pid: i32 = gone
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let killer = db.admin().await;
+        let _ = killer
+            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .await;
+        let after = gone.simple_query("SELECT 1").await.unwrap_err();
+        assert!(matches!(
+            from_pg(after),
+            RegistryError::Unavailable { .. }
+        ));
+    }
+}
