@@ -175,9 +175,7 @@ impl TestDb {
         )
         .await
         .unwrap_or_else(|e| panic!("inserting an unreadable instance: {e}"));
-        tx.commit()
-            .await
-            .unwrap_or_else(|e| panic!("commit: {e}"));
+        tx.commit().await.unwrap_or_else(|e| panic!("commit: {e}"));
     }
 
     /// A raw connection as `config`'s role, for SQL-level tests.

@@ -82,13 +82,17 @@ async fn an_unreadable_row_is_left_out_refused_by_heartbeats_and_deletable() {
     let db = app.db.as_ref().unwrap();
     app.register_ok("tenant1", "poison", "good").await;
     let lease = chrono::Utc::now() + Duration::seconds(600);
-    db.insert_unreadable("tenant1", "poison", "bad", lease).await;
+    db.insert_unreadable("tenant1", "poison", "bad", lease)
+        .await;
 
     // Lists and lookups answer, leaving the row out and saying so.
     let r = app.list("tenant1", "").await;
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
-    assert_eq!((body["count"].clone(), body["skipped"].clone()), (json!(1), json!(1)));
+    assert_eq!(
+        (body["count"].clone(), body["skipped"].clone()),
+        (json!(1), json!(1))
+    );
     let (instances, skipped) = lookup(&app, "tenant1", "poison").await;
     assert_eq!((instances.len(), skipped), (1, 1));
     // Nothing is said where nothing was left out.
@@ -114,7 +118,8 @@ async fn an_unreadable_row_is_left_out_refused_by_heartbeats_and_deletable() {
         .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<Value>().await.unwrap()["deregistered"], 1);
-    db.insert_unreadable("tenant1", "poison", "bad", lease).await;
+    db.insert_unreadable("tenant1", "poison", "bad", lease)
+        .await;
     let r = app.deregister("tenant1", "poison", "").await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<Value>().await.unwrap()["deregistered"], 2);

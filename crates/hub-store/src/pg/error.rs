@@ -168,9 +168,6 @@ mod tests {
             .execute("SELECT pg_terminate_backend($1)", &[&pid])
             .await;
         let after = gone.simple_query("SELECT 1").await.unwrap_err();
-        assert!(matches!(
-            from_pg(after),
-            RegistryError::Unavailable { .. }
-        ));
+        assert!(matches!(from_pg(after), RegistryError::Unavailable { .. }));
     }
 }

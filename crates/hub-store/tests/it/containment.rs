@@ -63,7 +63,10 @@ async fn the_reaper_expires_other_tenants_past_an_unreadable_row() {
     let a_now = w.registry.get(&a, &svc).await.unwrap();
     assert_eq!(a_now.instances.len(), 1);
     assert_eq!(a_now.instances[0].status(), HealthStatus::Critical);
-    assert_eq!(a_now.skipped, 1, "the unreadable row is left out, and said so");
+    assert_eq!(
+        a_now.skipped, 1,
+        "the unreadable row is left out, and said so"
+    );
 
     // 3 x ttl later every one of them is removed, the unreadable one with
     // an audit row of its stored values.
@@ -124,7 +127,10 @@ async fn a_tenant_whose_pass_fails_is_skipped_and_the_others_expire() {
 
     w.clock.advance(Duration::seconds(11));
     let report = registry.expire_leases().await.unwrap();
-    assert_eq!(report.expired, 1, "tenant bbb's instance, past the failed tenant");
+    assert_eq!(
+        report.expired, 1,
+        "tenant bbb's instance, past the failed tenant"
+    );
     let svc = ServiceName::parse("svc").unwrap();
     assert_eq!(
         registry.get(&b, &svc).await.unwrap().instances[0].status(),
@@ -188,7 +194,10 @@ async fn unreadable_rows_are_left_out_of_reads_refused_by_heartbeats_and_deletab
         .await
         .unwrap();
     assert_eq!(removed, 1);
-    assert_eq!(w.registry.deregister(&t, &svc, None, &ctx).await.unwrap(), 3);
+    assert_eq!(
+        w.registry.deregister(&t, &svc, None, &ctx).await.unwrap(),
+        3
+    );
     assert!(matches!(
         w.registry.get(&t, &svc).await,
         Err(RegistryError::NotFound(_))
@@ -201,7 +210,12 @@ async fn unreadable_rows_are_left_out_of_reads_refused_by_heartbeats_and_deletab
         .collect();
     assert_eq!(
         removals,
-        [("poison", true), ("a", false), ("poison2", true), ("z", false)]
+        [
+            ("poison", true),
+            ("a", false),
+            ("poison2", true),
+            ("z", false)
+        ]
     );
 }
 
