@@ -111,6 +111,10 @@ pub struct PostgresSettings {
     /// memory (changes made through this replica show at once; through
     /// another, within this time). 0 turns the cache off.
     pub lookup_cache_ms: u64,
+    /// `HUB_METRICS_RETENTION_DAYS`: days of heartbeat metrics
+    /// (`health_metrics`) kept; older rows are pruned in batches (7). 0
+    /// keeps them forever.
+    pub metrics_retention_days: u32,
 }
 
 /// HTTP listener settings.
@@ -180,6 +184,10 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("HUB_EMBEDDED_EVENT_QUEUE", "events.embedded_event_queue"),
     ("HUB_WORKERS", "server.workers"),
     ("HUB_LOOKUP_CACHE_MS", "postgres.lookup_cache_ms"),
+    (
+        "HUB_METRICS_RETENTION_DAYS",
+        "postgres.metrics_retention_days",
+    ),
     ("POSTGRES_HOST", "postgres.host"),
     ("POSTGRES_PORT", "postgres.port"),
     ("POSTGRES_DB", "postgres.db"),
@@ -245,6 +253,7 @@ impl Settings {
             .set_default("postgres.allow_rls_bypass", false)?
             .set_default("postgres.startup_timeout_secs", 60)?
             .set_default("postgres.lookup_cache_ms", 500)?
+            .set_default("postgres.metrics_retention_days", 7)?
             .set_default("events.nats_subject_prefix", "hub")?
             .set_default("events.nats_stream", "HUB_REGISTRY")?
             .set_default("events.nats_stream_max_age_secs", 7 * 24 * 60 * 60)?
@@ -441,6 +450,10 @@ mod tests {
             Some("relay-secret")
         );
         assert!(!format!("{s:?}").contains("relay-secret"));
+        assert_eq!(s.postgres.metrics_retention_days, 7);
+        let s = Settings::load(&env(&[("HUB_METRICS_RETENTION_DAYS", "30")])).unwrap();
+        assert_eq!(s.postgres.metrics_retention_days, 30);
+        assert!(Settings::load(&env(&[("HUB_METRICS_RETENTION_DAYS", "-1")])).is_err());
     }
 
     #[test]

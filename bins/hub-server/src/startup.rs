@@ -131,6 +131,8 @@ struct Stores {
     registry: Arc<dyn RegistryStore>,
     outbox: Option<Arc<dyn Outbox>>,
     cache: Option<Arc<CachedStore>>,
+    /// The PostgreSQL store itself, for its maintenance (metrics pruning).
+    pg: Option<Arc<PgStore>>,
 }
 
 /// The registry store: PostgreSQL when `POSTGRES_HOST` is set, memory
@@ -152,6 +154,7 @@ async fn build_store(
             registry: Arc::new(MemoryStore::new()),
             outbox: None,
             cache: None,
+            pg: None,
         });
     };
     let config = pg_config(host, settings);
@@ -227,13 +230,14 @@ async fn build_store(
     };
     if settings.lookup_cache_ms == 0 {
         return Ok(Stores {
-            registry: pg,
+            registry: pg.clone(),
             outbox,
             cache: None,
+            pg: Some(pg),
         });
     }
     let cache = Arc::new(CachedStore::new(
-        pg,
+        pg.clone(),
         clock.clone(),
         chrono::Duration::milliseconds(i64::try_from(settings.lookup_cache_ms).unwrap_or(1000)),
     ));
@@ -241,6 +245,7 @@ async fn build_store(
         registry: cache.clone(),
         outbox,
         cache: Some(cache),
+        pg: Some(pg),
     })
 }
 
@@ -517,6 +522,46 @@ async fn reap_leases(registry: Registry, interval: Duration, mut stop: watch::Re
     }
 }
 
+/// Rows of `health_metrics` one pruning statement deletes: small enough to
+/// keep each transaction short, large enough to keep up with a tenant that
+/// heartbeats with metrics hundreds of times a second.
+const METRICS_PRUNE_BATCH: u32 = 1000;
+
+/// How often `health_metrics` is pruned.
+const METRICS_PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Prunes heartbeat metrics older than `keep_days` days every `interval`,
+/// starting at once, until told to stop. Only the replica holding the
+/// pruner's advisory lock does the work; a failed pass is logged and
+/// retried at the next tick.
+async fn prune_metrics(
+    pg: Arc<PgStore>,
+    keep_days: u32,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => break,
+        }
+        let pass = pg.prune_metrics(keep_days, METRICS_PRUNE_BATCH);
+        let outcome = tokio::select! {
+            outcome = pass => outcome,
+            _ = stop.changed() => break,
+        };
+        match outcome {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, keep_days, "old health metrics pruned"),
+            Err(error) => {
+                tracing::warn!(%error, "health metrics pruning failed; retrying at the next tick");
+            }
+        }
+    }
+}
+
 /// Follows the other replicas' events on NATS: each drops this replica's
 /// cached lookup of its service and goes to the in-process bus. Waits for
 /// NATS if it is down at start.
@@ -661,6 +706,19 @@ impl Application {
                     replica_id.clone(),
                     stores.cache.clone(),
                     bus.clone(),
+                    stop_rx.clone(),
+                )),
+            ));
+        }
+        if let Some(pg) = &stores.pg
+            && settings.postgres.metrics_retention_days > 0
+        {
+            tasks.push((
+                "metrics pruner",
+                tokio::spawn(prune_metrics(
+                    pg.clone(),
+                    settings.postgres.metrics_retention_days,
+                    METRICS_PRUNE_INTERVAL,
                     stop_rx.clone(),
                 )),
             ));

@@ -20,12 +20,11 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::domain::context::ChangeContext;
 use crate::domain::ids::{InstanceId, ServiceName, TenantId};
-use crate::domain::instance::Instance;
 use crate::domain::query::{Heartbeat, ListQuery};
 use crate::domain::registration::Registration;
 use crate::error::RegistryError;
 use crate::ports::{
-    Clock, LeaseChange, ListPage, RegistryStore, Renewed, ServiceSnapshot, Upserted,
+    Clock, LeaseChange, ListPage, RegistryStore, Removed, Renewed, ServiceSnapshot, Upserted,
 };
 
 /// Entries kept before the cache is emptied and refilled; bounds memory to a
@@ -129,7 +128,7 @@ impl RegistryStore for CachedStore {
         service: &ServiceName,
         instance: Option<&InstanceId>,
         context: &ChangeContext,
-    ) -> Result<Vec<Instance>, RegistryError> {
+    ) -> Result<Removed, RegistryError> {
         let result = self.inner.remove(tenant, service, instance, context).await;
         self.forget(tenant, service);
         result
@@ -254,7 +253,7 @@ mod tests {
 
         // Removal, renewal and expiry drop the entry too.
         let removed = w.cached.remove(&t, &svc, None, &ctx).await.unwrap();
-        assert_eq!(removed.len(), 1);
+        assert_eq!(removed.instances.len(), 1);
         assert!(
             w.cached
                 .service(&t, &svc)
@@ -346,7 +345,7 @@ mod tests {
             s: &ServiceName,
             i: Option<&InstanceId>,
             c: &ChangeContext,
-        ) -> Result<Vec<Instance>, RegistryError> {
+        ) -> Result<Removed, RegistryError> {
             self.inner.remove(t, s, i, c).await
         }
         async fn renew(

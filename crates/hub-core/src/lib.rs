@@ -47,7 +47,8 @@ pub use domain::outbox::{
     Backlog, Delivery, OutboxEntry, Pending, Sink, SinkStatus, Sinks, Undecodable,
 };
 pub use domain::query::{
-    DEFAULT_LIST_LIMIT, Heartbeat, HeartbeatMetrics, ListCursor, ListQuery, MAX_LIST_LIMIT,
+    DEFAULT_LIST_LIMIT, Heartbeat, HeartbeatMetrics, ListCursor, ListQuery, MAX_LIST_BYTES,
+    MAX_LIST_LIMIT, PageBuilder, listed_size,
 };
 pub use domain::registration::{Host, Protocol, Registration, RegistrationInput};
 pub use error::{RegistryError, ValidationError};

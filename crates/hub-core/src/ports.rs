@@ -30,6 +30,10 @@ pub struct ServiceSnapshot {
     pub instances: Vec<Instance>,
     /// The tenant's current revision.
     pub revision: Revision,
+    /// Stored instances of the service left out because they cannot be read
+    /// (each logged as an error; the tenant can still deregister them).
+    /// Always 0 in embedded mode.
+    pub skipped: usize,
 }
 
 /// One page of a list.
@@ -41,6 +45,22 @@ pub struct ListPage {
     pub next: Option<ListCursor>,
     /// The tenant's current revision.
     pub revision: Revision,
+    /// Stored instances this page passed over because they cannot be read
+    /// (each logged as an error; the tenant can still deregister them).
+    /// Always 0 in embedded mode.
+    pub skipped: usize,
+}
+
+/// What a removal took away.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Removed {
+    /// The removed records, each carrying the revision of its removal.
+    pub instances: Vec<Instance>,
+    /// Stored rows removed that could not be read as instances (PostgreSQL
+    /// only: rows written behind the API's back). Each got a revision and an
+    /// audit row from its stored values, but no event: an event carries a
+    /// valid instance.
+    pub undecodable: usize,
 }
 
 /// Result of a heartbeat.
@@ -104,19 +124,22 @@ pub trait RegistryStore: Send + Sync + 'static {
     async fn list(&self, tenant: &TenantId, query: &ListQuery) -> Result<ListPage, RegistryError>;
 
     /// Removes one instance, or every instance of the service when `instance`
-    /// is `None`. Returns the removed records, each carrying the revision of its
-    /// removal; an empty vector when nothing matched (not an error).
+    /// is `None`, including stored rows that cannot be read (so a tenant can
+    /// always remove what it cannot read). Returns what was removed; nothing
+    /// when nothing matched (not an error).
     async fn remove(
         &self,
         tenant: &TenantId,
         service: &ServiceName,
         instance: Option<&InstanceId>,
         context: &ChangeContext,
-    ) -> Result<Vec<Instance>, RegistryError>;
+    ) -> Result<Removed, RegistryError>;
 
     /// Renews the lease of one instance at `now` with the reported status.
     /// Returns `NotFound` when the tenant has no such instance (the client must
-    /// register again). Only a status change takes a new revision.
+    /// register again), `Conflict` when its stored row cannot be read (nothing
+    /// is changed; the client must deregister and register it again). Only a
+    /// status change takes a new revision.
     async fn renew(
         &self,
         tenant: &TenantId,
@@ -131,7 +154,8 @@ pub trait RegistryStore: Send + Sync + 'static {
     /// [`Instance::lease_state`]: alive leases are untouched, expired ones turn
     /// critical (once), dead ones are removed. A heartbeat that lands between
     /// the read and the write must win: the change is conditional on the lease
-    /// still being the one that was judged.
+    /// still being the one that was judged. A tenant whose pass fails is
+    /// logged and skipped: the pass goes on for every other tenant.
     async fn expire_leases(&self, now: DateTime<Utc>) -> Result<Vec<LeaseChange>, RegistryError>;
 
     /// Whether the store can serve requests (readiness). `Unavailable` if not.

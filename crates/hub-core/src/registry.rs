@@ -16,10 +16,14 @@ use crate::ports::{Clock, EventSink, LeaseChange, ListPage, RegistryStore, Upser
 pub struct ServiceInstances {
     /// The service asked for.
     pub service_name: ServiceName,
-    /// Its instances, ordered by instance id; never empty.
+    /// Its instances, ordered by instance id; empty only when every stored
+    /// instance of the service was skipped.
     pub instances: Vec<Instance>,
     /// The tenant's revision at the time of reading.
     pub revision: Revision,
+    /// Stored instances left out because they cannot be read (see
+    /// [`ServiceSnapshot::skipped`](crate::ports::ServiceSnapshot)).
+    pub skipped: usize,
 }
 
 /// What one reaper pass did.
@@ -96,20 +100,23 @@ impl Registry {
         self.store.list(tenant, query).await
     }
 
-    /// The instances of one service; `NotFound` if the tenant has none.
+    /// The instances of one service; `NotFound` if the tenant has none (a
+    /// service whose only instances cannot be read is found, with none
+    /// listed and `skipped` saying how many were left out).
     pub async fn get(
         &self,
         tenant: &TenantId,
         service: &ServiceName,
     ) -> Result<ServiceInstances, RegistryError> {
         let snapshot = self.store.service(tenant, service).await?;
-        if snapshot.instances.is_empty() {
+        if snapshot.instances.is_empty() && snapshot.skipped == 0 {
             return Err(RegistryError::not_found(format!("service '{service}'")));
         }
         Ok(ServiceInstances {
             service_name: service.clone(),
             instances: snapshot.instances,
             revision: snapshot.revision,
+            skipped: snapshot.skipped,
         })
     }
 
@@ -149,7 +156,8 @@ impl Registry {
     }
 
     /// Removes one instance, or all instances of the service. Returns how many
-    /// were removed; `NotFound` if none matched.
+    /// were removed (stored rows that cannot be read included); `NotFound` if
+    /// none matched.
     pub async fn deregister(
         &self,
         tenant: &TenantId,
@@ -162,15 +170,16 @@ impl Registry {
             .store
             .remove(tenant, service, instance, context)
             .await?;
-        if removed.is_empty() {
+        let count = removed.instances.len() + removed.undecodable;
+        if count == 0 {
             return Err(RegistryError::not_found(match instance {
                 Some(id) => format!("instance '{id}' of service '{service}'"),
                 None => format!("service '{service}'"),
             }));
         }
-        let count = removed.len();
         self.publish(
             removed
+                .instances
                 .into_iter()
                 .map(|i| RegistryEvent::new(EventKind::Deregistered, i, None, now))
                 .collect(),

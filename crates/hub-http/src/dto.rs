@@ -166,6 +166,14 @@ pub struct ListBody<'a> {
     /// Present when another page follows: pass it back as `?cursor=`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) next_cursor: Option<String>,
+    /// Present when stored instances were left out because they cannot be
+    /// read (PostgreSQL mode only; each is logged as an error).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub(crate) skipped: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// `GET /api/v1/discovery/services/{service_name}`.
@@ -174,6 +182,9 @@ pub struct ServiceBody<'a> {
     pub(crate) service_name: &'a str,
     pub(crate) instances: Vec<InstanceBody<'a>>,
     pub(crate) revision: Revision,
+    /// Like [`ListBody::skipped`].
+    #[serde(skip_serializing_if = "is_zero")]
+    pub(crate) skipped: usize,
 }
 
 /// `DELETE /api/v1/discovery/services/{service_name}`.

@@ -155,6 +155,47 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("admin connection: {e}"))
     }
 
+    /// Writes, behind the API's back, an instance of `tenant` that cannot be
+    /// read back (its metadata holds `1e400`, which PostgreSQL's numeric
+    /// keeps and serde_json cannot parse), with its lease ending at
+    /// `lease_expires_at`. Written as the table owner in a transaction scoped
+    /// to the tenant (the owner is bound by row-level security too); the
+    /// tenant is entered in `hub_tenants` so that the reaper visits it.
+    pub async fn insert_unreadable(
+        &self,
+        tenant: &str,
+        service: &str,
+        instance: &str,
+        lease_expires_at: chrono::DateTime<chrono::Utc>,
+    ) {
+        let mut owner = Self::connect(&self.owner).await;
+        let tx = owner
+            .transaction()
+            .await
+            .unwrap_or_else(|e| panic!("begin: {e}"));
+        tx.execute("SELECT set_config('app.tenant_id', $1, true)", &[&tenant])
+            .await
+            .unwrap_or_else(|e| panic!("set tenant: {e}"));
+        tx.execute(
+            "INSERT INTO hub_tenants (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&tenant],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("hub_tenants: {e}"));
+        tx.execute(
+            "INSERT INTO service_registry (tenant_id, service_name, instance_id, host, port, \
+                 protocol, health_endpoint, tags, metadata, ttl_seconds, status, registered_at, \
+                 last_heartbeat, lease_expires_at, revision) \
+             VALUES ($1, $2, $3, '10.0.0.9', 80, 'http', '/health', '{}', '{\"x\": 1e400}'::jsonb, \
+                 10, 'passing', $4::timestamptz - interval '10 seconds', \
+                 $4::timestamptz - interval '10 seconds', $4, 0)",
+            &[&tenant, &service, &instance, &lease_expires_at],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("inserting an unreadable instance: {e}"));
+        tx.commit().await.unwrap_or_else(|e| panic!("commit: {e}"));
+    }
+
     /// A raw connection as `config`'s role, for SQL-level tests.
     pub async fn connect(config: &PgConfig) -> tokio_postgres::Client {
         let (client, connection) = config

@@ -3,6 +3,7 @@
 
 mod auth;
 mod concurrency;
+mod containment;
 mod differential;
 mod discovery;
 mod events;

@@ -3,13 +3,18 @@
 use crate::error::ValidationError;
 
 use super::ids::{InstanceId, ServiceName};
-use super::instance::HealthStatus;
+use super::instance::{HealthStatus, Instance};
 use super::registration::{MAX_TAGS, check_tag};
 
 /// Default page size of a list.
 pub const DEFAULT_LIST_LIMIT: usize = 1000;
 /// Largest page size of a list.
 pub const MAX_LIST_LIMIT: usize = 10_000;
+/// Largest size of the instances one list page carries, as
+/// [`listed_size`] counts them: a page ends at the query's limit or here,
+/// whichever comes first, and a `next_cursor` continues it. Ten thousand
+/// instances with large metadata made a 49 MB answer without it.
+pub const MAX_LIST_BYTES: usize = 4 * 1024 * 1024;
 
 /// Where the next page of a list starts: just after this (service, instance).
 ///
@@ -159,6 +164,107 @@ impl ListQuery {
     /// Continue after this position.
     pub fn after(&self) -> Option<&ListCursor> {
         self.after.as_ref()
+    }
+}
+
+/// About how many bytes `instance` takes in a list answer: its metadata as
+/// compact JSON, its strings, and a fixed allowance for the field names,
+/// timestamps and numbers. Both stores cut pages with this one measure, so
+/// embedded and PostgreSQL answers page identically.
+pub fn listed_size(instance: &Instance) -> usize {
+    /// Field names, quotes, three timestamps, port, revision and the url's
+    /// scheme: what every instance's JSON carries besides its own values.
+    const FIXED: usize = 400;
+    /// Counts serialized bytes without keeping them.
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut metadata = Counter(0);
+    // Writing to a counter cannot fail; a map always serializes.
+    let _ = serde_json::to_writer(&mut metadata, instance.metadata());
+    let r = instance.registration();
+    FIXED
+        + metadata.0
+        + instance.tenant_id().as_str().len()
+        + 2 * instance.service_name().as_str().len()
+        + instance.instance_id().as_str().len()
+        + 2 * instance.host().as_str().len()
+        + r.health_endpoint().len()
+        + r.version().map_or(0, str::len)
+        + instance.tags().iter().map(|t| t.len() + 3).sum::<usize>()
+}
+
+/// Builds one list page from the matching instances in list order: it takes
+/// them until the query's limit or [`MAX_LIST_BYTES`] is reached (always at
+/// least one, however large), and then knows that another page follows.
+/// Every store fills its pages through this, so both modes cut them alike.
+#[derive(Debug)]
+pub struct PageBuilder {
+    limit: usize,
+    budget: usize,
+    used: usize,
+    instances: Vec<Instance>,
+    more: bool,
+}
+
+impl PageBuilder {
+    /// An empty page for `query`.
+    pub fn new(query: &ListQuery) -> Self {
+        Self::with_budget(query, MAX_LIST_BYTES)
+    }
+
+    /// An empty page for `query` cut at `budget` bytes (tests use a small one).
+    pub fn with_budget(query: &ListQuery, budget: usize) -> Self {
+        Self {
+            limit: query.limit(),
+            budget,
+            used: 0,
+            instances: Vec::new(),
+            more: false,
+        }
+    }
+
+    /// Offers the next matching instance. `false` when the page is full: the
+    /// instance was not taken and another page follows; offer no more.
+    pub fn offer(&mut self, instance: Instance) -> bool {
+        if self.more {
+            return false;
+        }
+        let size = listed_size(&instance);
+        if self.instances.len() == self.limit
+            || (!self.instances.is_empty() && self.used.saturating_add(size) > self.budget)
+        {
+            self.more = true;
+            return false;
+        }
+        self.used = self.used.saturating_add(size);
+        self.instances.push(instance);
+        true
+    }
+
+    /// Whether the page is full (another page follows).
+    pub fn is_full(&self) -> bool {
+        self.more
+    }
+
+    /// The page's instances and, when another page follows, the cursor that
+    /// continues after the last one.
+    pub fn finish(self) -> (Vec<Instance>, Option<ListCursor>) {
+        let next = if self.more {
+            self.instances
+                .last()
+                .map(|l| ListCursor::after(l.service_name().clone(), l.instance_id().clone()))
+        } else {
+            None
+        };
+        (self.instances, next)
     }
 }
 
@@ -312,6 +418,58 @@ mod tests {
                 "limit"
             );
         }
+    }
+
+    fn instance(id: &str, metadata_bytes: usize) -> Instance {
+        let registration = crate::Registration::try_from(crate::RegistrationInput {
+            service_name: "svc".into(),
+            instance_id: Some(id.into()),
+            host: "10.0.0.1".into(),
+            port: 80,
+            metadata: Some(serde_json::json!({ "k": "x".repeat(metadata_bytes) })),
+            ..Default::default()
+        })
+        .unwrap();
+        Instance::registered(
+            crate::TenantId::parse("t").unwrap(),
+            registration,
+            chrono::DateTime::UNIX_EPOCH,
+            None,
+            crate::Revision::new(1),
+        )
+    }
+
+    #[test]
+    fn pages_stop_at_the_limit_or_the_byte_budget() {
+        let query = ListQuery::new(None, vec![], None, Some(3), None).unwrap();
+        // The limit.
+        let mut page = PageBuilder::new(&query);
+        for id in ["a", "b", "c"] {
+            assert!(page.offer(instance(id, 10)));
+        }
+        assert!(!page.offer(instance("d", 10)));
+        let (taken, next) = page.finish();
+        assert_eq!(taken.len(), 3);
+        assert_eq!(next.unwrap().instance_id().as_str(), "c");
+        // The budget: two instances fit, the third does not.
+        let size = listed_size(&instance("a", 1000));
+        assert!(size > 1000);
+        let mut page = PageBuilder::with_budget(&query, 2 * size + size / 2);
+        assert!(page.offer(instance("a", 1000)));
+        assert!(page.offer(instance("b", 1000)));
+        assert!(!page.offer(instance("c", 1000)));
+        assert!(page.is_full());
+        let (taken, next) = page.finish();
+        assert_eq!(taken.len(), 2);
+        assert_eq!(next.unwrap().instance_id().as_str(), "b");
+        // One instance larger than the budget still makes a page.
+        let mut page = PageBuilder::with_budget(&query, 10);
+        assert!(page.offer(instance("a", 1000)));
+        assert!(!page.offer(instance("b", 1)));
+        // All matches taken: no cursor.
+        let mut page = PageBuilder::new(&query);
+        assert!(page.offer(instance("a", 1)));
+        assert_eq!(page.finish().1, None);
     }
 
     #[test]

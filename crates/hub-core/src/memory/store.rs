@@ -10,10 +10,12 @@ use chrono::{DateTime, Utc};
 use crate::domain::context::ChangeContext;
 use crate::domain::ids::{InstanceId, ServiceName, TenantId};
 use crate::domain::instance::{Instance, LeaseState, Revision};
-use crate::domain::query::{Heartbeat, ListCursor, ListQuery};
+use crate::domain::query::{Heartbeat, ListQuery, PageBuilder};
 use crate::domain::registration::Registration;
 use crate::error::RegistryError;
-use crate::ports::{LeaseChange, ListPage, RegistryStore, Renewed, ServiceSnapshot, Upserted};
+use crate::ports::{
+    LeaseChange, ListPage, RegistryStore, Removed, Renewed, ServiceSnapshot, Upserted,
+};
 
 type Instances = BTreeMap<InstanceId, Instance>;
 
@@ -122,6 +124,7 @@ impl RegistryStore for MemoryStore {
             return Ok(ServiceSnapshot {
                 instances: Vec::new(),
                 revision: Revision::ZERO,
+                skipped: 0,
             });
         };
         let state = state.read().unwrap_or_else(PoisonError::into_inner);
@@ -132,6 +135,7 @@ impl RegistryStore for MemoryStore {
                 .map(|m| m.values().cloned().collect())
                 .unwrap_or_default(),
             revision: state.revision,
+            skipped: 0,
         })
     }
 
@@ -141,6 +145,7 @@ impl RegistryStore for MemoryStore {
                 instances: Vec::new(),
                 next: None,
                 revision: Revision::ZERO,
+                skipped: 0,
             });
         };
         let state = state.read().unwrap_or_else(PoisonError::into_inner);
@@ -171,22 +176,18 @@ impl RegistryStore for MemoryStore {
             })
             .filter(|i| query.status().is_none_or(|s| i.status() == s))
             .filter(|i| i.has_all_tags(query.tags()));
-        let mut instances: Vec<Instance> = Vec::new();
-        let mut next = None;
+        let mut page = PageBuilder::new(query);
         for instance in matching {
-            if instances.len() == query.limit() {
-                // Another match exists beyond this page: continue after the last one returned.
-                next = instances
-                    .last()
-                    .map(|l| ListCursor::after(l.service_name().clone(), l.instance_id().clone()));
+            if !page.offer(instance.clone()) {
                 break;
             }
-            instances.push(instance.clone());
         }
+        let (instances, next) = page.finish();
         Ok(ListPage {
             instances,
             next,
             revision: state.revision,
+            skipped: 0,
         })
     }
 
@@ -196,9 +197,9 @@ impl RegistryStore for MemoryStore {
         service: &ServiceName,
         instance: Option<&InstanceId>,
         _context: &ChangeContext,
-    ) -> Result<Vec<Instance>, RegistryError> {
+    ) -> Result<Removed, RegistryError> {
         let Some(state) = self.existing(tenant) else {
-            return Ok(Vec::new());
+            return Ok(Removed::default());
         };
         let mut state = state.write().unwrap_or_else(PoisonError::into_inner);
         let removed: Vec<Instance> = match (state.services.get_mut(service), instance) {
@@ -207,13 +208,16 @@ impl RegistryStore for MemoryStore {
             (Some(instances), None) => std::mem::take(instances).into_values().collect(),
         };
         state.remove_service_if_empty(service);
-        Ok(removed
-            .into_iter()
-            .map(|i| {
-                let revision = state.bump();
-                i.with_revision(revision)
-            })
-            .collect())
+        Ok(Removed {
+            instances: removed
+                .into_iter()
+                .map(|i| {
+                    let revision = state.bump();
+                    i.with_revision(revision)
+                })
+                .collect(),
+            undecodable: 0,
+        })
     }
 
     async fn renew(

@@ -44,6 +44,9 @@ fn is_unavailable(error: &tokio_postgres::Error) -> bool {
     if error.is_closed() {
         return true;
     }
+    if is_conversion(error) {
+        return false;
+    }
     match error.code() {
         None => true, // No SQLSTATE: an I/O or protocol failure of the connection.
         Some(code) => {
@@ -53,6 +56,29 @@ fn is_unavailable(error: &tokio_postgres::Error) -> bool {
                 || class == "53" // insufficient resources (too many connections, disk full)
         }
     }
+}
+
+/// Whether the error is a conversion on this side of the connection: a
+/// stored value that cannot be read into its Rust type (a row written behind
+/// the API's back, say), a parameter that cannot be sent, or a result of the
+/// wrong shape. Such errors carry no SQLSTATE either, but the database is
+/// fine: reporting them as "store unavailable" sent operators looking at a
+/// healthy PostgreSQL. tokio-postgres exposes no error kind, so they are told
+/// apart by their (stable) messages.
+pub(crate) fn is_conversion(error: &tokio_postgres::Error) -> bool {
+    if error.code().is_some() {
+        return false;
+    }
+    let text = error.to_string();
+    [
+        "error deserializing column",
+        "error serializing parameter",
+        "invalid column",
+        "query returned an unexpected number of",
+        "expected ",
+    ]
+    .iter()
+    .any(|prefix| text.starts_with(prefix))
 }
 
 /// An error of a scoped transaction as the registry reports it.
@@ -96,5 +122,63 @@ pub(crate) fn from_pool(error: PoolError) -> RegistryError {
             component: "store",
             source: Box::new(other),
         },
+    }
+}
+
+/// An error and its causes on one line, for logs: the outer message alone
+/// ("unexpected error") says nothing an operator can act on.
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::testing::TestDb;
+
+    /// A stored value that cannot be read is no outage: before, it was
+    /// reported as "store unavailable" (503), sending operators to a healthy
+    /// database.
+    #[tokio::test]
+    async fn a_value_that_cannot_be_read_is_not_store_unavailable() {
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let client = TestDb::connect(&db.app).await;
+        let row = client
+            .query_one(r#"SELECT '{"x": 1e400}'::jsonb"#, &[])
+            .await
+            .unwrap();
+        let error = row.try_get::<_, serde_json::Value>(0).unwrap_err();
+        assert!(is_conversion(&error));
+        let reported = from_pg(error);
+        assert!(
+            matches!(reported, RegistryError::Unexpected(_)),
+            "{reported:?}"
+        );
+        assert!(chain(&reported).contains("error deserializing column 0"));
+        // A closed connection still is.
+        drop(client);
+        let gone = TestDb::connect(&db.app).await;
+        let pid: i32 = gone
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let killer = db.admin().await;
+        let _ = killer
+            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .await;
+        let after = gone.simple_query("SELECT 1").await.unwrap_err();
+        assert!(matches!(from_pg(after), RegistryError::Unavailable { .. }));
     }
 }

@@ -112,6 +112,16 @@ pub(crate) fn registration_payload(
     })
 }
 
+/// The audit payload of a stored row as PostgreSQL holds it, as JSON text,
+/// for a row that cannot be read into an instance: the keys of [`payload`]
+/// plus `"unreadable": true`. Built in SQL and carried as text, it never
+/// passes through serde_json, so values serde_json cannot represent are
+/// audited exactly as they were stored.
+pub(crate) const RAW_PAYLOAD: &str = "jsonb_build_object('host', host, 'port', port, \
+    'protocol', protocol, 'health_endpoint', health_endpoint, 'version', version, \
+    'tags', to_jsonb(tags), 'metadata', metadata, 'ttl_seconds', ttl_seconds, \
+    'status', status, 'lease_expires_at', lease_expires_at, 'unreadable', true)::text";
+
 /// Rebuilds an instance from a [`payload`] and the fields it does not carry
 /// (the outbox keeps its events this way). The values pass the checks their
 /// types need again, like [`instance`].

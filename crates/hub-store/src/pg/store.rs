@@ -4,26 +4,29 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
-use hub_core::ports::{LeaseChange, ListPage, RegistryStore, Renewed, ServiceSnapshot, Upserted};
+use hub_core::ports::{
+    LeaseChange, ListPage, RegistryStore, Removed, Renewed, ServiceSnapshot, Upserted,
+};
 use hub_core::{
-    ChangeContext, EventKind, HealthStatus, Heartbeat, Instance, InstanceId, LeaseState,
-    ListCursor, ListQuery, Registration, RegistryError, Revision, ServiceName, Sinks, TenantId,
+    ChangeContext, DEFAULT_LIST_LIMIT, EventKind, HealthStatus, Heartbeat, Instance, InstanceId,
+    LeaseState, ListQuery, PageBuilder, Registration, RegistryError, Revision, ServiceName, Sinks,
+    TenantId,
 };
 use serde_json::Value;
+use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::config::PgConfig;
 use super::error::DbError;
-use super::error::{from_db, from_pg};
-use super::gate::Gate;
-use super::rows::{self, COLUMNS, revision_of, stored};
+use super::error::{chain, from_db, from_pg};
+use super::gate::{Checkout, Gate};
+use super::rows::{self, COLUMNS, RAW_PAYLOAD, revision_of, stored};
 use super::scoped::{Scoped, in_tenant, single_statement};
 
 /// The registry store on PostgreSQL. Cheap to clone (the pool is shared).
 #[derive(Clone)]
 pub struct PgStore {
     pub(super) pool: Gate,
-    pub(super) config: Arc<PgConfig>,
     outbox: Arc<OutboxWrites>,
 }
 
@@ -47,6 +50,19 @@ impl std::fmt::Debug for PgStore {
 /// The advisory lock of the lease reaper (an arbitrary constant).
 const REAPER_LOCK: i64 = 0x00C3_7A11_4EA9;
 
+/// The advisory lock of the health-metrics pruner (the reaper's plus one).
+const METRICS_LOCK: i64 = 0x00C3_7A11_4EAA;
+
+/// Most batches of health metrics one pruning pass deletes for one tenant
+/// before it moves on to the next: a tenant with a large backlog is worked
+/// off over several passes and cannot hold up the others.
+const METRICS_BATCHES_PER_TENANT: u32 = 100;
+
+/// Rows a list reads per statement: pages are filled in chunks so that a page
+/// that reaches its byte budget early never reads (and holds) the rest of
+/// its limit. One chunk covers a default page and the row after it.
+const LIST_CHUNK: usize = DEFAULT_LIST_LIMIT + 1;
+
 /// The tenant's current revision (no row: it never changed anything).
 const REVISION: &str = "SELECT revision FROM tenant_state WHERE tenant_id = $1";
 
@@ -64,7 +80,6 @@ impl PgStore {
     pub fn new(config: &PgConfig) -> Result<Self, RegistryError> {
         Ok(Self {
             pool: Gate::new(config)?,
-            config: Arc::new(config.clone()),
             outbox: Arc::new(OutboxWrites::default()),
         })
     }
@@ -84,19 +99,216 @@ impl PgStore {
     /// Tenants that have ever written, from `hub_tenants` (ids only, no tenant
     /// data, no row-level security). The reaper visits each in its own
     /// tenant-scoped transaction.
+    ///
+    /// An id that is not a valid tenant id (written by hand, say) is logged
+    /// and left out: it must not stop the pass for every other tenant.
     async fn known_tenants(&self) -> Result<Vec<TenantId>, RegistryError> {
         let client = self.pool.internal().await?;
         let rows = client
             .query("SELECT tenant_id FROM hub_tenants ORDER BY tenant_id", &[])
             .await
             .map_err(from_db)?;
-        rows.iter()
-            .map(|row| {
-                let id: String = row.try_get(0).map_err(from_pg)?;
-                TenantId::parse(id).map_err(|e| RegistryError::Unexpected(Box::new(e)))
-            })
-            .collect()
+        let mut tenants = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match row
+                .try_get::<_, String>(0)
+                .map_err(|e| chain(&e))
+                .and_then(|id| TenantId::parse(id).map_err(|e| chain(&e)))
+            {
+                Ok(tenant) => tenants.push(tenant),
+                Err(cause) => {
+                    tracing::error!(%cause, "hub_tenants holds an id that is not a tenant id; skipped");
+                }
+            }
+        }
+        Ok(tenants)
     }
+
+    /// Takes the advisory lock `key` on a connection of its own, or `None`
+    /// when another session (another replica) holds it. Held until
+    /// [`unlock`], or until the connection is lost: then PostgreSQL releases it.
+    async fn try_lock(&self, key: i64) -> Result<Option<AdvisoryLock>, RegistryError> {
+        let lock = self.pool.internal().await?;
+        let taken: bool = lock
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .await
+            .map_err(from_db)?
+            .try_get(0)
+            .map_err(from_pg)?;
+        Ok(taken.then_some(AdvisoryLock {
+            client: Some(lock),
+            key,
+        }))
+    }
+
+    /// Deletes health metrics older than `keep_days` days (at least one), in
+    /// batches of `batch` rows, tenant by tenant, each batch in a
+    /// transaction of its own scoped to the tenant (so row-level security
+    /// applies). One replica at a time prunes (an advisory lock of its own);
+    /// the others find it taken and return 0. A tenant whose pruning fails is
+    /// logged and skipped; the pass goes on with the next. Returns how many
+    /// rows were deleted.
+    pub async fn prune_metrics(&self, keep_days: u32, batch: u32) -> Result<u64, RegistryError> {
+        let Some(lock) = self.try_lock(METRICS_LOCK).await? else {
+            return Ok(0);
+        };
+        let keep = i32::try_from(keep_days.max(1)).unwrap_or(i32::MAX);
+        let max = i32::try_from(batch.max(1)).unwrap_or(i32::MAX);
+        // No permit of the tenants' shares: a tenant at its cap must not
+        // hold up the pruning of its own metrics (see `gate`).
+        let pool = self.pool.uncapped();
+        let result = async {
+            let mut total = 0u64;
+            for tenant in self.known_tenants().await? {
+                for _ in 0..METRICS_BATCHES_PER_TENANT {
+                    let pruned = single_statement(
+                        &pool,
+                        &tenant,
+                        "SELECT hub_metrics_prune($1, $2)",
+                        &[&keep, &max],
+                    )
+                    .await
+                    .and_then(|rows| {
+                        rows.first()
+                            .map(|row| row.try_get::<_, i64>(0).map_err(from_pg))
+                            .unwrap_or(Ok(0))
+                    });
+                    match pruned {
+                        Ok(n) => {
+                            total += n.unsigned_abs();
+                            if n < i64::from(max) {
+                                break;
+                            }
+                        }
+                        Err(error) => {
+                            tracing::error!(tenant = %tenant, cause = %chain(&error), "pruning this tenant's health metrics failed; skipped until the next pass");
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok(total)
+        }
+        .await;
+        unlock(lock).await;
+        result
+    }
+}
+
+/// A session-level advisory lock held on a pooled connection of its own.
+/// A connection that may still hold the lock must never go back to the
+/// pool: if the holder is dropped without [`unlock`] (its future was
+/// cancelled, say), `Drop` closes the connection and PostgreSQL releases
+/// the lock with it.
+struct AdvisoryLock {
+    client: Option<Checkout>,
+    key: i64,
+}
+
+impl Drop for AdvisoryLock {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            client.detach();
+        }
+    }
+}
+
+/// Releases an advisory lock taken by [`PgStore::try_lock`]; its connection
+/// goes back to the pool only once the lock is released.
+async fn unlock(mut lock: AdvisoryLock) {
+    let Some(client) = lock.client.take() else {
+        return;
+    };
+    if client
+        .execute("SELECT pg_advisory_unlock($1)", &[&lock.key])
+        .await
+        .is_err()
+    {
+        client.detach();
+    }
+}
+
+/// Service name and instance id of a stored row whose [`COLUMNS`] start at
+/// `first`, for logs and for the audit of a row that cannot be read.
+fn row_key(row: &Row, first: usize) -> (String, String) {
+    let key = |i| {
+        row.try_get::<_, String>(i)
+            .unwrap_or_else(|_| "?".to_owned())
+    };
+    (key(first), key(first + 1))
+}
+
+/// Reads an instance from a row whose [`COLUMNS`] start at `first`; a row
+/// that cannot be read is logged as an error (tenant, service, instance and
+/// the real cause) and gives `None`: reads leave it out and say how many they
+/// left out, instead of failing the whole answer.
+fn readable(tenant: &TenantId, row: &Row, first: usize) -> Option<Instance> {
+    match rows::instance_at(tenant, row, first) {
+        Ok(instance) => Some(instance),
+        Err(error) => {
+            let (service, instance) = row_key(row, first);
+            tracing::error!(
+                tenant = %tenant,
+                service,
+                instance,
+                cause = %chain(&error),
+                "stored instance cannot be read; left out of the answer (the tenant can deregister it)"
+            );
+            None
+        }
+    }
+}
+
+/// The audit of a change to a stored row that cannot be read: its keys, the
+/// change's revision, and the row's values as PostgreSQL holds them
+/// ([`RAW_PAYLOAD`], as text).
+struct RawAudit {
+    kind: EventKind,
+    service: String,
+    instance: String,
+    revision: i64,
+    payload: String,
+}
+
+/// Writes audit rows of changes to rows that cannot be read, in the caller's
+/// transaction. No outbox row: an event carries a valid instance, and
+/// consumers could not read this one either.
+async fn record_raw(
+    scoped: &Scoped,
+    tenant: &TenantId,
+    entries: &[RawAudit],
+    context: &ChangeContext,
+    at: DateTime<Utc>,
+) -> Result<(), DbError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let revisions: Vec<i64> = entries.iter().map(|e| e.revision).collect();
+    let kinds: Vec<&str> = entries.iter().map(|e| e.kind.as_str()).collect();
+    let services: Vec<&str> = entries.iter().map(|e| e.service.as_str()).collect();
+    let instances: Vec<&str> = entries.iter().map(|e| e.instance.as_str()).collect();
+    let payloads: Vec<&str> = entries.iter().map(|e| e.payload.as_str()).collect();
+    scoped
+        .execute(
+            "INSERT INTO coordination_history \
+                 (tenant_id, revision, event_type, service_name, instance_id, actor, request_id, occurred_at, payload) \
+             SELECT $1, u.revision, u.kind, u.service, u.instance, $7, $8, $9, u.payload::jsonb \
+             FROM unnest($2::bigint[], $3::varchar[], $4::varchar[], $5::varchar[], $6::text[]) \
+                 AS u(revision, kind, service, instance, payload)",
+            &[
+                &tenant.as_str(),
+                &revisions,
+                &kinds,
+                &services,
+                &instances,
+                &payloads,
+                &context.actor(),
+                &context.request_id(),
+                &at,
+            ],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Takes the tenant's revision row lock and returns the current revision
@@ -220,13 +432,6 @@ async fn record(
         )
         .await?;
     Ok(())
-}
-
-fn instances(
-    tenant: &TenantId,
-    rows: &[tokio_postgres::Row],
-) -> Result<Vec<Instance>, RegistryError> {
-    rows.iter().map(|row| rows::instance(tenant, row)).collect()
 }
 
 #[async_trait]
@@ -374,6 +579,7 @@ impl RegistryStore for PgStore {
         .await?;
         let mut revision = 0;
         let mut found = Vec::with_capacity(rows.len());
+        let mut skipped = 0;
         for row in &rows {
             revision = row.try_get(0).map_err(from_pg)?;
             if row
@@ -381,12 +587,16 @@ impl RegistryStore for PgStore {
                 .map_err(from_pg)?
                 .is_some()
             {
-                found.push(rows::instance_at(tenant, row, 1)?);
+                match readable(tenant, row, 1) {
+                    Some(instance) => found.push(instance),
+                    None => skipped += 1,
+                }
             }
         }
         Ok(ServiceSnapshot {
             instances: found,
             revision: revision_of(revision)?,
+            skipped,
         })
     }
 
@@ -402,49 +612,75 @@ impl RegistryStore for PgStore {
              ORDER BY service_name, instance_id \
              LIMIT $7"
         );
-        let after = query.after();
-        // One more than the page, to know whether another page follows.
-        let fetch = i64::try_from(query.limit()).unwrap_or(i64::MAX - 1) + 1;
-        let (rows, revision) = in_tenant!(&self.pool, tenant, |scoped| {
+        // Read in chunks, in list order, each continuing after the last row
+        // read (readable or not), until the page is full or the rows run out.
+        let fetch = query.limit().saturating_add(1).min(LIST_CHUNK);
+        let fetch_sql = i64::try_from(fetch).unwrap_or(i64::MAX);
+        let (page, revision, skipped) = in_tenant!(&self.pool, tenant, |scoped| {
             let t = tenant.as_str();
             let service = query.service_name().map(ServiceName::as_str);
             let status = query.status().map(HealthStatus::as_str);
-            let after_service = after.map(|c| c.service_name().as_str());
-            let after_instance = after.map(|c| c.instance_id().as_str());
             let tags = query.tags();
-            let list_params: [&(dyn ToSql + Sync); 7] = [
-                &t,
-                &service,
-                &tags,
-                &status,
-                &after_service,
-                &after_instance,
-                &fetch,
-            ];
-            let revision_params: [&(dyn ToSql + Sync); 1] = [&t];
-            let (rows, revision) = tokio::try_join!(
-                scoped.query(&sql, &list_params),
-                scoped.query_opt(REVISION, &revision_params),
-            )?;
-            let revision: i64 = match revision {
-                Some(row) => row.try_get(0)?,
-                None => 0,
-            };
-            Ok((rows, revision))
+            let mut after: Option<(String, String)> = query.after().map(|c| {
+                (
+                    c.service_name().as_str().to_owned(),
+                    c.instance_id().as_str().to_owned(),
+                )
+            });
+            let mut page = PageBuilder::new(query);
+            let mut skipped = 0usize;
+            let mut revision: Option<i64> = None;
+            loop {
+                let after_service = after.as_ref().map(|(s, _)| s.as_str());
+                let after_instance = after.as_ref().map(|(_, i)| i.as_str());
+                let list_params: [&(dyn ToSql + Sync); 7] = [
+                    &t,
+                    &service,
+                    &tags,
+                    &status,
+                    &after_service,
+                    &after_instance,
+                    &fetch_sql,
+                ];
+                let rows = match revision {
+                    Some(_) => scoped.query(&sql, &list_params).await?,
+                    None => {
+                        // The first chunk and the revision go out together.
+                        let revision_params: [&(dyn ToSql + Sync); 1] = [&t];
+                        let (rows, current) = tokio::try_join!(
+                            scoped.query(&sql, &list_params),
+                            scoped.query_opt(REVISION, &revision_params),
+                        )?;
+                        revision = Some(match current {
+                            Some(row) => row.try_get(0)?,
+                            None => 0,
+                        });
+                        rows
+                    }
+                };
+                for row in &rows {
+                    match readable(tenant, row, 0) {
+                        Some(instance) => {
+                            if !page.offer(instance) {
+                                break;
+                            }
+                        }
+                        None => skipped += 1,
+                    }
+                }
+                if page.is_full() || rows.len() < fetch {
+                    break;
+                }
+                after = rows.last().map(|row| row_key(row, 0));
+            }
+            Ok((page, revision.unwrap_or(0), skipped))
         })?;
-        let mut instances = instances(tenant, &rows)?;
-        let next = if instances.len() > query.limit() {
-            instances.truncate(query.limit());
-            instances
-                .last()
-                .map(|l| ListCursor::after(l.service_name().clone(), l.instance_id().clone()))
-        } else {
-            None
-        };
+        let (instances, next) = page.finish();
         Ok(ListPage {
             instances,
             next,
             revision: revision_of(revision)?,
+            skipped,
         })
     }
 
@@ -454,12 +690,15 @@ impl RegistryStore for PgStore {
         service: &ServiceName,
         instance: Option<&InstanceId>,
         context: &ChangeContext,
-    ) -> Result<Vec<Instance>, RegistryError> {
+    ) -> Result<Removed, RegistryError> {
         let now = chrono::Utc::now();
+        // Every row carries its values as stored (column 15) too, for the
+        // audit of a row that cannot be read: such rows are removed like any
+        // other, so a tenant can always remove what it cannot read.
         let sql = format!(
             "DELETE FROM service_registry \
              WHERE tenant_id = $1 AND service_name = $2 AND ($3::varchar IS NULL OR instance_id = $3) \
-             RETURNING {COLUMNS}"
+             RETURNING {COLUMNS}, {RAW_PAYLOAD}"
         );
         in_tenant!(&self.pool, tenant, |scoped| {
             let base = lock_revision(scoped, tenant).await?;
@@ -473,15 +712,45 @@ impl RegistryStore for PgStore {
                     ],
                 )
                 .await?;
-            let mut removed = instances(tenant, &rows)?;
-            removed.sort_by(|a, b| a.instance_id().cmp(b.instance_id()));
-            let mut revision = base;
-            let mut stamped = Vec::with_capacity(removed.len());
-            for instance in &removed {
-                revision += 1;
-                stamped.push(instance.with_revision(Revision::new(revision.unsigned_abs())));
+            // Revisions in instance-id order, readable rows or not.
+            let mut gone: Vec<(String, Result<Instance, String>)> = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let (_, id) = row_key(row, 0);
+                let read = match rows::instance(tenant, row) {
+                    Ok(instance) => Ok(instance),
+                    Err(error) => {
+                        tracing::warn!(
+                            tenant = %tenant,
+                            service = %service,
+                            instance = id,
+                            cause = %chain(&error),
+                            "removing a stored instance that cannot be read; its audit row keeps the stored values and no event is sent"
+                        );
+                        Err(row.try_get::<_, String>(15)?)
+                    }
+                };
+                gone.push((id, read));
             }
-            if !stamped.is_empty() {
+            gone.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut revision = base;
+            let mut stamped = Vec::with_capacity(gone.len());
+            let mut raw = Vec::new();
+            for (id, read) in gone {
+                revision += 1;
+                match read {
+                    Ok(instance) => {
+                        stamped.push(instance.with_revision(Revision::new(revision.unsigned_abs())))
+                    }
+                    Err(payload) => raw.push(RawAudit {
+                        kind: EventKind::Deregistered,
+                        service: service.as_str().to_owned(),
+                        instance: id,
+                        revision,
+                        payload,
+                    }),
+                }
+            }
+            if revision != base {
                 set_revision(scoped, tenant, revision).await?;
                 let entries: Vec<Audit<'_>> = stamped
                     .iter()
@@ -492,8 +761,12 @@ impl RegistryStore for PgStore {
                     })
                     .collect();
                 record(scoped, tenant, &entries, context, now, &self.outbox).await?;
+                record_raw(scoped, tenant, &raw, context, now).await?;
             }
-            Ok(stamped)
+            Ok(Removed {
+                instances: stamped,
+                undecodable: raw.len(),
+            })
         })
     }
 
@@ -577,7 +850,21 @@ impl RegistryStore for PgStore {
                     )
                     .await?;
             }
-            let renewed = rows::instance(tenant, &row)?;
+            // A row that cannot be read is not renewed (the transaction
+            // rolls back): the client learns it must register it again,
+            // and the operator finds the real cause in the log.
+            let renewed = rows::instance(tenant, &row).map_err(|error| {
+                tracing::error!(
+                    tenant = %tenant,
+                    service = %service,
+                    instance = %instance,
+                    cause = %chain(&error),
+                    "heartbeat for a stored instance that cannot be read; refused"
+                );
+                RegistryError::Conflict(format!(
+                    "instance '{instance}' of service '{service}' is stored in a form this server cannot read; deregister it and register it again"
+                ))
+            })?;
             if previous != renewed.status() {
                 let entry = Audit {
                     kind: EventKind::StatusChanged,
@@ -597,8 +884,13 @@ impl RegistryStore for PgStore {
     }
 
     async fn expire_leases(&self, now: DateTime<Utc>) -> Result<Vec<LeaseChange>, RegistryError> {
+        // Column 15 tells whether the lease is dead (what `lease_state`
+        // decides for a readable row), column 16 the values as stored: both
+        // serve rows that cannot be read, which expire like any other.
         let candidates_sql = format!(
-            "SELECT {COLUMNS} FROM service_registry \
+            "SELECT {COLUMNS}, lease_expires_at + make_interval(secs => ttl_seconds * 3) <= $2, \
+                 {RAW_PAYLOAD} \
+             FROM service_registry \
              WHERE tenant_id = $1 AND lease_expires_at <= $2 \
              ORDER BY service_name, instance_id FOR UPDATE"
         );
@@ -608,25 +900,11 @@ impl RegistryStore for PgStore {
         // they would only do the same work twice.) The lock is held on a
         // connection of its own for the length of the pass; if the process
         // dies, PostgreSQL releases it with the connection.
-        let lock = self.pool.internal().await?;
-        let taken: bool = lock
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&REAPER_LOCK])
-            .await
-            .map_err(from_db)?
-            .try_get(0)
-            .map_err(from_pg)?;
-        if !taken {
+        let Some(lock) = self.try_lock(REAPER_LOCK).await? else {
             return Ok(Vec::new());
-        }
+        };
         let result = self.expire_all(now, &candidates_sql).await;
-        if lock
-            .execute("SELECT pg_advisory_unlock($1)", &[&REAPER_LOCK])
-            .await
-            .is_err()
-        {
-            // A connection that may still hold the lock must not go back to the pool.
-            lock.detach();
-        }
+        unlock(lock).await;
         result
     }
 
@@ -639,113 +917,214 @@ impl RegistryStore for PgStore {
 
 impl PgStore {
     /// One reaper pass over every tenant, each in its own scoped transaction.
+    /// A tenant whose pass fails is logged (tenant and cause) and skipped,
+    /// and the pass goes on: one tenant's trouble must not leave every other
+    /// tenant's expired instances `passing`. The pass fails only when every
+    /// tenant it visited failed (the database itself is then in trouble).
     async fn expire_all(
         &self,
         now: DateTime<Utc>,
         candidates_sql: &str,
     ) -> Result<Vec<LeaseChange>, RegistryError> {
-        let context = ChangeContext::reaper();
         let mut changes = Vec::new();
+        let mut first_error = None;
+        let mut succeeded = 0usize;
+        for tenant in self.known_tenants().await? {
+            match self.expire_tenant(&tenant, now, candidates_sql).await {
+                Ok(tenant_changes) => {
+                    succeeded += 1;
+                    changes.extend(tenant_changes);
+                }
+                Err(error) => {
+                    tracing::error!(
+                        tenant = %tenant,
+                        cause = %chain(&error),
+                        "lease expiry failed for this tenant; skipped until the next pass"
+                    );
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        match first_error {
+            Some(error) if succeeded == 0 => Err(error),
+            _ => Ok(changes),
+        }
+    }
+
+    /// Lease expiry for one tenant, in one transaction scoped to it.
+    async fn expire_tenant(
+        &self,
+        tenant: &TenantId,
+        now: DateTime<Utc>,
+        candidates_sql: &str,
+    ) -> Result<Vec<LeaseChange>, RegistryError> {
+        let context = ChangeContext::reaper();
         // The passes take no permit of the tenants' shares: a tenant at its
         // cap must not hold up its own expiries (see `gate`).
         let pool = self.pool.uncapped();
-        for tenant in self.known_tenants().await? {
-            let tenant = &tenant;
-            let outcome = in_tenant!(&pool, tenant, |scoped| {
-                // Cheap check first: most passes find nothing to do, and
-                // then take no lock.
-                let due = scoped
-                    .query_opt(
-                        "SELECT 1 FROM service_registry WHERE tenant_id = $1 AND lease_expires_at <= $2 \
-                         AND (status <> 'critical' \
-                              OR lease_expires_at + make_interval(secs => ttl_seconds * 3) <= $2) LIMIT 1",
-                        &[&tenant.as_str(), &now],
-                    )
-                    .await?;
-                if due.is_none() {
-                    return Ok(Vec::new());
-                }
-                let mut revision = lock_revision(scoped, tenant).await?;
-                // Rows are re-read under their row locks: a heartbeat that
-                // committed meanwhile has moved its lease and is no longer
-                // selected (the heartbeat wins).
-                let rows = scoped
-                    .query(candidates_sql, &[&tenant.as_str(), &now])
-                    .await?;
-                let found = instances(tenant, &rows)?;
-                let mut tenant_changes = Vec::new();
-                for instance in found {
-                    match instance.lease_state(now) {
-                        LeaseState::Alive => {}
-                        LeaseState::Expired if instance.status() == HealthStatus::Critical => {}
-                        LeaseState::Expired => {
-                            revision += 1;
-                            scoped
-                                .execute(
-                                    "UPDATE service_registry SET status = 'critical', revision = $4 \
-                                     WHERE tenant_id = $1 AND service_name = $2 AND instance_id = $3",
-                                    &[
-                                        &tenant.as_str(),
-                                        &instance.service_name().as_str(),
-                                        &instance.instance_id().as_str(),
-                                        &revision,
-                                    ],
-                                )
-                                .await?;
-                            let previous_status = instance.status();
-                            let updated = instance
-                                .with_status(HealthStatus::Critical)
-                                .with_revision(Revision::new(revision.unsigned_abs()));
-                            tenant_changes.push(LeaseChange::Expired {
-                                instance: updated,
-                                previous_status,
-                            });
+        in_tenant!(&pool, tenant, |scoped| {
+            // Cheap check first: most passes find nothing to do, and
+            // then take no lock.
+            let due = scoped
+                .query_opt(
+                    "SELECT 1 FROM service_registry WHERE tenant_id = $1 AND lease_expires_at <= $2 \
+                     AND (status <> 'critical' \
+                          OR lease_expires_at + make_interval(secs => ttl_seconds * 3) <= $2) LIMIT 1",
+                    &[&tenant.as_str(), &now],
+                )
+                .await?;
+            if due.is_none() {
+                return Ok(Vec::new());
+            }
+            let mut revision = lock_revision(scoped, tenant).await?;
+            // Rows are re-read under their row locks: a heartbeat that
+            // committed meanwhile has moved its lease and is no longer
+            // selected (the heartbeat wins).
+            let rows = scoped
+                .query(candidates_sql, &[&tenant.as_str(), &now])
+                .await?;
+            let mut tenant_changes = Vec::new();
+            let mut raw = Vec::new();
+            for row in &rows {
+                let instance = match rows::instance(tenant, row) {
+                    Ok(instance) => instance,
+                    Err(error) => {
+                        if let Some(audit) =
+                            expire_unreadable(scoped, tenant, row, &error, &mut revision).await?
+                        {
+                            raw.push(audit);
                         }
-                        LeaseState::Dead => {
-                            revision += 1;
-                            scoped
-                                .execute(
-                                    "DELETE FROM service_registry \
-                                     WHERE tenant_id = $1 AND service_name = $2 AND instance_id = $3",
-                                    &[
-                                        &tenant.as_str(),
-                                        &instance.service_name().as_str(),
-                                        &instance.instance_id().as_str(),
-                                    ],
-                                )
-                                .await?;
-                            tenant_changes.push(LeaseChange::Removed(
-                                instance.with_revision(Revision::new(revision.unsigned_abs())),
-                            ));
-                        }
+                        continue;
+                    }
+                };
+                match instance.lease_state(now) {
+                    LeaseState::Alive => {}
+                    LeaseState::Expired if instance.status() == HealthStatus::Critical => {}
+                    LeaseState::Expired => {
+                        revision += 1;
+                        scoped
+                            .execute(
+                                "UPDATE service_registry SET status = 'critical', revision = $4 \
+                                 WHERE tenant_id = $1 AND service_name = $2 AND instance_id = $3",
+                                &[
+                                    &tenant.as_str(),
+                                    &instance.service_name().as_str(),
+                                    &instance.instance_id().as_str(),
+                                    &revision,
+                                ],
+                            )
+                            .await?;
+                        let previous_status = instance.status();
+                        let updated = instance
+                            .with_status(HealthStatus::Critical)
+                            .with_revision(Revision::new(revision.unsigned_abs()));
+                        tenant_changes.push(LeaseChange::Expired {
+                            instance: updated,
+                            previous_status,
+                        });
+                    }
+                    LeaseState::Dead => {
+                        revision += 1;
+                        scoped
+                            .execute(
+                                "DELETE FROM service_registry \
+                                 WHERE tenant_id = $1 AND service_name = $2 AND instance_id = $3",
+                                &[
+                                    &tenant.as_str(),
+                                    &instance.service_name().as_str(),
+                                    &instance.instance_id().as_str(),
+                                ],
+                            )
+                            .await?;
+                        tenant_changes.push(LeaseChange::Removed(
+                            instance.with_revision(Revision::new(revision.unsigned_abs())),
+                        ));
                     }
                 }
-                if !tenant_changes.is_empty() {
-                    set_revision(scoped, tenant, revision).await?;
-                    let entries: Vec<Audit<'_>> = tenant_changes
-                        .iter()
-                        .map(|c| match c {
-                            LeaseChange::Expired {
-                                instance,
-                                previous_status,
-                            } => Audit {
-                                kind: EventKind::StatusChanged,
-                                instance,
-                                previous_status: Some(*previous_status),
-                            },
-                            LeaseChange::Removed(instance) => Audit {
-                                kind: EventKind::Expired,
-                                instance,
-                                previous_status: None,
-                            },
-                        })
-                        .collect();
-                    record(scoped, tenant, &entries, &context, now, &self.outbox).await?;
-                }
-                Ok(tenant_changes)
-            });
-            changes.extend(outcome?);
-        }
-        Ok(changes)
+            }
+            if !tenant_changes.is_empty() || !raw.is_empty() {
+                set_revision(scoped, tenant, revision).await?;
+                let entries: Vec<Audit<'_>> = tenant_changes
+                    .iter()
+                    .map(|c| match c {
+                        LeaseChange::Expired {
+                            instance,
+                            previous_status,
+                        } => Audit {
+                            kind: EventKind::StatusChanged,
+                            instance,
+                            previous_status: Some(*previous_status),
+                        },
+                        LeaseChange::Removed(instance) => Audit {
+                            kind: EventKind::Expired,
+                            instance,
+                            previous_status: None,
+                        },
+                    })
+                    .collect();
+                record(scoped, tenant, &entries, &context, now, &self.outbox).await?;
+                record_raw(scoped, tenant, &raw, &context, now).await?;
+            }
+            Ok(tenant_changes)
+        })
     }
+}
+
+/// Lease expiry for a candidate row (of the reaper's query) that cannot be
+/// read: the same rule as for any other, judged on its stored lease (column
+/// 15 says whether it is dead), so such a row turns critical and is removed
+/// in time instead of staying forever. Its change takes the next revision
+/// and returns its audit (with the stored values); no event is sent.
+async fn expire_unreadable(
+    scoped: &Scoped,
+    tenant: &TenantId,
+    row: &Row,
+    error: &RegistryError,
+    revision: &mut i64,
+) -> Result<Option<RawAudit>, DbError> {
+    let (service, instance) = row_key(row, 0);
+    let dead: bool = row.try_get(15)?;
+    let status: String = row.try_get(10)?;
+    let kind = if dead {
+        EventKind::Expired
+    } else if status != HealthStatus::Critical.as_str() {
+        EventKind::StatusChanged
+    } else {
+        return Ok(None);
+    };
+    tracing::error!(
+        tenant = %tenant,
+        service,
+        instance,
+        cause = %chain(error),
+        "lease of a stored instance that cannot be read ran out; it is expired like any other, without an event"
+    );
+    *revision += 1;
+    let keys: [&(dyn ToSql + Sync); 4] = [&tenant.as_str(), &service, &instance, &*revision];
+    let payload: String = if dead {
+        row.try_get(16)?
+    } else {
+        let sql = format!(
+            "UPDATE service_registry SET status = 'critical', revision = $4 \
+             WHERE tenant_id = $1 AND service_name = $2 AND instance_id = $3 \
+             RETURNING {RAW_PAYLOAD}"
+        );
+        scoped.query_one(&sql, &keys).await?.try_get(0)?
+    };
+    if dead {
+        scoped
+            .execute(
+                "DELETE FROM service_registry \
+                 WHERE tenant_id = $1 AND service_name = $2 AND instance_id = $3",
+                &keys[..3],
+            )
+            .await?;
+    }
+    Ok(Some(RawAudit {
+        kind,
+        service,
+        instance,
+        revision: *revision,
+        payload,
+    }))
 }

@@ -1,6 +1,7 @@
 //! hub-store integration tests against the machine's real PostgreSQL: a fresh database per test, non-superuser roles.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod containment;
 mod outbox;
 mod rls;
 mod store;
