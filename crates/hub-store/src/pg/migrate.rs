@@ -33,11 +33,12 @@ pub struct RoleCheck {
     pub superuser: bool,
     /// So do roles with BYPASSRLS.
     pub bypass_rls: bool,
-    /// Whether the schema is migrated to this version. Checked on
-    /// `hub_outbox_undeliverable`, the newest table (V3): a database that
-    /// stopped at V1 or V2 (whose outbox functions any application session
-    /// could misuse), or the original single-tenant schema (which also has a
-    /// `service_registry`), is not ready.
+    /// Whether the schema is migrated to this version. Checked on the newest
+    /// objects: `hub_outbox_undeliverable` (V3) and `hub_metrics_prune` (V4).
+    /// A database that stopped at V1 or V2 (whose outbox functions any
+    /// application session could misuse) or at V3 (whose metrics pruner would
+    /// fail every pass), or the original single-tenant schema (which also has
+    /// a `service_registry`), is not ready.
     pub schema_ready: bool,
 }
 
@@ -304,6 +305,7 @@ pub async fn role_check(config: &PgConfig) -> Result<RoleCheck, RegistryError> {
         .query_one(
             "SELECT current_user::text, rolsuper, rolbypassrls, \
                     to_regclass('public.hub_outbox_undeliverable') IS NOT NULL \
+                    AND to_regprocedure('public.hub_metrics_prune(integer, integer)') IS NOT NULL \
              FROM pg_roles WHERE rolname = current_user",
             &[],
         )
