@@ -1220,3 +1220,33 @@ async fn detection_tells_the_states_apart() {
     migrate::run(&db.owner).await.unwrap();
     assert_eq!(legacy::detect(&owner).await.unwrap(), SchemaState::Current);
 }
+
+#[tokio::test]
+async fn old_tables_of_another_owner_are_refused_with_nothing_changed() {
+    // The original hub's tables, made by another role than the migrating
+    // one (here the test's app login, allowed to create in the schema).
+    let Some(db) = TestDb::create_unmigrated().await else {
+        return;
+    };
+    let owner = TestDb::connect(&db.owner).await;
+    owner
+        .batch_execute(&format!("GRANT CREATE ON SCHEMA public TO {}", db.app.user))
+        .await
+        .unwrap();
+    let other = TestDb::connect(&db.app).await;
+    other.batch_execute(LEGACY_SCHEMA).await.unwrap();
+    other.batch_execute(LEGACY_ROWS).await.unwrap();
+    let before = snapshot(&other).await;
+
+    let Err(MigrateError::Refused(message)) = migrate::run_with_report(&db.owner).await else {
+        panic!("old tables of another owner must be refused");
+    };
+    assert!(
+        message.contains(&format!(
+            "is owned by {:?}, and only its owner may rename it: run the upgrade with POSTGRES_USER={}",
+            db.app.user, db.app.user
+        )),
+        "{message}"
+    );
+    assert_eq!(snapshot(&other).await, before);
+}
