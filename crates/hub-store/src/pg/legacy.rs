@@ -45,11 +45,12 @@ const OLD_TABLES: [&str; 3] = ["service_registry", "health_metrics", "coordinati
 
 /// Tables only this hub's migrations create: without refinery's history they
 /// mean a schema half made by hand.
-const HUB_TABLES: [&str; 4] = [
+const HUB_TABLES: [&str; 5] = [
     "hub_tenants",
     "tenant_state",
     "hub_outbox",
     "hub_outbox_due",
+    "hub_outbox_undeliverable",
 ];
 
 /// Where the old tables wait while V1 creates the new ones.

@@ -76,6 +76,16 @@ pub async fn run(config: &PgConfig) -> Result<Vec<String>, RegistryError> {
     }
 }
 
+/// Every migration this build carries, in order (`V1__multi_tenant_registry`,
+/// ...): what a run on an empty or legacy database applies.
+pub fn known_versions() -> Vec<String> {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| format!("V{}__{}", m.version(), m.name()))
+        .collect()
+}
+
 /// What [`run_with_report`] did.
 #[derive(Debug, Clone)]
 pub struct Migrated {

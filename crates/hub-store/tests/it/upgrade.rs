@@ -154,11 +154,11 @@ async fn single_tenant_schema_is_upgraded_into_tenant_system() {
     );
     let migrated = migrate::run_with_report(&owner_config).await.unwrap();
     let applied = migrated.applied;
-    // Later migrations follow (V3 on); the upgrade is V1's work.
     assert_eq!(
         applied[..2],
         ["V1__multi_tenant_registry", "V2__event_outbox"]
     );
+    assert_eq!(applied, migrate::known_versions());
     let report = migrated.upgrade.expect("an upgrade report");
     assert_eq!(report.from, SchemaState::LegacySingleTenant);
     assert_eq!(
@@ -172,13 +172,17 @@ async fn single_tenant_schema_is_upgraded_into_tenant_system() {
     assert!(report.dropped_policies.is_empty());
     let again = migrate::run(&owner_config).await.unwrap();
     assert!(again.is_empty(), "a second run applied {again:?}");
-    let recorded: Vec<(i32, String)> = owner
-        .query("SELECT version, name FROM refinery_schema_history", &[])
+    let recorded: Vec<String> = owner
+        .query(
+            "SELECT format('V%s__%s', version, name) FROM refinery_schema_history ORDER BY version",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| r.get(0))
         .collect();
+<<<<<<< HEAD
     assert_eq!(recorded.len(), applied.len());
     assert_eq!(
         recorded[..2],
@@ -187,6 +191,9 @@ async fn single_tenant_schema_is_upgraded_into_tenant_system() {
             (2, "event_outbox".to_owned())
         ]
     );
+=======
+    assert_eq!(recorded, applied);
+>>>>>>> h5
 
     // The legacy tables stay, untouched, for the operator to inspect: the
     // rows the new constraints rejected are only there.
@@ -863,7 +870,7 @@ async fn seed_migrated_schema_keeps_each_rows_tenant() {
 
     let migrated = migrate::run_with_report(&db.owner).await.unwrap();
     assert_eq!(migrated.state, SchemaState::LegacySeedMigrated);
-    assert_eq!(migrated.applied[0], "V1__multi_tenant_registry");
+    assert_eq!(migrated.applied, migrate::known_versions());
     let report = migrated.upgrade.expect("an upgrade report");
     assert_eq!(
         moved_and_found(&report),
@@ -1224,4 +1231,34 @@ async fn detection_tells_the_states_apart() {
     }
     migrate::run(&db.owner).await.unwrap();
     assert_eq!(legacy::detect(&owner).await.unwrap(), SchemaState::Current);
+}
+
+#[tokio::test]
+async fn old_tables_of_another_owner_are_refused_with_nothing_changed() {
+    // The original hub's tables, made by another role than the migrating
+    // one (here the test's app login, allowed to create in the schema).
+    let Some(db) = TestDb::create_unmigrated().await else {
+        return;
+    };
+    let owner = TestDb::connect(&db.owner).await;
+    owner
+        .batch_execute(&format!("GRANT CREATE ON SCHEMA public TO {}", db.app.user))
+        .await
+        .unwrap();
+    let other = TestDb::connect(&db.app).await;
+    other.batch_execute(LEGACY_SCHEMA).await.unwrap();
+    other.batch_execute(LEGACY_ROWS).await.unwrap();
+    let before = snapshot(&other).await;
+
+    let Err(MigrateError::Refused(message)) = migrate::run_with_report(&db.owner).await else {
+        panic!("old tables of another owner must be refused");
+    };
+    assert!(
+        message.contains(&format!(
+            "is owned by {:?}, and only its owner may rename it: run the upgrade with POSTGRES_USER={}",
+            db.app.user, db.app.user
+        )),
+        "{message}"
+    );
+    assert_eq!(snapshot(&other).await, before);
 }
