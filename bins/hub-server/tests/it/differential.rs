@@ -106,6 +106,9 @@ enum Op {
     Heartbeat(String),
     /// The query string, `?` included.
     List(String),
+    /// A page of `limit` (edge values included) continuing from the last
+    /// `next_cursor` the case saw, if any.
+    Page(String),
     /// The service name, raw (percent-encoded into the path).
     Get(String),
     /// The service name and the query string.
@@ -500,6 +503,7 @@ mod generate {
             5 => register(),
             3 => heartbeat(),
             3 => query().prop_map(Op::List),
+            2 => select(vec!["1", "2", "0", "10000", "10001"]).prop_map(|l| Op::Page(l.to_owned())),
             2 => name().prop_map(Op::Get),
             2 => (name(), proptest::option::weighted(0.5, name()))
                 .prop_map(|(s, i)| Op::Delete(s, i.map(|i| format!("?instance_id={}", encode(&i))).unwrap_or_default())),
@@ -513,7 +517,7 @@ mod generate {
 
 /// Sends `op` for `tenant` and returns the status and the body with its
 /// volatile fields (timestamps, request ids) removed.
-async fn send(app: &TestApp, tenant: &str, op: &Op) -> (u16, Value) {
+async fn send(app: &TestApp, tenant: &str, op: &Op, cursor: Option<&str>) -> (u16, Value) {
     use reqwest::Method;
     let services = "/api/v1/discovery/services";
     let request = match op {
@@ -526,6 +530,14 @@ async fn send(app: &TestApp, tenant: &str, op: &Op) -> (u16, Value) {
             .header("Content-Type", "application/json")
             .body(body.clone()),
         Op::List(query) => app.request(Method::GET, &format!("{services}{query}"), Some(tenant)),
+        Op::Page(limit) => {
+            let cursor = cursor.map(|c| format!("&cursor={c}")).unwrap_or_default();
+            app.request(
+                Method::GET,
+                &format!("{services}?limit={limit}{cursor}"),
+                Some(tenant),
+            )
+        }
         Op::Get(service) => app.request(
             Method::GET,
             &format!("{services}/{}", generate::encode(service)),
@@ -599,8 +611,12 @@ async fn both_stores_answer_generated_requests_alike() {
         let ops = strategy.new_tree(&mut runner).unwrap().current();
         // A fresh tenant per case in both apps: revisions start together.
         let tenant = format!("diff-{case}");
+        let mut cursor: Option<String> = None;
         for (i, op) in ops.iter().enumerate() {
-            let (a, b) = tokio::join!(send(&embedded, &tenant, op), send(&pg, &tenant, op));
+            let (a, b) = tokio::join!(
+                send(&embedded, &tenant, op, cursor.as_deref()),
+                send(&pg, &tenant, op, cursor.as_deref())
+            );
             requests += 1;
             let context = || {
                 format!(
@@ -613,6 +629,9 @@ async fn both_stores_answer_generated_requests_alike() {
             assert_eq!(a, b, "the stores answer differently\n{}", context());
             if (200..300).contains(&a.0) && matches!(op, Op::Register(_)) {
                 accepted += 1;
+            }
+            if let Some(next) = a.1.get("next_cursor").and_then(Value::as_str) {
+                cursor = Some(next.to_owned());
             }
         }
     }
