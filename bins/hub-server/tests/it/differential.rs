@@ -86,6 +86,57 @@ on_both_backends!(
     a_wide_object_of_large_numbers_reads_back,
 );
 
+/// A row written under older or looser rules (an instance id `..`, invisible
+/// characters, metadata over today's 16 KiB) is still listed, paged past,
+/// fetched and deleted: reads check what the types need, never re-apply the
+/// admission rules.
+#[tokio::test]
+async fn rows_stored_under_older_rules_stay_readable_and_deletable() {
+    use hub_store::testing::TestDb;
+
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    app.register_ok("tb", "legacy", "legacy").await;
+    app.register_ok("tb", "legacy", "z").await;
+    let db = app.db.as_ref().unwrap();
+    let mut owner = TestDb::connect(&db.owner).await;
+    let tx = owner.transaction().await.unwrap();
+    tx.batch_execute(
+        "SELECT set_config('app.tenant_id', 'tb', true); \
+         UPDATE service_registry SET instance_id = '..', tags = ARRAY['prod' || chr(8203)], \
+             version = chr(8238) || '1', health_endpoint = '/h' || chr(65279), \
+             metadata = jsonb_build_object('k', repeat('x', 20000), 'n', 1e16::numeric) \
+         WHERE tenant_id = 'tb' AND instance_id = 'legacy'",
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let r = app.list("tb", "?limit=1").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let page: Value = r.json().await.unwrap();
+    let legacy = &page["services"][0];
+    assert_eq!(legacy["instance_id"], "..");
+    assert_eq!(legacy["tags"][0], "prod\u{200b}");
+    assert_eq!(legacy["metadata"]["k"].as_str().unwrap().len(), 20000);
+    assert_eq!(legacy["metadata"]["n"], 10_000_000_000_000_000_u64);
+    // The cursor after `..` leads to the next page.
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let r = app.list("tb", &format!("?limit=1&cursor={cursor}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let next: Value = r.json().await.unwrap();
+    assert_eq!(next["services"][0]["instance_id"], "z");
+
+    let r = app.get_service("tb", "legacy").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = app.deregister("tb", "legacy", "").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["deregistered"], 2);
+    assert!(app.list_ids("tb").await.is_empty());
+}
+
 // ---------------------------------------------------------------------------
 // The differential property test: generated sequences of requests go to an
 // embedded-mode app and a PostgreSQL-mode app, which must answer each with
