@@ -517,7 +517,7 @@ mod generate {
         prop_oneof![
             4 => text().prop_map(|t| encode(&t)),
             2 => select(vec![
-                "%00", "%", "%zz", "%E2%80", "%ff", "+", "%E2%80%8B", "prod%E2%80%8B", "passing",
+                "prod", "eu", "x", "%00", "%", "%zz", "%E2%80", "%ff", "+", "%E2%80%8B", "prod%E2%80%8B", "passing",
                 "warning", "critical", "dead", "PASSING", "0", "1", "2", "10000", "10001", "-1",
                 "1e3", "99999999999999999999", "612f61", "2e2e2f61", "612f2e", "zz", "",
                 "7376632e312f7376632e31",
