@@ -86,6 +86,57 @@ on_both_backends!(
     a_wide_object_of_large_numbers_reads_back,
 );
 
+/// A row written under older or looser rules (an instance id `..`, invisible
+/// characters, metadata over today's 16 KiB) is still listed, paged past,
+/// fetched and deleted: reads check what the types need, never re-apply the
+/// admission rules.
+#[tokio::test]
+async fn rows_stored_under_older_rules_stay_readable_and_deletable() {
+    use hub_store::testing::TestDb;
+
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    app.register_ok("tb", "legacy", "legacy").await;
+    app.register_ok("tb", "legacy", "z").await;
+    let db = app.db.as_ref().unwrap();
+    let mut owner = TestDb::connect(&db.owner).await;
+    let tx = owner.transaction().await.unwrap();
+    tx.batch_execute(
+        "SELECT set_config('app.tenant_id', 'tb', true); \
+         UPDATE service_registry SET instance_id = '..', tags = ARRAY['prod' || chr(8203)], \
+             version = chr(8238) || '1', health_endpoint = '/h' || chr(65279), \
+             metadata = jsonb_build_object('k', repeat('x', 20000), 'n', 1e16::numeric) \
+         WHERE tenant_id = 'tb' AND instance_id = 'legacy'",
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let r = app.list("tb", "?limit=1").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let page: Value = r.json().await.unwrap();
+    let legacy = &page["services"][0];
+    assert_eq!(legacy["instance_id"], "..");
+    assert_eq!(legacy["tags"][0], "prod\u{200b}");
+    assert_eq!(legacy["metadata"]["k"].as_str().unwrap().len(), 20000);
+    assert_eq!(legacy["metadata"]["n"], 10_000_000_000_000_000_u64);
+    // The cursor after `..` leads to the next page.
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let r = app.list("tb", &format!("?limit=1&cursor={cursor}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let next: Value = r.json().await.unwrap();
+    assert_eq!(next["services"][0]["instance_id"], "z");
+
+    let r = app.get_service("tb", "legacy").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = app.deregister("tb", "legacy", "").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["deregistered"], 2);
+    assert!(app.list_ids("tb").await.is_empty());
+}
+
 // ---------------------------------------------------------------------------
 // The differential property test: generated sequences of requests go to an
 // embedded-mode app and a PostgreSQL-mode app, which must answer each with
@@ -106,6 +157,9 @@ enum Op {
     Heartbeat(String),
     /// The query string, `?` included.
     List(String),
+    /// A page of `limit` (edge values included) continuing from the last
+    /// `next_cursor` the case saw, if any.
+    Page(String),
     /// The service name, raw (percent-encoded into the path).
     Get(String),
     /// The service name and the query string.
@@ -463,7 +517,7 @@ mod generate {
         prop_oneof![
             4 => text().prop_map(|t| encode(&t)),
             2 => select(vec![
-                "%00", "%", "%zz", "%E2%80", "%ff", "+", "%E2%80%8B", "prod%E2%80%8B", "passing",
+                "prod", "eu", "x", "%00", "%", "%zz", "%E2%80", "%ff", "+", "%E2%80%8B", "prod%E2%80%8B", "passing",
                 "warning", "critical", "dead", "PASSING", "0", "1", "2", "10000", "10001", "-1",
                 "1e3", "99999999999999999999", "612f61", "2e2e2f61", "612f2e", "zz", "",
                 "7376632e312f7376632e31",
@@ -500,6 +554,7 @@ mod generate {
             5 => register(),
             3 => heartbeat(),
             3 => query().prop_map(Op::List),
+            2 => select(vec!["1", "2", "0", "10000", "10001"]).prop_map(|l| Op::Page(l.to_owned())),
             2 => name().prop_map(Op::Get),
             2 => (name(), proptest::option::weighted(0.5, name()))
                 .prop_map(|(s, i)| Op::Delete(s, i.map(|i| format!("?instance_id={}", encode(&i))).unwrap_or_default())),
@@ -513,7 +568,7 @@ mod generate {
 
 /// Sends `op` for `tenant` and returns the status and the body with its
 /// volatile fields (timestamps, request ids) removed.
-async fn send(app: &TestApp, tenant: &str, op: &Op) -> (u16, Value) {
+async fn send(app: &TestApp, tenant: &str, op: &Op, cursor: Option<&str>) -> (u16, Value) {
     use reqwest::Method;
     let services = "/api/v1/discovery/services";
     let request = match op {
@@ -526,6 +581,14 @@ async fn send(app: &TestApp, tenant: &str, op: &Op) -> (u16, Value) {
             .header("Content-Type", "application/json")
             .body(body.clone()),
         Op::List(query) => app.request(Method::GET, &format!("{services}{query}"), Some(tenant)),
+        Op::Page(limit) => {
+            let cursor = cursor.map(|c| format!("&cursor={c}")).unwrap_or_default();
+            app.request(
+                Method::GET,
+                &format!("{services}?limit={limit}{cursor}"),
+                Some(tenant),
+            )
+        }
         Op::Get(service) => app.request(
             Method::GET,
             &format!("{services}/{}", generate::encode(service)),
@@ -599,8 +662,12 @@ async fn both_stores_answer_generated_requests_alike() {
         let ops = strategy.new_tree(&mut runner).unwrap().current();
         // A fresh tenant per case in both apps: revisions start together.
         let tenant = format!("diff-{case}");
+        let mut cursor: Option<String> = None;
         for (i, op) in ops.iter().enumerate() {
-            let (a, b) = tokio::join!(send(&embedded, &tenant, op), send(&pg, &tenant, op));
+            let (a, b) = tokio::join!(
+                send(&embedded, &tenant, op, cursor.as_deref()),
+                send(&pg, &tenant, op, cursor.as_deref())
+            );
             requests += 1;
             let context = || {
                 format!(
@@ -613,6 +680,9 @@ async fn both_stores_answer_generated_requests_alike() {
             assert_eq!(a, b, "the stores answer differently\n{}", context());
             if (200..300).contains(&a.0) && matches!(op, Op::Register(_)) {
                 accepted += 1;
+            }
+            if let Some(next) = a.1.get("next_cursor").and_then(Value::as_str) {
+                cursor = Some(next.to_owned());
             }
         }
     }

@@ -272,6 +272,40 @@ mod tests {
     }
 
     #[test]
+    fn an_envelope_written_under_older_rules_still_reads_back() {
+        let at = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
+        let registration = Registration::try_from(RegistrationInput {
+            service_name: "billing".into(),
+            host: "h".into(),
+            port: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        let instance = Instance::registered(
+            TenantId::parse("t").unwrap(),
+            registration,
+            at,
+            None,
+            Revision::new(1),
+        );
+        let mut old: Value = serde_json::from_slice(&to_json(&RegistryEvent::new(
+            EventKind::Registered,
+            instance,
+            None,
+            at,
+        )))
+        .unwrap();
+        // What an older replica accepted: `..`, an invisible tag, metadata
+        // over today's size limit. A replica must not refuse its events.
+        old["instance_id"] = serde_json::json!("..");
+        old["data"]["tags"] = serde_json::json!(["prod\u{200b}"]);
+        old["data"]["metadata"] = serde_json::json!({"k": "x".repeat(20_000)});
+        let back = from_json(&serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(back.instance_id().as_str(), "..");
+        assert_eq!(back.instance().tags(), ["prod\u{200b}"]);
+    }
+
+    #[test]
     fn foreign_or_invalid_envelopes_are_refused() {
         assert!(from_json(b"not json").is_err());
         assert!(from_json(b"{}").is_err());

@@ -874,8 +874,8 @@ mod tests {
         let r = Registration::try_from(RegistrationInput {
             metadata: Some(json!({
                 "neg_zero": -0.0, "zero": 0.0, "one": 1.0, "e16": 1e16, "half": 0.5,
-                "max_i64": 9_223_372_036_854_775_807_i64, "min_i64": -9.223372036854775808e18,
-                "two_63": 9.223372036854775808e18, "max_u64": u64::MAX, "two_64": 1.8446744073709551616e19,
+                "max_i64": 9_223_372_036_854_775_807_i64, "min_i64": -(2f64.powi(63)),
+                "two_63": 2f64.powi(63), "max_u64": u64::MAX, "two_64": 2f64.powi(64),
                 "big": 1.7976931348623157e308, "tiny": 5e-324, "nested": [{"x": -0.0, "y": 2e3}],
             })),
             ..input()
