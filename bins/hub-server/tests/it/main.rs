@@ -2,12 +2,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
+mod cli;
 mod concurrency;
 mod discovery;
 mod events;
 mod leases;
 mod pg_lifecycle;
+mod process;
 mod startup_guard;
 mod support;
+mod timeouts;
 mod validation;
 mod walkthrough;
