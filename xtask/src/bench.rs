@@ -68,7 +68,7 @@ Tansu broker is started as for `cargo xtask test`. Each run uses its own subject
 stream and Kafka topic, deleted at its end";
 
 /// The operator key the server is started with; it may act for any tenant.
-pub(crate) const API_KEY: &str = "bench-key";
+pub(crate) const API_KEY: &str = "bench-key-0123456789";
 const TENANTS: usize = 100;
 const SERVICES_PER_TENANT: usize = 10;
 const REGISTRATIONS: usize = 10_000;

@@ -264,19 +264,24 @@ impl Options {
 }
 
 /// The key to use from a `CENTRAL_HUB_API_KEYS` list: the first operator
-/// key (an entry without `:tenants`), which may act for every demo tenant,
-/// else the first key at all (the hub then says which tenant it refuses).
+/// key (an entry without `:`, or ending in `:*`), which may act for every
+/// demo tenant, else the first key at all (the hub then says which tenant it
+/// refuses). As the hub reads it, an entry splits at its last `:`.
 fn key_from_list(list: &str) -> Option<String> {
-    let entries: Vec<&str> = list
+    let entries: Vec<(&str, Option<&str>)> = list
         .split(',')
         .map(str::trim)
         .filter(|e| !e.is_empty())
+        .map(|e| match e.rsplit_once(':') {
+            None => (e, None),
+            Some((key, scope)) => (key.trim(), Some(scope.trim())),
+        })
         .collect();
     entries
         .iter()
-        .find(|e| !e.contains(':'))
+        .find(|(_, scope)| matches!(scope, None | Some("*")))
         .or_else(|| entries.first())
-        .map(|e| e.split(':').next().unwrap_or_default().trim().to_owned())
+        .map(|(key, _)| (*key).to_owned())
         .filter(|k| !k.is_empty())
 }
 
@@ -528,4 +533,28 @@ async fn seed(options: &Options) -> anyhow::Result<()> {
         SERVICES.len()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::key_from_list;
+
+    #[test]
+    fn picks_the_first_operator_key_as_the_hub_reads_the_list() {
+        assert_eq!(
+            key_from_list("bound-key-0123456:acme, operator-key-012345").unwrap(),
+            "operator-key-012345"
+        );
+        assert_eq!(
+            key_from_list("bound-key-0123456:acme,a:b:operator-key-0123:*").unwrap(),
+            "a:b:operator-key-0123"
+        );
+        assert_eq!(
+            key_from_list("a:bound-key-0123456:acme").unwrap(),
+            "a:bound-key-0123456"
+        );
+        assert_eq!(key_from_list(" , "), None);
+    }
 }

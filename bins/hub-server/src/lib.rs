@@ -3,6 +3,7 @@
 //! The binary in `main.rs` is a thin shell over this, so black-box tests can
 //! start the very same application on port 0.
 
+pub mod cli;
 pub mod settings;
 pub mod startup;
 pub mod telemetry;

@@ -126,6 +126,9 @@ pub struct ServerSettings {
     pub shutdown_timeout_secs: u64,
     /// HTTP worker threads; `None` = one per core.
     pub workers: Option<usize>,
+    /// `HUB_BODY_TIMEOUT_SECS`: how long a request body may take to arrive
+    /// in full before the request gets 408 and its connection is closed.
+    pub body_timeout_secs: u64,
 }
 
 /// Log format (`HUB_LOG_FORMAT`). The level comes from `RUST_LOG`.
@@ -216,6 +219,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("DISABLE_AUTH", "auth.disabled"),
     ("HUB_REAP_INTERVAL_MS", "leases.reap_interval_ms"),
     ("HUB_SHUTDOWN_TIMEOUT_SECS", "server.shutdown_timeout_secs"),
+    ("HUB_BODY_TIMEOUT_SECS", "server.body_timeout_secs"),
 ];
 
 /// Backend variables of DESIGN.md that this build cannot honour yet. Starting
@@ -239,6 +243,7 @@ impl Settings {
         let mut builder = Config::builder()
             .set_default("server.bind", "0.0.0.0:7000")?
             .set_default("server.shutdown_timeout_secs", 30)?
+            .set_default("server.body_timeout_secs", 10)?
             .set_default("log.format", "text")?
             .set_default("auth.disabled", false)?
             .set_default("auth.api_keys", "")?
@@ -293,6 +298,11 @@ impl Settings {
                 "HUB_KAFKA_PARTITIONS, HUB_OUTBOX_POLL_MS, HUB_OUTBOX_BATCH and HUB_EMBEDDED_EVENT_QUEUE must be at least 1".into(),
             ));
         }
+        if settings.server.body_timeout_secs == 0 {
+            return Err(ConfigError::Message(
+                "HUB_BODY_TIMEOUT_SECS must be at least 1".into(),
+            ));
+        }
         if settings.leases.reap_interval_ms == 0 {
             return Err(ConfigError::Message(
                 "leases.reap_interval_ms (HUB_REAP_INTERVAL_MS) must be at least 1".into(),
@@ -327,6 +337,15 @@ mod tests {
         assert!(!s.auth.disabled);
         assert_eq!(s.auth.api_keys.expose_secret(), "");
         assert_eq!(s.leases.reap_interval_ms, 1000);
+        assert_eq!(s.server.body_timeout_secs, 10);
+    }
+
+    #[test]
+    fn body_timeout_is_set_and_never_zero() {
+        let s = Settings::load(&env(&[("HUB_BODY_TIMEOUT_SECS", "3")])).unwrap();
+        assert_eq!(s.server.body_timeout_secs, 3);
+        let err = Settings::load(&env(&[("HUB_BODY_TIMEOUT_SECS", "0")])).unwrap_err();
+        assert!(err.to_string().contains("HUB_BODY_TIMEOUT_SECS"), "{err}");
     }
 
     #[test]

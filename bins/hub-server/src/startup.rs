@@ -18,8 +18,9 @@ use hub_core::{
     Delivery, Registry, RegistryError, RegistryEvent, Sink, SinkStatus, Sinks, TenantId,
 };
 use hub_http::{ApiKeys, Auth, HttpDeps};
+use hub_store::pg::diagnose::{ConnectProblem, diagnose};
 use hub_store::pg::migrate;
-use hub_store::{PgConfig, PgStore};
+use hub_store::{PgConfig, PgStore, RoleCheck};
 use secrecy::ExposeSecret;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -126,6 +127,87 @@ fn relay_pg_config(server: &PgConfig, s: &PostgresSettings) -> PgConfig {
     }
 }
 
+/// The messages of an error and of its causes, joined by `: `.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The sentence start-up ends with when PostgreSQL cannot be used: what is
+/// wrong, in the operator's terms, and the next step (which variable to
+/// set, which command to run).
+fn connect_failure(config: &PgConfig, problem: &ConnectProblem, waited_secs: u64) -> String {
+    let at = format!("PostgreSQL at {}:{}", config.host, config.port);
+    let (user, db) = (&config.user, &config.dbname);
+    match problem {
+        ConnectProblem::NoSuchRole => format!(
+            "{at} has no role {user:?} (POSTGRES_USER): create the server's login with `cargo xtask migrate --app-user {user}` (run as the database owner, see docs/POSTGRES.md), or set POSTGRES_USER to a login that exists"
+        ),
+        ConnectProblem::NoSuchDatabase => format!(
+            "{at} has no database {db:?} (POSTGRES_DB): create and migrate it, with the server's login, by `cargo xtask migrate --app-user {user}` (run as the database owner, see docs/POSTGRES.md), or set POSTGRES_DB to the database you migrated"
+        ),
+        ConnectProblem::PasswordRefused => format!(
+            "{at} refused the password of user {user:?}: set POSTGRES_PASSWORD to that login's password (and check POSTGRES_USER; `cargo xtask migrate --app-user {user}` creates the login)"
+        ),
+        ConnectProblem::PasswordMissing => format!(
+            "{at} asks for a password for user {user:?} and none is configured: set POSTGRES_PASSWORD"
+        ),
+        ConnectProblem::NotAllowed(message) => format!(
+            "{at} does not let user {user:?} connect to database {db:?} from this host ({message}): allow it in the server's pg_hba.conf, or check POSTGRES_USER and POSTGRES_DB"
+        ),
+        ConnectProblem::Unreachable(cause) => format!(
+            "{at} could not be reached within {waited_secs} s ({cause}): check POSTGRES_HOST and POSTGRES_PORT and that PostgreSQL is running (HUB_PG_STARTUP_TIMEOUT_SECS sets how long start-up waits)"
+        ),
+        ConnectProblem::Other(message) => {
+            format!("{at} (database {db:?}, user {user:?}) cannot be used: {message}")
+        }
+    }
+}
+
+/// The first connection, before anything else starts: PostgreSQL is the
+/// source of truth, so it is checked first and any failure is the one thing
+/// start-up reports. A database that is not reachable yet (it may be
+/// starting alongside this server) is retried with backoff for
+/// `startup_timeout_secs`, with one warning and the repeats at debug level;
+/// every other failure (no such role, wrong password...) will not fix
+/// itself and ends start-up at once.
+async fn first_connection(
+    config: &PgConfig,
+    startup_timeout_secs: u64,
+) -> anyhow::Result<RoleCheck> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(startup_timeout_secs);
+    let mut delay = Duration::from_millis(250);
+    let mut attempt = 0u32;
+    loop {
+        let error = match migrate::role_check(config).await {
+            Ok(check) => return Ok(check),
+            Err(error) => error,
+        };
+        attempt += 1;
+        let problem = diagnose(&error);
+        let now = tokio::time::Instant::now();
+        if !problem.is_transient() || now >= deadline {
+            anyhow::bail!(connect_failure(config, &problem, startup_timeout_secs));
+        }
+        // The last wait ends at the deadline, for one last attempt there.
+        let wait = delay.min(deadline - now);
+        let retry_in_ms = wait.as_millis() as u64;
+        if attempt == 1 {
+            tracing::warn!(host = %config.host, port = config.port, error = %error_chain(&error), retry_in_ms, "PostgreSQL not reachable yet; retrying quietly until HUB_PG_STARTUP_TIMEOUT_SECS");
+        } else {
+            tracing::debug!(host = %config.host, port = config.port, error = %error_chain(&error), attempt, retry_in_ms, "PostgreSQL still not reachable");
+        }
+        tokio::time::sleep(wait).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// The store and, in PostgreSQL mode, its outbox and lookup cache.
 struct Stores {
     registry: Arc<dyn RegistryStore>,
@@ -158,26 +240,7 @@ async fn build_store(
         });
     };
     let config = pg_config(host, settings);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(settings.startup_timeout_secs);
-    let mut delay = Duration::from_millis(250);
-    let check = loop {
-        match migrate::role_check(&config).await {
-            Ok(check) => break check,
-            Err(RegistryError::Unavailable { source, .. })
-                if tokio::time::Instant::now() + delay < deadline =>
-            {
-                tracing::warn!(host, port = config.port, error = %source, retry_in_ms = delay.as_millis() as u64, "PostgreSQL not reachable yet");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(error) => anyhow::bail!(
-                "PostgreSQL at {host}:{} (database {}, user {}) is not usable: {error:?}",
-                config.port,
-                config.dbname,
-                config.user
-            ),
-        }
-    };
+    let check = first_connection(&config, settings.startup_timeout_secs).await?;
     if check.bypasses_rls() {
         let why = if check.superuser {
             "a superuser"
@@ -200,7 +263,13 @@ async fn build_store(
     if settings.migrate_on_start {
         let applied = migrate::run(&config)
             .await
-            .map_err(|e| anyhow::anyhow!("migrating at start failed: {e:?}"))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "HUB_MIGRATE_ON_START=true, but migrating the database {} failed: {}; run `cargo xtask migrate` as the schema's owner to see the details, or start without HUB_MIGRATE_ON_START",
+                    config.dbname,
+                    error_chain(&e)
+                )
+            })?;
         tracing::info!(
             ?applied,
             "migrations applied at start (HUB_MIGRATE_ON_START)"
@@ -271,9 +340,10 @@ async fn check_relay_login(relay: &PgConfig) -> anyhow::Result<()> {
     }
 }
 
-/// The configured event buses, each connected on first use (and again after
-/// a failed attempt), so that a bus that is down at start-up only delays
-/// events. Start-up tries each once, to log how it publishes.
+/// The configured event buses, each connected on first use (and again,
+/// with backoff, after a failed attempt), so that a bus that is down at
+/// start-up only delays events. Start-up tries each once, after PostgreSQL,
+/// to log how it publishes.
 struct Buses {
     nats: Option<Arc<Lazy<NatsPublisher>>>,
     kafka: Option<Arc<Lazy<KafkaPublisher>>>,
@@ -324,7 +394,9 @@ fn nats_config(
     Ok(config)
 }
 
-async fn build_buses(settings: &EventSettings, replica_id: &str) -> anyhow::Result<Buses> {
+/// The configured buses, not connected yet (no I/O here, so that start-up
+/// can look at PostgreSQL first).
+fn configure_buses(settings: &EventSettings, replica_id: &str) -> anyhow::Result<Buses> {
     let nats = match settings
         .nats_url
         .as_deref()
@@ -362,10 +434,14 @@ async fn build_buses(settings: &EventSettings, replica_id: &str) -> anyhow::Resu
             })))
         }
     };
-    let buses = Buses { nats, kafka };
-    // One attempt each at start: an unreachable bus only delays events, but
-    // an invalid setting (a malformed broker address or topic) will not fix
-    // itself, so it stops start-up.
+    Ok(Buses { nats, kafka })
+}
+
+/// One connection attempt per configured bus, once PostgreSQL is known to
+/// be fine. An unreachable bus only delays events: [`Lazy`] logs it once
+/// and retries quietly with backoff. An invalid setting (a malformed broker
+/// address or topic) will not fix itself, so it stops start-up.
+async fn first_bus_attempts(buses: &Buses) -> anyhow::Result<()> {
     let attempts = [
         (
             "nats",
@@ -383,20 +459,11 @@ async fn build_buses(settings: &EventSettings, replica_id: &str) -> anyhow::Resu
         ),
     ];
     for (sink, error) in attempts {
-        match error {
-            None => {}
-            Some(RegistryError::Invalid(error)) => {
-                anyhow::bail!("the {sink} settings are invalid: {error}")
-            }
-            Some(error) => tracing::warn!(
-                sink,
-                error = %error,
-                source = ?std::error::Error::source(&error).map(ToString::to_string),
-                "event bus not usable at start; events wait until it is"
-            ),
+        if let Some(RegistryError::Invalid(error)) = error {
+            anyhow::bail!("the {sink} settings are invalid: {error}")
         }
     }
-    Ok(buses)
+    Ok(())
 }
 
 /// Hands every event to each of several sinks (the in-process bus first).
@@ -629,8 +696,11 @@ impl Application {
     ) -> anyhow::Result<Self> {
         let auth = build_auth(&settings)?;
         let replica_id = replica_id(&settings.events)?;
-        let buses = build_buses(&settings.events, &replica_id).await?;
+        // The source of truth first: a database that cannot be used is the
+        // one thing start-up reports, before any broker is contacted.
+        let buses = configure_buses(&settings.events, &replica_id)?;
         let stores = build_store(&settings.postgres, &clock, buses.sinks(), &replica_id).await?;
+        first_bus_attempts(&buses).await?;
         let bus = InProcessBus::new();
         let (stop_background, stop_rx) = watch::channel(false);
         let mut tasks: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
@@ -741,6 +811,7 @@ impl Application {
             registry: registry.clone(),
             auth,
             events,
+            body_timeout: Duration::from_secs(settings.server.body_timeout_secs),
         };
         let mut http = HttpServer::new(move || hub_http::app(deps.clone()))
             .disable_signals()

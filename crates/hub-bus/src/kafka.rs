@@ -212,9 +212,31 @@ fn is_unknown_topic(err: &KafkaError) -> bool {
     )
 }
 
+/// One plain TCP connect to each broker in turn, until one answers. rskafka
+/// retries a refused connection with backoff until its deadline, logging
+/// every attempt: a broker that is simply down would cost the whole
+/// deadline and a screenful of lines per attempt. This says it at once, in
+/// one error.
+async fn probe(brokers: &[String], deadline: Duration) -> Result<(), RegistryError> {
+    let mut failures = Vec::with_capacity(brokers.len());
+    for broker in brokers {
+        match tokio::time::timeout(deadline, tokio::net::TcpStream::connect(broker.as_str())).await
+        {
+            Ok(Ok(_connection)) => return Ok(()),
+            Ok(Err(error)) => failures.push(format!("{broker}: {error}")),
+            Err(_) => failures.push(format!("{broker}: no answer within {deadline:?}")),
+        }
+    }
+    Err(unavailable_msg(format!(
+        "no Kafka broker reachable ({})",
+        failures.join("; ")
+    )))
+}
+
 /// A client of the cluster, whose own retries (rskafka retries broken
 /// connections with backoff, forever by default) stop after `deadline`.
-/// Callers bound the whole operation with a timeout as well.
+/// Callers bound the whole operation with a timeout as well. Fails at once
+/// when no broker accepts a TCP connection (see [`probe`]).
 pub(crate) async fn build_client(
     brokers: &[String],
     deadline: Duration,
@@ -226,6 +248,7 @@ pub(crate) async fn build_client(
         .map(str::to_owned)
         .collect();
     let listed = brokers.join(",");
+    probe(&brokers, deadline).await?;
     let backoff = BackoffConfig {
         init_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_secs(1),

@@ -86,11 +86,29 @@ pub fn fingerprint(key: &str) -> String {
     hex::encode(&digest(key)[..4])
 }
 
+/// The shortest key accepted in `CENTRAL_HUB_API_KEYS`, in characters: a
+/// key is the only thing between the network and every tenant's data, and
+/// anything shorter can be guessed or was never meant as a secret.
+pub const MIN_KEY_CHARS: usize = 16;
+
+/// How to write an entry, quoted by every syntax error.
+const SYNTAX: &str = "write KEY (operator), KEY:* (operator; needed when the key itself contains ':') or KEY:tenant1|tenant2 (bound)";
+
 impl ApiKeys {
     /// Parses the `CENTRAL_HUB_API_KEYS` syntax: comma-separated entries, each
-    /// `KEY` (operator: any tenant) or `KEY:tenant1|tenant2` (bound to those
-    /// tenants, the first being the default). Blank entries are ignored.
-    /// Errors name the entry by position, never by its key.
+    /// one of
+    /// - `KEY`: an operator key (any tenant); the key has no `:`;
+    /// - `KEY:*`: an operator key, written so for a key that contains `:`;
+    /// - `KEY:tenant1|tenant2`: bound to those tenants, the first being the
+    ///   default.
+    ///
+    /// An entry with a `:` is split at its **last** `:`, so a key may contain
+    /// `:` as long as the entry ends in `:*` or `:TENANTS`. What follows the
+    /// last `:` must be `*` or valid tenant ids, and the key must be at least
+    /// [`MIN_KEY_CHARS`] long: `pass:word` is refused (a 4-character key), not
+    /// read as key `pass` bound to tenant `word`. Blank entries are ignored.
+    /// Errors name the entry by position, never by its key, and say how to
+    /// write it.
     pub fn parse(spec: &str) -> Result<Self, ValidationError> {
         let mut keys = Self::default();
         for (index, entry) in spec.split(',').map(str::trim).enumerate() {
@@ -98,23 +116,46 @@ impl ApiKeys {
                 continue;
             }
             let field = format!("CENTRAL_HUB_API_KEYS[{index}]");
-            let (key, tenants) = match entry.split_once(':') {
+            let (key, scope) = match entry.rsplit_once(':') {
                 None => (entry, None),
-                Some((key, tenants)) => (key.trim(), Some(tenants)),
+                Some((key, scope)) => (key.trim(), Some(scope.trim())),
             };
             if key.is_empty() {
-                return Err(ValidationError::new(field, "the key is empty"));
+                return Err(ValidationError::new(
+                    field,
+                    format!("the key is empty; {SYNTAX}"),
+                ));
+            }
+            let chars = key.chars().count();
+            if chars < MIN_KEY_CHARS {
+                let hint = if scope.is_some() {
+                    " (if the part after the last ':' belongs to the key, end the entry with ':*')"
+                } else {
+                    ""
+                };
+                return Err(ValidationError::new(
+                    field,
+                    format!(
+                        "the key is {chars} characters long; keys must be at least {MIN_KEY_CHARS} characters long{hint}, e.g. 32 random hex digits from `openssl rand -hex 16`"
+                    ),
+                ));
             }
             let fingerprint = fingerprint(key);
-            let principal = match tenants {
-                None => Principal::Operator { fingerprint },
+            let principal = match scope {
+                None | Some("*") => Principal::Operator { fingerprint },
                 Some(list) => {
                     let tenants = list
                         .split('|')
                         .map(|t| TenantId::parse(t.trim()))
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(|e| {
-                            ValidationError::new(field.clone(), format!("bad tenant: {e}"))
+                            ValidationError::new(
+                                field.clone(),
+                                format!(
+                                    "what follows the last ':' is neither '*' nor a list of tenant ids ({}); {SYNTAX}",
+                                    e.message()
+                                ),
+                            )
                         })?;
                     Principal::Bound {
                         fingerprint,
@@ -173,37 +214,92 @@ mod tests {
         TenantId::parse(s).unwrap()
     }
 
+    const OP: &str = "operator-key-0123";
+    const BOUND: &str = "bound-key-0123456";
+
     #[test]
     fn parses_operator_and_bound_keys() {
-        let keys = ApiKeys::parse(" op-key , bound:tenant1|tenant2,, ").unwrap();
+        let keys = ApiKeys::parse(&format!(" {OP} , {BOUND}:tenant1|tenant2,, ")).unwrap();
         assert_eq!(keys.len(), 2);
         assert!(matches!(
-            keys.authenticate("op-key"),
+            keys.authenticate(OP),
             Some(Principal::Operator { .. })
         ));
-        let bound = keys.authenticate("bound").unwrap();
+        let bound = keys.authenticate(BOUND).unwrap();
         assert_eq!(bound.default_tenant(), t("tenant1"));
         assert!(bound.may_act_for(&t("tenant2")));
         assert!(!bound.may_act_for(&t("tenant3")));
         assert!(keys.authenticate("nope").is_none());
-        assert!(keys.authenticate("bound:tenant1|tenant2").is_none());
+        assert!(
+            keys.authenticate(&format!("{BOUND}:tenant1|tenant2"))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn keys_with_colons_split_at_the_last_one() {
+        let keys = ApiKeys::parse(
+            "user:pass:0123456789abcdef:*, a:b:0123456789abcdef:tenant1, explicit-operator-key:*",
+        )
+        .unwrap();
+        assert!(matches!(
+            keys.authenticate("user:pass:0123456789abcdef"),
+            Some(Principal::Operator { .. })
+        ));
+        assert!(matches!(
+            keys.authenticate("explicit-operator-key"),
+            Some(Principal::Operator { .. })
+        ));
+        let bound = keys.authenticate("a:b:0123456789abcdef").unwrap();
+        assert_eq!(bound.default_tenant(), t("tenant1"));
+        assert!(!bound.may_act_for(&t("a")));
+        assert_eq!(keys.len(), 3);
+    }
+
+    #[test]
+    fn short_keys_are_refused_with_the_way_to_write_them() {
+        // `pass:word` used to become key `pass` bound to tenant `word`.
+        let err = ApiKeys::parse("pass:word").unwrap_err();
+        assert!(err.message().contains("4 characters"), "{err}");
+        assert!(err.message().contains("':*'"), "{err}");
+        for spec in ["k", "fifteen-chars-k", "x:*"] {
+            let err = ApiKeys::parse(spec).unwrap_err();
+            assert!(err.message().contains("at least 16"), "{spec}: {err}");
+        }
+        assert!(ApiKeys::parse("sixteen-chars-ok").is_ok());
+        // Characters, not bytes: 16 non-ASCII characters are enough.
+        assert!(ApiKeys::parse(&"ключ".repeat(4)).is_ok());
     }
 
     #[test]
     fn rejects_bad_entries_without_echoing_the_key() {
-        for spec in [":tenant1", "secret:bad.tenant", "secret:", "k,k"] {
+        for spec in [
+            ":tenant1",
+            "secret-0123456789:bad.tenant",
+            "secret-0123456789:",
+            "secret-0123456789:tenant1|",
+            "secret-0123456789:*|tenant1",
+            "secret-0123456789,secret-0123456789",
+            "secret-0123456789,secret-0123456789:*",
+            "secret",
+        ] {
             let err = ApiKeys::parse(spec).unwrap_err();
             assert!(err.field().starts_with("CENTRAL_HUB_API_KEYS["), "{spec}");
-            assert!(!err.message().contains("secret"), "{err}");
+            assert!(!err.message().contains("secret"), "{spec}: {err}");
         }
+        let err = ApiKeys::parse("secret-0123456789:bad.tenant").unwrap_err();
+        assert!(
+            err.message().contains("KEY:*"),
+            "says how to write it: {err}"
+        );
     }
 
     #[test]
     fn debug_shows_fingerprints_not_keys() {
-        let keys = ApiKeys::parse("super-secret-key").unwrap();
+        let keys = ApiKeys::parse("super-secret-key-123").unwrap();
         let printed = format!("{keys:?}");
-        assert!(!printed.contains("super-secret-key"));
-        assert!(printed.contains(&fingerprint("super-secret-key")));
+        assert!(!printed.contains("super-secret-key-123"));
+        assert!(printed.contains(&fingerprint("super-secret-key-123")));
         assert_eq!(fingerprint("x").len(), 8);
     }
 }

@@ -62,6 +62,19 @@ impl ApiError {
         )
     }
 
+    /// 408 for a request body that did not arrive in full within `limit`.
+    /// Its response closes the connection (see `error_response`).
+    pub fn body_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                limit.as_secs_f64()
+            ),
+        )
+    }
+
     /// 422 naming the field that broke a rule.
     pub fn validation(error: &ValidationError) -> Self {
         Self::new(
@@ -172,6 +185,11 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status);
         if self.status == StatusCode::UNAUTHORIZED {
             response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("ApiKey")));
+        }
+        // After a 408 the rest of the body may still be on its way (or never
+        // come): the connection cannot carry another request, so it ends.
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            response.force_close();
         }
         response.json(body)
     }

@@ -1,6 +1,7 @@
 //! Extractors: the resolved `Tenant`, and `JsonBody<T>` that reports JSON problems in our error format.
 
 use std::future::{Ready, ready};
+use std::time::Duration;
 
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
@@ -60,9 +61,25 @@ impl FromRequest for Change {
     }
 }
 
-/// A JSON request body. Checks the content type (415), the size (413 beyond
-/// 64 KiB), the syntax (400 `malformed_json`) and the shape (422
-/// `validation_failed` naming the field, e.g. `port: invalid type: string "80"`).
+/// How long a request body may take to arrive in full, counted from the end
+/// of its headers (`HUB_BODY_TIMEOUT_SECS`, app data of the application).
+/// actix's own client request timeout covers only the headers: without this,
+/// a body sent one byte a second would hold its connection (and a worker's
+/// attention) for as long as the client likes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyTimeout(pub Duration);
+
+impl Default for BodyTimeout {
+    fn default() -> Self {
+        Self(Duration::from_secs(10))
+    }
+}
+
+/// A JSON request body. Checks the content type (415), the time it takes to
+/// arrive (408 `request_timeout` beyond [`BodyTimeout`], and the connection is
+/// closed), the size (413 beyond 64 KiB), the syntax (400 `malformed_json`)
+/// and the shape (422 `validation_failed` naming the field, e.g.
+/// `port: invalid type: string "80"`).
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
@@ -133,8 +150,12 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
         }
         let bytes = web::Bytes::from_request(req, payload);
         let (method, path) = (req.method().to_string(), req.path().to_owned());
+        let timeout = req.app_data::<BodyTimeout>().copied().unwrap_or_default().0;
         Box::pin(async move {
-            let bytes = bytes.await.map_err(|error| {
+            let bytes = tokio::time::timeout(timeout, bytes)
+                .await
+                .map_err(|_| ApiError::body_timeout(timeout))?;
+            let bytes = bytes.map_err(|error| {
                 let status = error.as_response_error().status_code();
                 if status == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::from_status(status, &method, &path)

@@ -15,6 +15,8 @@ pub mod routes;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
+use std::time::Duration;
+
 use actix_web::{App, HttpRequest, web};
 use hub_core::Registry;
 
@@ -31,6 +33,8 @@ pub struct HttpDeps {
     pub auth: Auth,
     /// The state of event delivery (dashboard).
     pub events: routes::dashboard::Events,
+    /// How long a request body may take to arrive (`HUB_BODY_TIMEOUT_SECS`).
+    pub body_timeout: Duration,
 }
 
 async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
@@ -62,6 +66,7 @@ pub fn app(
         // One cache per worker: `app` runs once per worker thread.
         .app_data(web::Data::new(cache::ServiceBodyCache::default()))
         .app_data(extract::payload_config())
+        .app_data(extract::BodyTimeout(deps.body_timeout))
         .configure(routes::health::configure)
         .configure(routes::discovery::configure)
         .configure(routes::dashboard::configure)

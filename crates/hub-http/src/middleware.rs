@@ -1,4 +1,4 @@
-//! The middleware chain, outermost first: request id (and access log), authentication, tenant context.
+//! The middleware chain, outermost first: request id (with the access log and the headers every response carries), authentication, tenant context.
 
 use std::time::Instant;
 
@@ -59,7 +59,8 @@ fn is_json(response: &HttpResponse) -> bool {
 /// Outermost middleware. Gives the request an id (echoed if the client sent a
 /// sane one), opens the request context and tracing span, turns every error
 /// (including actix's own plain-text rejections) into the JSON error body, adds
-/// `X-Request-ID` and `X-Tenant-ID` to the response, and writes the access log
+/// `X-Request-ID`, `X-Tenant-ID` and the [`SECURITY_HEADERS`] to the response,
+/// and writes the access log
 /// line: request id, tenant, method, path, status, latency. Never a key or a body.
 pub async fn request_id(
     req: ServiceRequest,
@@ -133,7 +134,17 @@ fn json_errors(response: HttpResponse, method: &str, path: &str) -> HttpResponse
     new
 }
 
-/// Adds `X-Request-ID` and `X-Tenant-ID`, and writes the access log line.
+/// Headers on every response this application sends, errors and the 404
+/// fallback included. Every body is tenant data or an error about it, so no
+/// cache (a shared proxy, a browser's disk) may keep it: `no-store`. And a
+/// browser must not guess another type than the declared JSON: `nosniff`.
+pub const SECURITY_HEADERS: [(HeaderName, &str); 2] = [
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::CACHE_CONTROL, "no-store"),
+];
+
+/// Adds `X-Request-ID`, `X-Tenant-ID` and the [`SECURITY_HEADERS`], and
+/// writes the access log line.
 fn finish_response(
     mut response: HttpResponse,
     id: &str,
@@ -146,6 +157,9 @@ fn finish_response(
     let resolved = tenant.is_some();
     let tenant = tenant.or_else(|| claimed_tenant.cloned());
     let headers = response.headers_mut();
+    for (name, value) in SECURITY_HEADERS {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
     if let Ok(value) = HeaderValue::from_str(id) {
         headers.insert(REQUEST_ID, value);
     }

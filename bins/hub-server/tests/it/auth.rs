@@ -3,8 +3,11 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use hub_server::{Application, Settings};
+
 use crate::support::{
-    BOUND_KEY, Backend, OPERATOR_KEY, assert_error, on_both_backends, spawn_app, spawn_app_with,
+    BOUND_KEY, Backend, OPERATOR_KEY, assert_error, env, on_both_backends, spawn_app,
+    spawn_app_with,
 };
 
 const SERVICES: &str = "/api/v1/discovery/services";
@@ -205,7 +208,137 @@ async fn request_ids_are_echoed_when_sane_and_generated_otherwise(backend: Backe
     assert_ne!(a.headers()["x-request-id"], b.headers()["x-request-id"]);
 }
 
+async fn every_response_carries_nosniff_and_no_store(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let register = json!({"service_name": "svc", "host": "10.0.0.1", "port": 80});
+    let responses = [
+        // 200, public
+        app.client.get(app.url("/health")).send().await.unwrap(),
+        // 201
+        app.register("tenant1", register.clone()).await,
+        // 200 with tenant data
+        app.list("tenant1", "").await,
+        // 401 from the auth middleware
+        app.client.get(app.url(SERVICES)).send().await.unwrap(),
+        // 404 of the fallback route
+        app.request(reqwest::Method::GET, "/nowhere", None)
+            .send()
+            .await
+            .unwrap(),
+        // 405, rewritten to JSON by the middleware
+        app.request(reqwest::Method::PUT, SERVICES, None)
+            .send()
+            .await
+            .unwrap(),
+        // 422 from the handler
+        app.register("tenant1", json!({"service_name": "svc"}))
+            .await,
+        // 400 from the tenant middleware
+        app.request(reqwest::Method::GET, SERVICES, Some("bad tenant"))
+            .send()
+            .await
+            .unwrap(),
+    ];
+    for r in responses {
+        let status = r.status();
+        assert_eq!(
+            r.headers()
+                .get("x-content-type-options")
+                .map(|v| v.to_str().unwrap()),
+            Some("nosniff"),
+            "{status}"
+        );
+        assert_eq!(
+            r.headers()
+                .get("cache-control")
+                .map(|v| v.to_str().unwrap()),
+            Some("no-store"),
+            "{status}"
+        );
+    }
+}
+
+/// Builds the app with `CENTRAL_HUB_API_KEYS` (and `extra`), stopping it
+/// again at once; the error text if it refuses to start.
+async fn start_with_keys(keys: &str, extra: &[(&str, &str)]) -> Result<(), String> {
+    let mut pairs = vec![("CENTRAL_HUB_API_KEYS", keys)];
+    pairs.extend_from_slice(extra);
+    let app = Application::build(Settings::load(&env(&pairs)).unwrap())
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let stop = app.stop_handle();
+    let running = tokio::spawn(app.run_until_stopped());
+    stop.stop().await;
+    running.await.unwrap().unwrap();
+    Ok(())
+}
+
+#[tokio::test]
+async fn short_and_ambiguous_keys_are_refused_at_start_with_the_way_to_write_them() {
+    // A 1-character operator key, and `pass:word`, which used to become key
+    // `pass` bound to tenant `word`.
+    for (keys, says) in [
+        ("k", "at least 16"),
+        (
+            &format!("{OPERATOR_KEY},short:tenant1") as &str,
+            "at least 16",
+        ),
+        ("pass:word", "':*'"),
+        ("a-long-enough-key-0001:not.a.tenant", "KEY:*"),
+    ] {
+        let error = start_with_keys(keys, &[]).await.unwrap_err();
+        assert!(error.contains("CENTRAL_HUB_API_KEYS"), "{keys}: {error}");
+        assert!(error.contains(says), "{keys}: {error}");
+        assert!(!error.contains("pass"), "never echoes a key: {error}");
+    }
+    // With auth disabled the keys are not used, so they are not checked.
+    start_with_keys("k", &[("DISABLE_AUTH", "true")])
+        .await
+        .unwrap();
+    // The original guide's plain keys still start as operator keys.
+    start_with_keys("plain-operator-key-from-the-guide", &[])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_key_containing_colons_is_written_with_its_scope_last() {
+    let operator = "user:pass:0123456789abcdef";
+    let bound = "a:b:0123456789abcdef";
+    let keys = format!("{operator}:*,{bound}:tenant2");
+    let app = spawn_app_with(Backend::Embedded, &[("CENTRAL_HUB_API_KEYS", &keys)], None)
+        .await
+        .unwrap();
+    let get = |key: &str, tenant: &str| {
+        app.client
+            .get(app.url(SERVICES))
+            .header("X-API-Key", key)
+            .header("X-Tenant-ID", tenant)
+            .send()
+    };
+    // The operator key, colons and all, acts for any tenant.
+    for tenant in ["tenant1", "tenant2", "user"] {
+        assert_eq!(
+            get(operator, tenant).await.unwrap().status(),
+            StatusCode::OK
+        );
+    }
+    // Its parts are no keys.
+    let r = get("user", "pass").await.unwrap();
+    assert_error(r, StatusCode::UNAUTHORIZED, "invalid_api_key").await;
+    // The bound key is bound to what follows its last colon only.
+    assert_eq!(
+        get(bound, "tenant2").await.unwrap().status(),
+        StatusCode::OK
+    );
+    let r = get(bound, "tenant1").await.unwrap();
+    assert_error(r, StatusCode::FORBIDDEN, "tenant_forbidden").await;
+}
+
 on_both_backends!(
+    every_response_carries_nosniff_and_no_store,
     missing_and_unknown_keys_are_401_with_www_authenticate,
     bound_key_is_limited_to_its_tenants,
     operator_key_acts_for_any_tenant_and_defaults_to_system,

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
+mod cli;
 mod concurrency;
 mod containment;
 mod differential;
@@ -11,7 +12,9 @@ mod leases;
 mod pg_bounds;
 mod pg_lifecycle;
 mod pg_support;
+mod process;
 mod startup_guard;
 mod support;
+mod timeouts;
 mod validation;
 mod walkthrough;

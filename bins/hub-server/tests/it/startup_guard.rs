@@ -1,4 +1,4 @@
-//! The start-up guard: a database role that bypasses row-level security is refused unless explicitly allowed.
+//! The start-up guard: a database role that bypasses row-level security is refused unless explicitly allowed, and a database that cannot be used is one sentence with the next step.
 
 use std::collections::HashMap;
 
@@ -8,7 +8,7 @@ use hub_store::testing::TestDb;
 fn env(db: &TestDb, user: &str, extra: &[(&str, &str)]) -> HashMap<String, String> {
     let mut env: HashMap<String, String> = [
         ("HUB_BIND", "127.0.0.1:0".to_owned()),
-        ("CENTRAL_HUB_API_KEYS", "guard-key".to_owned()),
+        ("CENTRAL_HUB_API_KEYS", "startup-guard-key-0001".to_owned()),
         ("POSTGRES_HOST", db.app.host.clone()),
         ("POSTGRES_PORT", db.app.port.to_string()),
         ("POSTGRES_DB", db.app.dbname.clone()),
@@ -101,4 +101,38 @@ async fn a_database_without_the_schema_is_refused_with_the_fix() {
         .batch_execute(&format!("DROP DATABASE {empty} WITH (FORCE)"))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_database_or_an_unreachable_server_is_one_sentence_with_the_next_step() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let mut missing_db = env(&db, &db.app.user, &[]);
+    missing_db.insert("POSTGRES_DB".into(), format!("{}_absent", db.name));
+    let error = start(&missing_db).await.unwrap_err();
+    assert!(error.contains("has no database"), "{error}");
+    assert!(!error.contains("DbError {"), "a Debug dump: {error}");
+    assert!(
+        error.contains(&format!("cargo xtask migrate --app-user {}", db.app.user)),
+        "{error}"
+    );
+
+    // Nothing listens on the port: retried for HUB_PG_STARTUP_TIMEOUT_SECS,
+    // then the variables to check.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let mut unreachable = env(&db, &db.app.user, &[("HUB_PG_STARTUP_TIMEOUT_SECS", "1")]);
+    unreachable.insert("POSTGRES_PORT".into(), closed);
+    let error = start(&unreachable).await.unwrap_err();
+    assert!(error.contains("could not be reached"), "{error}");
+    assert!(error.contains("POSTGRES_HOST and POSTGRES_PORT"), "{error}");
+
+    for dump in ["Unexpected(", "DbError {", "Error {", "kind:"] {
+        assert!(!error.contains(dump), "a Debug dump: {error}");
+    }
 }

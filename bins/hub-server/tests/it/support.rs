@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 /// The operator key every test app is configured with.
 pub const OPERATOR_KEY: &str = "test-operator-key";
 /// A key bound to tenant1 and tenant3 (tenant1 is its default).
-pub const BOUND_KEY: &str = "test-bound-key";
+pub const BOUND_KEY: &str = "test-bound-key-0001";
 
 /// Which store the app runs on: every contract test runs on both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +41,8 @@ impl Drop for TestApp {
     }
 }
 
-fn env(extra: &[(&str, &str)]) -> HashMap<String, String> {
+/// The environment of every test app (embedded mode), with `extra` on top.
+pub fn env(extra: &[(&str, &str)]) -> HashMap<String, String> {
     let mut env: HashMap<String, String> = [
         ("HUB_BIND", "127.0.0.1:0".to_string()),
         (

@@ -1,12 +1,12 @@
 //! The README walkthrough, run verbatim against the real binary; bootstrap key, JSON logs and SIGTERM shutdown along the way.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use crate::process::{ServerProcess, field};
 
 /// A fenced block of the README: its info string and its text.
 struct Block {
@@ -58,75 +58,6 @@ fn assert_subset(expected: &Value, actual: &Value, path: &str) {
         }
         _ => assert_eq!(expected, actual, "{path}"),
     }
-}
-
-/// The server process; killed if the test fails before stopping it.
-struct Server {
-    child: Child,
-    logs: mpsc::Receiver<String>,
-    seen: Vec<Value>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start() -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hub-server"))
-            .env_clear()
-            .env("HUB_BIND", "127.0.0.1:0")
-            .env("HUB_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start hub-server");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, logs) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Server {
-            child,
-            logs,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a JSON log line whose fields satisfy `pick`, returning its value.
-    fn wait_for(&mut self, what: &str, pick: impl Fn(&Value) -> Option<String>) -> String {
-        if let Some(v) = self.seen.iter().find_map(&pick) {
-            return v;
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .logs
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no log line with {what} within 30 s"));
-            let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
-                panic!("HUB_LOG_FORMAT=json printed a non-JSON line ({e}): {line}")
-            });
-            let found = pick(&value);
-            self.seen.push(value);
-            if let Some(v) = found {
-                return v;
-            }
-        }
-    }
-}
-
-fn field(name: &'static str) -> impl Fn(&Value) -> Option<String> {
-    move |v: &Value| v.get(name).and_then(Value::as_str).map(str::to_owned)
 }
 
 fn run_sh(script: &str, hub: &str, key: &str) -> String {
@@ -191,13 +122,9 @@ fn readme_walkthrough_runs_verbatim() {
             .unwrap();
     let blocks = section_blocks(&readme, "Walkthrough");
 
-    let mut server = Server::start();
+    let mut server = ServerProcess::start(&[]);
     let key = server.wait_for("bootstrap_api_key", field("bootstrap_api_key"));
-    let addr = server.wait_for("listening addr", |v| {
-        (v.get("message").and_then(Value::as_str) == Some("listening"))
-            .then(|| v.get("addr").and_then(Value::as_str).map(str::to_owned))
-            .flatten()
-    });
+    let addr = server.wait_listening();
     assert!(
         server.seen.iter().any(|v| v["message"]
             .as_str()

@@ -1,6 +1,7 @@
 //! The PostgreSQL store: connection pool, tenant-scoped transactions, registry queries, the event outbox, migrations.
 
 mod config;
+pub mod diagnose;
 mod error;
 mod gate;
 #[cfg(all(test, feature = "testing"))]
