@@ -148,7 +148,14 @@ async fn single_tenant_schema_is_upgraded_into_tenant_system() {
     owner.batch_execute(LEGACY_ROWS).await.unwrap();
 
     let applied = migrate::run(&owner_config).await.unwrap();
-    assert_eq!(applied, ["V1__multi_tenant_registry", "V2__event_outbox"]);
+    assert_eq!(
+        applied,
+        [
+            "V1__multi_tenant_registry",
+            "V2__event_outbox",
+            "V3__outbox_hardening"
+        ]
+    );
     let again = migrate::run(&owner_config).await.unwrap();
     assert!(again.is_empty(), "a second run applied {again:?}");
     let recorded: Vec<(i32, String)> = owner
@@ -162,7 +169,8 @@ async fn single_tenant_schema_is_upgraded_into_tenant_system() {
         recorded,
         [
             (1, "multi_tenant_registry".to_owned()),
-            (2, "event_outbox".to_owned())
+            (2, "event_outbox".to_owned()),
+            (3, "outbox_hardening".to_owned())
         ]
     );
 
