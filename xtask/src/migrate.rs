@@ -187,6 +187,13 @@ async fn migrate(options: &Options, target: &PgConfig) -> anyhow::Result<()> {
             "--app-user {app_user:?} is the migrating role (POSTGRES_USER): the server must not connect as the tables' owner, who could disable row-level security. Choose another name, e.g. --app-user central_hub."
         );
     }
+    if let Some(relay) = &options.relay_user
+        && (*relay == target.user || options.app_user.as_ref() == Some(relay))
+    {
+        bail!(
+            "--relay-user {relay:?} must be a login of its own, neither the owner (POSTGRES_USER) nor --app-user; leave it out for one login in both roles"
+        );
+    }
     ensure_database(target).await?;
 
     eprintln!("migrating {}", describe(target));
@@ -247,11 +254,6 @@ async fn relay_roles(options: &Options, target: &PgConfig) -> anyhow::Result<()>
     };
     match (&options.relay_user, &options.app_user) {
         (Some(relay), app) => {
-            if *relay == target.user || app.as_ref() == Some(relay) {
-                bail!(
-                    "--relay-user {relay:?} must be a login of its own, neither the owner (POSTGRES_USER) nor --app-user"
-                );
-            }
             migrate::grant_relay_role(target, relay, options.relay_password.as_deref())
                 .await
                 .map_err(anyhow::Error::new)
@@ -275,6 +277,10 @@ async fn relay_roles(options: &Options, target: &PgConfig) -> anyhow::Result<()>
                 .await
                 .map_err(anyhow::Error::new)
                 .with_context(|| context(app))?;
+            eprintln!(
+                "{app:?} is also a member of {role}: the server's outbox relay runs as the same login \
+                 (--relay-user NAME gives the relay a login of its own)"
+            );
         }
         _ => {}
     }

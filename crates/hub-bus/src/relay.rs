@@ -10,7 +10,8 @@
 //! once and each tenant's events keep their order. Sinks do not wait for each
 //! other: each has its own relay, session and marks.
 //!
-//! A row that cannot be decoded into an event can never be delivered, and
+//! A row that cannot be decoded into an event, or an event the bus refuses
+//! for good (its publisher answers `Invalid`), can never be delivered, and
 //! retrying it would hold up every event behind it, every tenant's. It is
 //! set aside instead (kept in the outbox for an operator, counted, logged
 //! once with its id, tenant and cause), and the relay goes on with the
@@ -282,8 +283,14 @@ impl Relay {
             // Only rows set aside: look again at once for what follows them.
             return Next::Now;
         }
-        if let Err(error) = self.publisher.publish(&events).await {
-            return Next::PublishFailed(error);
+        match self.publisher.publish(&events).await {
+            Ok(()) => {}
+            // The bus refused an event for good: find it, set it aside, and
+            // deliver the others.
+            Err(RegistryError::Invalid(_)) => {
+                return self.publish_each(session, seqs, events).await;
+            }
+            Err(error) => return Next::PublishFailed(error),
         }
         if let Err(error) = session.mark(&seqs).await {
             // Published but not marked: they will be published again
@@ -294,6 +301,59 @@ impl Relay {
             .published
             .fetch_add(seqs.len() as u64, Ordering::Relaxed);
         if full { Next::Now } else { Next::Idle }
+    }
+
+    /// Publishes a batch the bus refused, one event at a time, in order:
+    /// each event it refuses for good is set aside (logged once with its
+    /// outbox id, tenant and the bus's answer), the others are delivered and
+    /// marked. Any other failure stops there, as for a whole batch.
+    async fn publish_each(
+        &self,
+        session: &mut dyn OutboxSession,
+        seqs: Vec<i64>,
+        events: Vec<RegistryEvent>,
+    ) -> Next {
+        let mut delivered = Vec::with_capacity(seqs.len());
+        let mut outcome = Next::Now;
+        for (seq, event) in seqs.into_iter().zip(events) {
+            match self.publisher.publish(std::slice::from_ref(&event)).await {
+                Ok(()) => delivered.push(seq),
+                Err(RegistryError::Invalid(refusal)) => {
+                    let cause = format!("refused by {}: {refusal}", self.sink);
+                    match session.set_aside(seq, &cause).await {
+                        Ok(owed) => {
+                            if owed {
+                                self.stats.set_aside.fetch_add(1, Ordering::Relaxed);
+                                tracing::error!(
+                                    sink = %self.sink,
+                                    outbox_id = seq,
+                                    tenant = %event.tenant_id(),
+                                    %cause,
+                                    "the bus refuses this event for good: set aside (kept in hub_outbox_undeliverable); the relay goes on with the other events"
+                                );
+                            }
+                        }
+                        Err(error) => {
+                            outcome = Next::OutboxFailed(error);
+                            break;
+                        }
+                    }
+                }
+                Err(error) => {
+                    outcome = Next::PublishFailed(error);
+                    break;
+                }
+            }
+        }
+        if !delivered.is_empty() {
+            if let Err(error) = session.mark(&delivered).await {
+                return Next::OutboxFailed(error);
+            }
+            self.stats
+                .published
+                .fetch_add(delivered.len() as u64, Ordering::Relaxed);
+        }
+        outcome
     }
 }
 

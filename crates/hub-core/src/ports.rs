@@ -168,7 +168,10 @@ pub trait RegistryStore: Send + Sync + 'static {
 #[async_trait]
 pub trait EventSink: Send + Sync + 'static {
     /// Publishes the events in order. Returns `Unavailable` if the sink could
-    /// not take them; the change itself is already stored.
+    /// not take them; the change itself is already stored. `Invalid` means
+    /// the sink refused an event for good (it will never take it, however
+    /// often it is sent): the outbox relay then sends the batch one event at
+    /// a time and sets the refused one aside instead of retrying it.
     async fn publish(&self, events: &[RegistryEvent]) -> Result<(), RegistryError>;
 }
 

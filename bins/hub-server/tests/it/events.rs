@@ -1006,3 +1006,107 @@ async fn an_undecodable_outbox_row_is_set_aside_and_the_others_are_delivered_in_
         .delete_stream(&stream)
         .await;
 }
+
+/// NATS, except that it refuses for good every event of the service
+/// `refused` (as a broker refuses a message over its size limit): a batch
+/// holding one is refused whole, as a real publish would fail.
+struct RefusesOneService(NatsPublisher);
+
+#[async_trait::async_trait]
+impl EventSink for RefusesOneService {
+    async fn publish(&self, events: &[RegistryEvent]) -> Result<(), RegistryError> {
+        if events
+            .iter()
+            .any(|e| e.service_name().as_str() == "refused")
+        {
+            return Err(RegistryError::Invalid(hub_core::ValidationError::new(
+                "event",
+                "larger than the bus's maximum message size",
+            )));
+        }
+        self.0.publish(events).await
+    }
+}
+
+#[tokio::test]
+async fn an_event_the_bus_refuses_for_good_is_set_aside_and_the_others_go_on() {
+    let Some(nats) = testing::nats_client("refused").await else {
+        return;
+    };
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let prefix = SubjectPrefix::parse(unique("hubt")).unwrap();
+    let stream = unique("HUBT_").to_uppercase();
+    let mut config = NatsConfig::new(&testing::nats_url()).unwrap();
+    config.subject_prefix = prefix.clone();
+    config.stream_name = stream.clone();
+    let mut subscriber = nats.subscribe(prefix.all_events()).await.unwrap();
+    nats.flush().await.unwrap();
+    let store = PgStore::new(&db.app)
+        .unwrap()
+        .with_outbox(Sinks::NONE.with(Sink::Nats), "replica-a");
+    let outbox: Arc<dyn Outbox> = Arc::new(store.relay_outbox(&db.relay).unwrap());
+    let registry = Registry::new(
+        Arc::new(store.clone()),
+        Arc::new(InProcessBus::new()),
+        Arc::new(ManualClock::default()),
+    );
+    // All written before the relay starts: one batch holds them all.
+    for (tenant, service) in [("tenant1", "a"), ("tenant2", "refused"), ("tenant1", "b")] {
+        let registration = Registration::try_from(RegistrationInput {
+            service_name: service.into(),
+            host: "10.0.0.1".into(),
+            port: 80,
+            ..Default::default()
+        })
+        .unwrap();
+        registry
+            .register(
+                &TenantId::parse(tenant).unwrap(),
+                registration,
+                &ChangeContext::new(None, None),
+            )
+            .await
+            .unwrap();
+    }
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let relay = Relay::new(
+        outbox.clone(),
+        Sink::Nats,
+        Arc::new(RefusesOneService(
+            NatsPublisher::connect(config).await.unwrap(),
+        )),
+        RelaySettings::default(),
+    );
+    let stats = relay.stats();
+    let task = tokio::spawn(relay.run(stop));
+    let mut services = Vec::new();
+    for step in ["a", "b"] {
+        let (_, envelope) = next_envelope(&mut subscriber, step).await;
+        services.push(envelope["service_name"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(services, ["a", "b"], "the others, in order");
+    let backlog = crate::support::eventually(5, || async {
+        let backlog = outbox.backlog(Sink::Nats, None).await.unwrap();
+        (backlog.pending == 0).then_some(backlog)
+    })
+    .await;
+    assert_eq!(backlog.undeliverable, 1);
+    assert_eq!(
+        (stats.set_aside(), stats.failures()),
+        (1, 0),
+        "never retried"
+    );
+    let reason: String = TestDb::connect(&db.owner)
+        .await
+        .query_one("SELECT reason FROM hub_outbox_undeliverable", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(reason.contains("maximum message size"), "{reason}");
+    task.abort();
+    let _ = async_nats::jetstream::new(nats)
+        .delete_stream(&stream)
+        .await;
+}

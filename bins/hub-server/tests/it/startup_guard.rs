@@ -136,3 +136,37 @@ async fn a_missing_database_or_an_unreachable_server_is_one_sentence_with_the_ne
         assert!(!error.contains(dump), "a Debug dump: {error}");
     }
 }
+
+/// With a bus configured, a relay login that may not read the outbox would
+/// retry forever while every event stays pending: start-up refuses it and
+/// names the setting. The relay's own login, or a login in both roles,
+/// starts.
+#[tokio::test]
+async fn a_relay_login_that_may_not_read_the_outbox_is_refused() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let nats = [("NATS_URL", "nats://127.0.0.1:4222")];
+    let error = start(&env(&db, &db.app.user, &nats)).await.unwrap_err();
+    assert!(
+        error.contains("HUB_RELAY_PG_USER")
+            && error.contains("central_hub_relay")
+            && error.contains("--relay-user"),
+        "{error}"
+    );
+    let relay = db.relay.user.as_str();
+    start(&env(
+        &db,
+        &db.app.user,
+        &[nats[0], ("HUB_RELAY_PG_USER", relay)],
+    ))
+    .await
+    .unwrap();
+    // The single-login set-up.
+    let admin = db.admin().await;
+    admin
+        .batch_execute(&format!("GRANT central_hub_relay TO {}", db.app.user))
+        .await
+        .unwrap();
+    start(&env(&db, &db.app.user, &nats)).await.unwrap();
+}
