@@ -1,5 +1,6 @@
 //! `Application`: builds adapters from settings, binds the listener, runs the HTTP server and background tasks, shuts down.
 
+use hub_core::error_chain;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,18 +126,6 @@ fn relay_pg_config(server: &PgConfig, s: &PostgresSettings) -> PgConfig {
             ..server.clone()
         },
     }
-}
-
-/// The messages of an error and of its causes, joined by `: `.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The sentence start-up ends with when PostgreSQL cannot be used: what is

@@ -1,5 +1,6 @@
 //! `Lazy`: a publisher connected on first use and again, with backoff, after a failed connect, so a bus that is down at start-up delays events instead of stopping the server or filling the log.
 
+use hub_core::error_chain as chain;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -144,18 +145,6 @@ impl<T: Send + Sync + 'static> Lazy<T> {
             }
         }
     }
-}
-
-/// The messages of an error and of its causes, joined by `: `.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[async_trait]

@@ -80,3 +80,18 @@ impl RegistryError {
         Self::NotFound(what.into())
     }
 }
+
+/// An error and its causes on one line, joined by `: `, for logs and
+/// operator-facing messages: an outer message alone ("unexpected error")
+/// rarely says anything an operator can act on. Every adapter and the binary
+/// use this one function.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -51,5 +51,5 @@ pub use domain::query::{
     MAX_LIST_LIMIT, PageBuilder, listed_size,
 };
 pub use domain::registration::{Host, Protocol, Registration, RegistrationInput};
-pub use error::{RegistryError, ValidationError};
+pub use error::{RegistryError, ValidationError, error_chain};
 pub use registry::{ExpiryReport, Registry, ServiceInstances};

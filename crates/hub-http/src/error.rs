@@ -1,5 +1,6 @@
 //! `ApiError` and the one table that maps hub-core errors and HTTP rejections to status codes and stable codes.
 
+use hub_core::error_chain;
 use std::fmt;
 
 use actix_web::http::StatusCode;
@@ -143,17 +144,6 @@ impl ApiError {
     pub fn message(&self) -> &str {
         &self.message
     }
-}
-
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 impl fmt::Display for ApiError {

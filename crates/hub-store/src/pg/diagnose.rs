@@ -5,6 +5,7 @@
 //! types), and decide what to tell the operator.
 
 use hub_core::RegistryError;
+use hub_core::error_chain as chain;
 use tokio_postgres::error::SqlState;
 
 /// What went wrong while connecting, as far as an operator can act on it.
@@ -35,18 +36,6 @@ impl ConnectProblem {
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Unreachable(_))
     }
-}
-
-/// The messages of an error and of its causes, joined by `: `.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Classifies an error of [`migrate::role_check`](super::migrate::role_check)

@@ -2,6 +2,7 @@
 
 use deadpool_postgres::PoolError;
 use hub_core::RegistryError;
+pub(crate) use hub_core::error_chain as chain;
 use tokio_postgres::error::SqlState;
 
 /// An error inside a tenant-scoped transaction.
@@ -123,19 +124,6 @@ pub(crate) fn from_pool(error: PoolError) -> RegistryError {
             source: Box::new(other),
         },
     }
-}
-
-/// An error and its causes on one line, for logs: the outer message alone
-/// ("unexpected error") says nothing an operator can act on.
-pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(all(test, feature = "testing"))]

@@ -15,6 +15,7 @@
 //! another replica without any lease to expire. A single publisher per sink
 //! is what keeps each tenant's events in commit order on the bus.
 
+use hub_core::error_chain as chain;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -93,20 +94,6 @@ async fn connect(config: &PgConfig, sink: Sink) -> Result<tokio_postgres::Client
         }
     });
     Ok(client)
-}
-
-/// An error and its causes on one line: the cause of a set-aside is read by
-/// operators, and `RegistryError`'s own text ("unexpected error") says
-/// nothing.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Decodes one row of `hub_outbox_pending`. A row that is not a valid event
