@@ -32,6 +32,7 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         ]),
     )?;
     layering()?;
+    json_features()?;
     tests(extra)?;
     eprintln!("\nall checks passed");
     Ok(())
@@ -136,9 +137,58 @@ fn layering() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// serde_json features the exact round trip depends on (docs/ARCHITECTURE.md,
+/// "Input and exact round trip"): `float_roundtrip` must be on, so that the
+/// plain-notation numbers PostgreSQL prints read back as the same doubles;
+/// `arbitrary_precision` and `preserve_order` must stay off, since either
+/// would change how both stores compare and print metadata. Features are
+/// unified across the workspace, so a new dependency could switch one on
+/// without any change to our own manifests: this check catches that.
+fn json_features() -> anyhow::Result<()> {
+    eprintln!(
+        "\n==> serde_json features: float_roundtrip on, arbitrary_precision and preserve_order off"
+    );
+    let output = cargo()
+        .args([
+            "tree",
+            "--workspace",
+            "--locked",
+            "-e",
+            "features",
+            "-i",
+            "serde_json",
+        ])
+        .output()?;
+    if !output.status.success() {
+        bail!(
+            "`cargo tree -e features -i serde_json` failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    check_json_features(&String::from_utf8_lossy(&output.stdout)).map_err(anyhow::Error::msg)
+}
+
+/// The verdict of [`json_features`] on the output of `cargo tree -e features`.
+fn check_json_features(tree: &str) -> Result<(), String> {
+    let enabled = |feature: &str| tree.contains(&format!("serde_json feature \"{feature}\""));
+    if !enabled("float_roundtrip") {
+        return Err("serde_json's float_roundtrip feature is off: PostgreSQL-mode reads would no longer return the numbers that were written".into());
+    }
+    let unwanted: Vec<&str> = ["arbitrary_precision", "preserve_order"]
+        .into_iter()
+        .filter(|f| enabled(f))
+        .collect();
+    if !unwanted.is_empty() {
+        return Err(format!(
+            "serde_json features {unwanted:?} are on (`cargo tree -e features -i serde_json` shows who enables them): the two stores would no longer answer alike"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_result;
+    use super::{check_json_features, parse_result};
 
     #[test]
     fn parses_cargo_test_summaries() {
@@ -153,5 +203,19 @@ mod tests {
             Some((18, 3))
         );
         assert_eq!(parse_result("running 3 tests"), None);
+    }
+
+    #[test]
+    fn json_features_need_float_roundtrip_and_refuse_the_others() {
+        let ok = "serde_json v1.0.1\n├── serde_json feature \"default\"\n├── serde_json feature \"float_roundtrip\"\n";
+        assert!(check_json_features(ok).is_ok());
+        let off = "serde_json v1.0.1\n├── serde_json feature \"default\"\n";
+        assert!(check_json_features(off).is_err());
+        let extra = format!("{ok}├── serde_json feature \"arbitrary_precision\"\n");
+        assert!(
+            check_json_features(&extra)
+                .unwrap_err()
+                .contains("arbitrary_precision")
+        );
     }
 }
