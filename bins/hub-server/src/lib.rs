@@ -6,7 +6,9 @@
 pub mod cli;
 pub mod settings;
 pub mod startup;
+mod tasks;
 pub mod telemetry;
+mod wiring;
 
 pub use settings::Settings;
 pub use startup::{Application, StopHandle};

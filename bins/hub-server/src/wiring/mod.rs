@@ -1,0 +1,8 @@
+//! Wiring of each backend: one module per backend, each turning its part of the settings into the adapters `Application::build` hands on.
+
+pub(crate) mod auth;
+pub(crate) mod buses;
+pub(crate) mod events;
+pub(crate) mod http;
+pub(crate) mod postgres;
+pub(crate) mod store;
