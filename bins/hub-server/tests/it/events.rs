@@ -505,46 +505,85 @@ impl EventSink for StallAfterPublish {
     }
 }
 
+/// A relay test's world: a test database whose store writes NATS outbox
+/// rows, the relay's view of that outbox, a NATS configuration with a
+/// subject prefix and stream of its own, and a subscriber to those subjects.
+struct RelayWorld {
+    nats: async_nats::Client,
+    db: TestDb,
+    stream: String,
+    config: NatsConfig,
+    subscriber: async_nats::Subscriber,
+    outbox: Arc<dyn Outbox>,
+    registry: Registry,
+}
+
+impl RelayWorld {
+    /// `None` (the test skips) outside CI when NATS or PostgreSQL is missing.
+    async fn new(name: &str) -> Option<Self> {
+        let nats = testing::nats_client(name).await?;
+        let db = TestDb::create().await?;
+        let prefix = SubjectPrefix::parse(unique("hubt")).unwrap();
+        let stream = unique("HUBT_").to_uppercase();
+        let mut config = NatsConfig::new(&testing::nats_url()).unwrap();
+        config.subject_prefix = prefix.clone();
+        config.stream_name = stream.clone();
+        let subscriber = nats.subscribe(prefix.all_events()).await.unwrap();
+        nats.flush().await.unwrap();
+        let store = PgStore::new(&db.app)
+            .unwrap()
+            .with_outbox(Sinks::NONE.with(Sink::Nats), "replica-a");
+        let outbox: Arc<dyn Outbox> = Arc::new(store.relay_outbox(&db.relay).unwrap());
+        let registry = Registry::new(
+            Arc::new(store),
+            Arc::new(InProcessBus::new()),
+            Arc::new(ManualClock::default()),
+        );
+        Some(Self {
+            nats,
+            db,
+            stream,
+            config,
+            subscriber,
+            outbox,
+            registry,
+        })
+    }
+
+    /// Registers `service` for `tenant` (its outbox row is written with it).
+    async fn register(&self, tenant: &str, service: &str) {
+        let registration = Registration::try_from(RegistrationInput {
+            service_name: service.into(),
+            host: "10.0.0.1".into(),
+            port: 80,
+            ..Default::default()
+        })
+        .unwrap();
+        self.registry
+            .register(
+                &TenantId::parse(tenant).unwrap(),
+                registration,
+                &ChangeContext::new(None, None),
+            )
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_relay_stopped_between_publish_and_mark_delivers_again() {
-    let Some(nats) = testing::nats_client("relay_crash").await else {
+    let Some(world) = RelayWorld::new("relay_crash").await else {
         return;
     };
-    let Some(db) = TestDb::create().await else {
-        return;
-    };
-    let prefix = SubjectPrefix::parse(unique("hubt")).unwrap();
-    let stream = unique("HUBT_").to_uppercase();
-    let mut config = NatsConfig::new(&testing::nats_url()).unwrap();
-    config.subject_prefix = prefix.clone();
-    config.stream_name = stream.clone();
-    let mut subscriber = nats.subscribe(prefix.all_events()).await.unwrap();
-    nats.flush().await.unwrap();
-
-    let store = PgStore::new(&db.app)
-        .unwrap()
-        .with_outbox(Sinks::NONE.with(Sink::Nats), "replica-a");
-    let outbox: Arc<dyn Outbox> = Arc::new(store.relay_outbox(&db.relay).unwrap());
-    let registry = Registry::new(
-        Arc::new(store.clone()),
-        Arc::new(InProcessBus::new()),
-        Arc::new(ManualClock::default()),
-    );
-    let registration = Registration::try_from(RegistrationInput {
-        service_name: "svc".into(),
-        host: "10.0.0.1".into(),
-        port: 80,
-        ..Default::default()
-    })
-    .unwrap();
-    registry
-        .register(
-            &TenantId::parse("tenant1").unwrap(),
-            registration,
-            &ChangeContext::new(None, None),
-        )
-        .await
-        .unwrap();
+    world.register("tenant1", "svc").await;
+    let RelayWorld {
+        nats,
+        stream,
+        config,
+        mut subscriber,
+        outbox,
+        ..
+    } = world;
 
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let stalling = Relay::new(
@@ -1030,46 +1069,22 @@ impl EventSink for RefusesOneService {
 
 #[tokio::test]
 async fn an_event_the_bus_refuses_for_good_is_set_aside_and_the_others_go_on() {
-    let Some(nats) = testing::nats_client("refused").await else {
+    let Some(world) = RelayWorld::new("refused").await else {
         return;
     };
-    let Some(db) = TestDb::create().await else {
-        return;
-    };
-    let prefix = SubjectPrefix::parse(unique("hubt")).unwrap();
-    let stream = unique("HUBT_").to_uppercase();
-    let mut config = NatsConfig::new(&testing::nats_url()).unwrap();
-    config.subject_prefix = prefix.clone();
-    config.stream_name = stream.clone();
-    let mut subscriber = nats.subscribe(prefix.all_events()).await.unwrap();
-    nats.flush().await.unwrap();
-    let store = PgStore::new(&db.app)
-        .unwrap()
-        .with_outbox(Sinks::NONE.with(Sink::Nats), "replica-a");
-    let outbox: Arc<dyn Outbox> = Arc::new(store.relay_outbox(&db.relay).unwrap());
-    let registry = Registry::new(
-        Arc::new(store.clone()),
-        Arc::new(InProcessBus::new()),
-        Arc::new(ManualClock::default()),
-    );
     // All written before the relay starts: one batch holds them all.
     for (tenant, service) in [("tenant1", "a"), ("tenant2", "refused"), ("tenant1", "b")] {
-        let registration = Registration::try_from(RegistrationInput {
-            service_name: service.into(),
-            host: "10.0.0.1".into(),
-            port: 80,
-            ..Default::default()
-        })
-        .unwrap();
-        registry
-            .register(
-                &TenantId::parse(tenant).unwrap(),
-                registration,
-                &ChangeContext::new(None, None),
-            )
-            .await
-            .unwrap();
+        world.register(tenant, service).await;
     }
+    let RelayWorld {
+        nats,
+        db,
+        stream,
+        config,
+        mut subscriber,
+        outbox,
+        ..
+    } = world;
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let relay = Relay::new(
         outbox.clone(),
