@@ -134,11 +134,24 @@ impl BrokerProcess {
     /// A private nats-server with JetStream (storage in a temporary
     /// directory) on a free port; `None` after SKIPPED if it cannot start.
     pub fn nats(test: &str) -> Option<BrokerProcess> {
+        Self::nats_with_config(test, "")
+    }
+
+    /// Like [`BrokerProcess::nats`], with `config` (nats-server's config
+    /// file syntax, e.g. `max_payload: 1024`) as its config file.
+    pub fn nats_with_config(test: &str, config: &str) -> Option<BrokerProcess> {
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("hub-test-nats-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        let args = vec![
+        let mut args = Vec::new();
+        if !config.is_empty() {
+            let file = dir.join("nats-server.conf");
+            std::fs::write(&file, config).unwrap();
+            args.push("-c".to_owned());
+            args.push(file.to_string_lossy().into_owned());
+        }
+        args.extend([
             "-a".to_owned(),
             "127.0.0.1".to_owned(),
             "-p".to_owned(),
@@ -146,7 +159,7 @@ impl BrokerProcess {
             "-js".to_owned(),
             "-sd".to_owned(),
             dir.to_string_lossy().into_owned(),
-        ];
+        ]);
         let mut broker = BrokerProcess {
             what: "nats-server",
             program: PathBuf::from("nats-server"),
