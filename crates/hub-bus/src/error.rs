@@ -109,8 +109,9 @@ pub(crate) fn kafka_produce(err: rskafka::client::error::Error) -> RegistryError
 #[cfg(test)]
 mod tests {
     // Tansu (the test broker) has no setting for a maximum message size and
-    // so never gives these answers; the mapping is checked on rskafka's own
-    // errors, as its produce call returns them.
+    // so never answers `MessageTooLarge` or `RecordListTooLarge`; the mapping
+    // is checked here on rskafka's own errors, as its produce call returns
+    // them. `InvalidRecord` from a real Tansu is tested in tests/it/kafka.rs.
     use rskafka::client::error::{Error, ProtocolError, RequestContext};
 
     use super::*;

@@ -25,7 +25,7 @@ async fn publisher(broker: &BrokerProcess, jetstream: bool) -> NatsPublisher {
 }
 
 /// Panics unless `result` is the refusal of an `event` naming `cause`.
-fn assert_refused(result: Result<(), RegistryError>, cause: &str) {
+pub fn assert_refused(result: Result<(), RegistryError>, cause: &str) {
     match result {
         Err(RegistryError::Invalid(refusal)) => {
             let text = refusal.to_string();
