@@ -199,6 +199,7 @@ fn murmur2(data: &[u8]) -> i32 {
     h as i32
 }
 
+use crate::error::kafka_produce;
 pub(crate) use crate::error::{unavailable, unavailable_msg};
 
 /// Whether the broker answered that the topic or partition does not exist.
@@ -519,7 +520,9 @@ impl KafkaPublisher {
                 Err(err) if is_unknown_topic(&err) => {
                     self.topic_vanished(partition, &mut recreated).await?;
                 }
-                Err(err) => return Err(unavailable(err)),
+                // The partition's connection is fine after a refusal, but
+                // dropping it costs one reconnect and keeps this path simple.
+                Err(err) => return Err(kafka_produce(err)),
             }
         }
     }
@@ -574,7 +577,9 @@ impl KafkaPublisher {
 impl EventSink for KafkaPublisher {
     /// Publishes the events: one produce request per partition touched, the
     /// requests concurrent, each partition's records in the order given.
-    /// Ok means the broker acknowledged every record. On `Unavailable` some
+    /// Ok means the broker acknowledged every record. `Invalid` means the
+    /// broker refused a partition's records for good (too large, or an
+    /// invalid record; see `error.rs`). On `Unavailable` some
     /// partitions may have stored their records: a retry of the batch then
     /// repeats them, and consumers drop the repeats by `event-id`.
     async fn publish(&self, events: &[RegistryEvent]) -> Result<(), RegistryError> {

@@ -167,6 +167,7 @@ pub struct NatsPublisher {
     ack_timeout: Duration,
 }
 
+use crate::error::{nats_jetstream, nats_publish, nats_too_large};
 pub(crate) use crate::error::{unavailable, unavailable_msg};
 
 /// Whether the stream subject `pattern` matches every subject that
@@ -329,6 +330,31 @@ impl NatsPublisher {
         headers
     }
 
+    /// The headers and payload of `event`, or `Invalid` if together they
+    /// are larger than the connected server's `max_payload` (which it
+    /// counts over both, and enforces by closing the connection).
+    fn message(&self, event: &RegistryEvent) -> Result<(HeaderMap, Vec<u8>), RegistryError> {
+        let headers = Self::headers(event);
+        let payload = envelope::to_json(event);
+        // As async-nats writes them: a version line, `name: value` lines,
+        // and an empty line.
+        let header_size = "NATS/1.0\r\n".len()
+            + headers
+                .iter()
+                .flat_map(|(name, values)| {
+                    values.iter().map(move |value| {
+                        AsRef::<[u8]>::as_ref(name).len() + value.as_str().len() + 4
+                    })
+                })
+                .sum::<usize>()
+            + 2;
+        let max_payload = self.client.server_info().max_payload;
+        match nats_too_large(header_size + payload.len(), max_payload) {
+            Some(refusal) => Err(refusal),
+            None => Ok((headers, payload)),
+        }
+    }
+
     /// Follows every tenant's registry events on `{prefix}.*.registry.>`
     /// (a core subscription: events published from now on), skipping those
     /// whose `hub-origin` header is `skip_origin` (this replica's own), and
@@ -386,14 +412,11 @@ impl NatsPublisher {
     async fn publish_plain(&self, events: &[RegistryEvent]) -> Result<(), RegistryError> {
         for event in events {
             let subject = self.prefix.event_subject(event.tenant_id(), event.kind());
+            let (headers, payload) = self.message(event)?;
             self.client
-                .publish_with_headers(
-                    subject,
-                    Self::headers(event),
-                    envelope::to_json(event).into(),
-                )
+                .publish_with_headers(subject, headers, payload.into())
                 .await
-                .map_err(unavailable)?;
+                .map_err(nats_publish)?;
         }
         // A flush (a PING/PONG round trip) makes Ok mean "written to the
         // server", and surfaces a broken connection here rather than never.
@@ -407,29 +430,29 @@ impl EventSink for NatsPublisher {
     /// back to back on the one connection (so the server stores them in
     /// order) and then every ack is awaited: Ok means every event is stored.
     /// On error, events after the failed one may or may not be stored. Returns
-    /// `Unavailable { component: "events" }` on any failure (the outcome of
-    /// the failed event is then unknown; a retry is deduplicated by id).
+    /// `Invalid` for an event larger than the server or stream takes (before
+    /// sending it; nothing else counts as a refusal for good, see
+    /// `error.rs`), and `Unavailable { component: "events" }` on any other
+    /// failure (the outcome of the failed event is then unknown; a retry is
+    /// deduplicated by id).
     async fn publish(&self, events: &[RegistryEvent]) -> Result<(), RegistryError> {
         match &self.jetstream {
             Some(context) => {
                 let mut acks = Vec::with_capacity(events.len());
                 for event in events {
                     let subject = self.prefix.event_subject(event.tenant_id(), event.kind());
+                    let (headers, payload) = self.message(event)?;
                     acks.push(
                         context
-                            .publish_with_headers(
-                                subject,
-                                Self::headers(event),
-                                envelope::to_json(event).into(),
-                            )
+                            .publish_with_headers(subject, headers, payload.into())
                             .await
-                            .map_err(unavailable)?,
+                            .map_err(nats_jetstream)?,
                     );
                 }
                 // Both the send and each ack are bounded by the context's
                 // timeout (`ack_timeout`).
                 for ack in acks {
-                    ack.await.map_err(unavailable)?;
+                    ack.await.map_err(nats_jetstream)?;
                 }
                 Ok(())
             }

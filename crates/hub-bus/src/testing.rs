@@ -134,11 +134,24 @@ impl BrokerProcess {
     /// A private nats-server with JetStream (storage in a temporary
     /// directory) on a free port; `None` after SKIPPED if it cannot start.
     pub fn nats(test: &str) -> Option<BrokerProcess> {
+        Self::nats_with_config(test, "")
+    }
+
+    /// Like [`BrokerProcess::nats`], with `config` (nats-server's config
+    /// file syntax, e.g. `max_payload: 1024`) as its config file.
+    pub fn nats_with_config(test: &str, config: &str) -> Option<BrokerProcess> {
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("hub-test-nats-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        let args = vec![
+        let mut args = Vec::new();
+        if !config.is_empty() {
+            let file = dir.join("nats-server.conf");
+            std::fs::write(&file, config).unwrap();
+            args.push("-c".to_owned());
+            args.push(file.to_string_lossy().into_owned());
+        }
+        args.extend([
             "-a".to_owned(),
             "127.0.0.1".to_owned(),
             "-p".to_owned(),
@@ -146,7 +159,7 @@ impl BrokerProcess {
             "-js".to_owned(),
             "-sd".to_owned(),
             dir.to_string_lossy().into_owned(),
-        ];
+        ]);
         let mut broker = BrokerProcess {
             what: "nats-server",
             program: PathBuf::from("nats-server"),
@@ -165,6 +178,13 @@ impl BrokerProcess {
     /// A private Tansu broker (memory storage) of `HUB_TEST_TANSU_BIN` on a
     /// free port; `None` after SKIPPED when the variable is unset.
     pub fn tansu(test: &str) -> Option<BrokerProcess> {
+        Self::tansu_with_schemas(test, &[])
+    }
+
+    /// Like [`BrokerProcess::tansu`], with a schema registry holding
+    /// `schemas` (`(topic, JSON schema)` each): Tansu refuses a record of
+    /// such a topic that its schema does not accept with `INVALID_RECORD`.
+    pub fn tansu_with_schemas(test: &str, schemas: &[(&str, &str)]) -> Option<BrokerProcess> {
         let bin = match std::env::var_os("HUB_TEST_TANSU_BIN") {
             Some(bin) if !bin.is_empty() => PathBuf::from(bin),
             _ => {
@@ -195,6 +215,16 @@ impl BrokerProcess {
             child: None,
             _dir: None,
         };
+        if !schemas.is_empty() {
+            let dir = std::env::temp_dir().join(format!("hub-test-tansu-schemas-{port}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for (topic, schema) in schemas {
+                std::fs::write(dir.join(format!("{topic}.json")), schema).unwrap();
+            }
+            broker.args.push("--schema-registry".to_owned());
+            broker.args.push(format!("file://{}", dir.display()));
+            broker._dir = Some(TempDir(dir));
+        }
         broker.spawn().unwrap();
         Some(broker)
     }
@@ -204,7 +234,11 @@ impl BrokerProcess {
             .create(true)
             .append(true)
             .open(&self.log)?;
+        // From `/`: Tansu reads a `file://` schema registry's path relative
+        // to its working directory, so an absolute path works only from
+        // there. Every other path given to the brokers is absolute.
         let child = Command::new(&self.program)
+            .current_dir("/")
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -325,3 +325,43 @@ async fn a_restarted_broker_is_picked_up_by_the_next_publish() {
         assert_carries(record, event);
     }
 }
+
+/// Tansu has no maximum message size to set, but its schema registry
+/// refuses a record its topic's schema does not accept with
+/// `INVALID_RECORD`, as a Kafka broker's own record checks do: `Invalid`,
+/// which the relay sets aside, and the next event still goes in.
+#[tokio::test]
+async fn a_record_the_broker_calls_invalid_is_refused_for_good() {
+    let topic = "hubt.refusals";
+    // The value is the envelope; a service name of over 8 characters fails.
+    let schema = r#"{
+        "type": "object",
+        "properties": {
+            "value": {
+                "type": "object",
+                "properties": { "service_name": { "type": "string", "maxLength": 8 } }
+            }
+        }
+    }"#;
+    let Some(tansu) = BrokerProcess::tansu_with_schemas("kafka_invalid_record", &[(topic, schema)])
+    else {
+        return;
+    };
+    let publisher = KafkaPublisher::connect(config(&tansu.addr(), topic, 1))
+        .await
+        .unwrap();
+
+    let refused = event("tenant1", "refusedservice", EventKind::Registered, 1);
+    crate::refusals::assert_refused(
+        publisher.publish(std::slice::from_ref(&refused)).await,
+        "the Kafka broker refused the records",
+    );
+    let taken = event("tenant1", "billing", EventKind::Registered, 2);
+    publisher
+        .publish(std::slice::from_ref(&taken))
+        .await
+        .unwrap();
+    let mut tail = KafkaTail::connect(vec![tansu.addr()], topic).await.unwrap();
+    let records = read(&mut tail, 1).await;
+    assert_carries(&records[0], &taken);
+}

@@ -12,6 +12,7 @@ mod jetstream;
 mod kafka;
 mod no_jetstream;
 mod plain;
+mod refusals;
 mod routing;
 mod support;
 mod unreachable;

@@ -83,11 +83,29 @@ pub fn tenant(id: &str) -> TenantId {
 
 /// An event about instance `service`/`instance` of `tenant`.
 pub fn event(tenant_id: &str, service: &str, kind: EventKind, revision: u64) -> RegistryEvent {
+    event_with_metadata(tenant_id, service, kind, revision, None)
+}
+
+/// A registration event whose envelope is over `bytes` long (a metadata
+/// string of that length).
+pub fn big_event(tenant_id: &str, service: &str, bytes: usize) -> RegistryEvent {
+    let metadata = serde_json::json!({ "blob": "x".repeat(bytes) });
+    event_with_metadata(tenant_id, service, EventKind::Registered, 1, Some(metadata))
+}
+
+fn event_with_metadata(
+    tenant_id: &str,
+    service: &str,
+    kind: EventKind,
+    revision: u64,
+    metadata: Option<serde_json::Value>,
+) -> RegistryEvent {
     let registration = Registration::try_from(RegistrationInput {
         service_name: service.into(),
         instance_id: Some(format!("{service}-1")),
         host: "10.0.0.7".into(),
         port: 8080,
+        metadata,
         ..Default::default()
     })
     .unwrap();
