@@ -5,6 +5,7 @@
 //! that transaction only; the policies of `migrations/` do the rest. The
 //! DragonflyDB adapters (leases, cache, rate limits) will live here as well.
 
+pub mod dragonfly;
 pub mod pg;
 #[cfg(feature = "testing")]
 pub mod testing;
