@@ -22,8 +22,8 @@ use governor::state::{InMemoryState, NotKeyed};
 use crate::TenantId;
 
 /// A budget: `rate` requests per second on average, up to `burst` at once.
-/// A rate of 0 means no limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A rate of 0 means no limit (the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Quota {
     /// Requests per second, sustained.
     pub rate: u32,
@@ -217,12 +217,6 @@ pub struct RatePolicy {
     pub overrides: HashMap<TenantId, Quota>,
 }
 
-impl Default for Quota {
-    fn default() -> Self {
-        Self { rate: 0, burst: 0 }
-    }
-}
-
 /// The limits the HTTP layer applies: the policy, the shared limiter if any,
 /// the local one, and the counters. Never fails: a shared limiter that cannot
 /// answer is replaced by the local one for that request.
@@ -322,6 +316,12 @@ impl Limits {
         self.fallbacks.load(Ordering::Relaxed)
     }
 
+    /// Whether the last answer came from the local limiter because the
+    /// shared one failed (it stays so until the shared one answers again).
+    pub fn degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
     /// Requests of `tenant` refused with 429 by this replica.
     pub fn rejections(&self, tenant: &TenantId) -> u64 {
         let rejections = self.rejections.lock().unwrap_or_else(|p| p.into_inner());
@@ -413,5 +413,6 @@ mod tests {
         assert!(limits.check(&t, None).await.unwrap().allowed);
         assert!(!limits.check(&t, None).await.unwrap().allowed);
         assert_eq!(limits.fallbacks(), 3);
+        assert!(limits.degraded());
     }
 }
