@@ -42,16 +42,15 @@ impl Quota {
     }
 }
 
-/// One request to be checked: the tenant's budget and, when a key made the
-/// request, the key's budget within that tenant.
+/// One request to be checked: the budgets it needs room in (one or two:
+/// `"tenant"`, the tenant's, and `"key:<fingerprint>"`, the API key's within
+/// that tenant), each by its name within the tenant.
 #[derive(Debug, Clone)]
 pub struct RateRequest {
     /// The tenant the request acts for.
     pub tenant: TenantId,
-    /// Its budget.
-    pub tenant_quota: Quota,
-    /// The API key's fingerprint and its budget, if a key was used.
-    pub key: Option<(String, Quota)>,
+    /// The budgets, by name; never empty when a limiter sees it.
+    pub budgets: Vec<(String, Quota)>,
 }
 
 /// The answer for one request, from the budget with the least room left.
@@ -159,21 +158,30 @@ impl LocalLimiter {
         }
     }
 
-    /// Checks the tenant's budget, then the key's. Unlike the shared script
-    /// this is not atomic over both: a request the key's budget refuses has
-    /// used one of the tenant's (a replica-local approximation).
+    /// Checks the budgets one after the other, stopping at the first that
+    /// refuses. Unlike the shared script this is not atomic over both: a
+    /// request the key's budget refuses has used one of the tenant's (a
+    /// replica-local approximation).
     pub fn check_now(&self, request: &RateRequest) -> RateDecision {
-        let tenant = self.one(
-            &self.bucket(&request.tenant, "tenant", request.tenant_quota),
-            request.tenant_quota,
-        );
-        match &request.key {
-            Some((fingerprint, quota)) if tenant.allowed && !quota.is_off() => {
-                let key = self.one(&self.bucket(&request.tenant, fingerprint, *quota), *quota);
-                combine(tenant, key)
+        let mut decision: Option<RateDecision> = None;
+        for (name, quota) in &request.budgets {
+            let one = self.one(&self.bucket(&request.tenant, name, *quota), *quota);
+            let refused = !one.allowed;
+            decision = Some(match decision {
+                Some(previous) => combine(previous, one),
+                None => one,
+            });
+            if refused {
+                break;
             }
-            _ => tenant,
         }
+        decision.unwrap_or(RateDecision {
+            allowed: true,
+            limit: 0,
+            remaining: 0,
+            reset: Duration::ZERO,
+            retry_after: Duration::ZERO,
+        })
     }
 }
 
@@ -257,16 +265,16 @@ impl Limits {
             .get(tenant)
             .copied()
             .unwrap_or(self.policy.tenant);
-        let key = fingerprint
-            .filter(|_| !self.policy.key.is_off())
-            .map(|f| (format!("key:{f}"), self.policy.key));
-        if tenant_quota.is_off() && key.is_none() {
-            return None;
+        let mut budgets = Vec::with_capacity(2);
+        if !tenant_quota.is_off() {
+            budgets.push(("tenant".to_owned(), tenant_quota));
         }
-        Some(RateRequest {
+        if let Some(fingerprint) = fingerprint.filter(|_| !self.policy.key.is_off()) {
+            budgets.push((format!("key:{fingerprint}"), self.policy.key));
+        }
+        (!budgets.is_empty()).then(|| RateRequest {
             tenant: tenant.clone(),
-            tenant_quota,
-            key,
+            budgets,
         })
     }
 
@@ -277,13 +285,7 @@ impl Limits {
         tenant: &TenantId,
         fingerprint: Option<&str>,
     ) -> Option<RateDecision> {
-        let mut request = self.request(tenant, fingerprint)?;
-        if request.tenant_quota.is_off() {
-            // Only the key's budget: check it as the one budget.
-            let (_, quota) = request.key.take()?;
-            request.tenant_quota = quota;
-            request.key = None;
-        }
+        let request = self.request(tenant, fingerprint)?;
         let decision = match &self.shared {
             Some(shared) => match shared.check(&request).await {
                 Ok(decision) => {
@@ -379,6 +381,18 @@ mod tests {
         assert!(limits.check(&tenant("small"), None).await.unwrap().allowed);
         assert!(!limits.check(&tenant("small"), None).await.unwrap().allowed);
         assert!(Limits::off().check(&tenant("x"), Some("k")).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn keys_keep_their_own_budgets_when_the_tenant_has_none() {
+        let mut p = policy(0, 0);
+        p.key = Quota { rate: 1, burst: 1 };
+        let limits = Limits::new(p, None);
+        let t = tenant("acme");
+        assert!(limits.check(&t, None).await.is_none());
+        assert!(limits.check(&t, Some("k1")).await.unwrap().allowed);
+        assert!(!limits.check(&t, Some("k1")).await.unwrap().allowed);
+        assert!(limits.check(&t, Some("k2")).await.unwrap().allowed);
     }
 
     #[tokio::test]

@@ -288,3 +288,18 @@ async fn a_redis_that_dies_falls_back_to_the_local_limiter_without_errors() {
     );
     assert_eq!(body["rate_limits"]["degraded"], true, "{body}");
 }
+
+#[tokio::test]
+async fn an_unreachable_dragonfly_does_not_stop_start_up() {
+    // A port nothing listens on: taken from the OS, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = ConfigFile::new("");
+    let app = spawn_with(&redis_env(&port.to_string(), &config)).await;
+    let r = app.list("tenant1", "").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers().contains_key("ratelimit-remaining"));
+}

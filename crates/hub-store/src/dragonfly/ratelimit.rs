@@ -76,13 +76,11 @@ impl RateLimiter for DragonflyLimiter {
         if !client.is_connected() {
             return Err(RateLimitError("Dragonfly is not connected".into()));
         }
-        let mut budgets = vec![(
-            keys::key(&request.tenant, &["rl", "tenant"]),
-            request.tenant_quota,
-        )];
-        if let Some((name, quota)) = &request.key {
-            budgets.push((keys::key(&request.tenant, &["rl", name]), *quota));
-        }
+        let budgets: Vec<(String, _)> = request
+            .budgets
+            .iter()
+            .map(|(name, quota)| (keys::key(&request.tenant, &["rl", name]), *quota))
+            .collect();
         let mut args: Vec<i64> = Vec::with_capacity(budgets.len() * 2);
         for (_, quota) in &budgets {
             let interval = i64::try_from(quota.interval().as_micros()).unwrap_or(i64::MAX);

@@ -13,10 +13,13 @@ fn fresh_tenant() -> TenantId {
 }
 
 fn request(tenant: &TenantId, rate: u32, burst: u32, key: Option<(u32, u32)>) -> RateRequest {
+    let mut budgets = vec![("tenant".to_owned(), Quota { rate, burst })];
+    if let Some((rate, burst)) = key {
+        budgets.push(("key:abc".to_owned(), Quota { rate, burst }));
+    }
     RateRequest {
         tenant: tenant.clone(),
-        tenant_quota: Quota { rate, burst },
-        key: key.map(|(rate, burst)| ("key:abc".to_owned(), Quota { rate, burst })),
+        budgets,
     }
 }
 
