@@ -277,30 +277,48 @@ pub fn dragonfly_config(host: &str, port: u16) -> crate::dragonfly::DragonflyCon
     }
 }
 
+/// Whether `client` is connected within 5 s (polled).
+pub async fn wait_connected(client: &crate::dragonfly::Dragonfly) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !client.is_connected() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// A connected client of a Redis on 127.0.0.1 at `port` (a test's own
+/// [`RedisServer`]); panics if it does not connect.
+pub async fn dragonfly_on(port: u16) -> crate::dragonfly::Dragonfly {
+    let client = crate::dragonfly::Dragonfly::connect(&dragonfly_config("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        wait_connected(&client).await,
+        "no connection to 127.0.0.1:{port}"
+    );
+    client
+}
+
 /// A client of the shared test Redis once connected, or `None` outside CI
 /// when it is unreachable (said on stderr). With `CI=true` that fails.
 pub async fn dragonfly() -> Option<crate::dragonfly::Dragonfly> {
     let (host, port) = redis_addr();
     let client = crate::dragonfly::Dragonfly::connect(&dragonfly_config(&host, port))
         .unwrap_or_else(|e| panic!("{e}"));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !client.is_connected() {
-        if std::time::Instant::now() > deadline {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "Redis is not reachable at {host}:{port} and CI=true"
-            );
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!(
-                    "SKIPPED: Redis not reachable at {host}:{port}; set CI=true to fail instead"
-                );
-            }
-            return None;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    if wait_connected(&client).await {
+        return Some(client);
     }
-    Some(client)
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "Redis is not reachable at {host}:{port} and CI=true"
+    );
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("SKIPPED: Redis not reachable at {host}:{port}; set CI=true to fail instead");
+    }
+    None
 }
 
 /// A `redis-server` owned by one test, on a free port, without persistence;

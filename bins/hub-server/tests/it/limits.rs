@@ -63,14 +63,7 @@ async fn over_the_limit_is_429_with_retry_after_and_the_remaining_budget() {
     // Another tenant has its own budget.
     assert_eq!(app.list("tenant2", "").await.status(), StatusCode::OK);
     // The refusal is counted for the tenant on the dashboard.
-    let body: Value = app
-        .request(Method::GET, "/api/v1/dashboard/metrics", Some("tenant2"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = app.dashboard_metrics().await;
     assert_eq!(body["rate_limits"]["rejected"]["tenant1"], 1, "{body}");
 }
 
@@ -235,14 +228,7 @@ async fn a_redis_that_dies_falls_back_to_the_local_limiter_without_errors() {
     crate::support::eventually(10, || async {
         let r = app.list("tenant2", "").await;
         assert_eq!(r.status(), StatusCode::OK);
-        let body: Value = app
-            .request(Method::GET, "/api/v1/dashboard/metrics", Some("tenant2"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body: Value = app.dashboard_metrics().await;
         (body["rate_limits"]["degraded"] == false).then_some(())
     })
     .await;
@@ -274,14 +260,7 @@ async fn a_redis_that_dies_falls_back_to_the_local_limiter_without_errors() {
         limited >= 4,
         "the fallback limits too ({limited} of 10 refused)"
     );
-    let body: Value = app
-        .request(Method::GET, "/api/v1/dashboard/metrics", None)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = app.dashboard_metrics().await;
     assert!(
         body["rate_limits"]["fallbacks"].as_u64().unwrap() > 0,
         "fallbacks are counted: {body}"

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fred::prelude::{ClientLike, LuaInterface};
+use fred::prelude::ClientLike;
+use fred::types::scripts::Script;
 use hub_core::ratelimit::{RateDecision, RateLimitError, RateLimiter, RateRequest, combine};
 
 use super::Dragonfly;
@@ -53,15 +54,27 @@ return out
 ";
 
 /// Rate limits shared by every replica through Dragonfly.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DragonflyLimiter {
     dragonfly: Dragonfly,
+    script: Script,
+}
+
+impl std::fmt::Debug for DragonflyLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DragonflyLimiter")
+            .field("dragonfly", &self.dragonfly)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DragonflyLimiter {
     /// A limiter on a client.
     pub fn new(dragonfly: Dragonfly) -> Self {
-        Self { dragonfly }
+        Self {
+            dragonfly,
+            script: Script::from_lua(GCRA_SCRIPT),
+        }
     }
 }
 
@@ -88,10 +101,11 @@ impl RateLimiter for DragonflyLimiter {
             args.push(i64::from(quota.burst.max(1)));
         }
         let names: Vec<String> = budgets.iter().map(|(k, _)| k.clone()).collect();
-        // EVAL (not EVALSHA) so that a restarted, empty Dragonfly needs no
-        // reloading; the script is short and cached server-side by hash.
-        let reply: Vec<i64> = client
-            .eval(GCRA_SCRIPT, names, args)
+        // EVALSHA, and SCRIPT LOAD again when the server answers NOSCRIPT
+        // (a restarted, empty Dragonfly has forgotten the script).
+        let reply: Vec<i64> = self
+            .script
+            .evalsha_with_reload(client, names, args)
             .await
             .map_err(|e| RateLimitError(e.to_string()))?;
         if reply.len() != budgets.len() * 4 {
