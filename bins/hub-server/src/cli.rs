@@ -37,6 +37,9 @@ environment variables (all are listed in README.md, section Configuration):
   POSTGRES_HOST           PostgreSQL host; unset runs the in-memory store
   POSTGRES_PORT, POSTGRES_DB, POSTGRES_USER, POSTGRES_PASSWORD
   NATS_URL, KAFKA_BROKERS event buses (unset: none)
+  DRAGONFLY_HOST          DragonflyDB host: rate limits shared by all replicas
+  DRAGONFLY_PORT, DRAGONFLY_PASSWORD
+  HUB_RATE_LIMIT_RPS, HUB_RATE_LIMIT_BURST  every tenant's budget (0: off)
   HUB_CONFIG              optional TOML file read before the environment
   RUST_LOG, HUB_LOG_FORMAT  log filter (info) and format (text or json)
 

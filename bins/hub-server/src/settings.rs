@@ -2,8 +2,13 @@
 
 use std::collections::HashMap;
 
+use std::time::Duration;
+
 use config::{Config, ConfigError, File, FileFormat};
-use secrecy::SecretString;
+use hub_core::TenantId;
+use hub_core::ratelimit::{Quota, RatePolicy};
+use hub_store::dragonfly::DragonflyConfig;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// Everything the server is configured with. Built once in `main` (or a test)
@@ -22,6 +27,137 @@ pub struct Settings {
     pub postgres: PostgresSettings,
     /// Event buses (NATS, Kafka) and the outbox relay.
     pub events: EventSettings,
+    /// DragonflyDB (absent host = none: in-process limits only).
+    pub dragonfly: DragonflySettings,
+    /// Rate limits per tenant and per API key.
+    pub rate_limits: RateLimitSettings,
+}
+
+/// DragonflyDB (Redis protocol) settings: `DRAGONFLY_*` of the deployment
+/// guide, plus `HUB_DRAGONFLY_*`. Port and database stay text here so that a
+/// malformed value is reported with its variable's name
+/// ([`DragonflySettings::client_config`]).
+#[derive(Debug, Deserialize)]
+pub struct DragonflySettings {
+    /// `DRAGONFLY_HOST`: host name or address; unset or empty = no Dragonfly.
+    pub host: Option<String>,
+    /// `DRAGONFLY_PORT` (6379).
+    pub port: String,
+    /// `DRAGONFLY_PASSWORD`.
+    pub password: Option<SecretString>,
+    /// `HUB_DRAGONFLY_USERNAME`: ACL user (with the password).
+    pub username: Option<String>,
+    /// `HUB_DRAGONFLY_DB`: logical database 0-255 (0).
+    pub db: Option<String>,
+    /// `HUB_DRAGONFLY_TIMEOUT_MS`: longest wait for one command before the
+    /// caller falls back (250).
+    pub timeout_ms: u64,
+}
+
+impl DragonflySettings {
+    /// The client's settings, `None` without `DRAGONFLY_HOST`, or an error
+    /// naming the variable that is malformed.
+    pub fn client_config(&self) -> Result<Option<DragonflyConfig>, ConfigError> {
+        let Some(host) = self.host.as_deref().filter(|h| !h.is_empty()) else {
+            return Ok(None);
+        };
+        if host.contains("://") || host.contains(['/', '@']) || host.contains(char::is_whitespace) {
+            return Err(ConfigError::Message(format!(
+                "DRAGONFLY_HOST must be a host name or address (got {host:?}); \
+                 URLs and TLS (rediss://) are not supported by this build"
+            )));
+        }
+        let port: u16 = self.port.trim().parse().map_err(|_| {
+            ConfigError::Message(format!(
+                "DRAGONFLY_PORT must be a port number 1-65535 (got {:?})",
+                self.port
+            ))
+        })?;
+        let db = match self.db.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
+            None => None,
+            Some(d) => Some(d.parse::<u8>().map_err(|_| {
+                ConfigError::Message(format!(
+                    "HUB_DRAGONFLY_DB must be a database number 0-255 (got {d:?})"
+                ))
+            })?),
+        };
+        if port == 0 || self.timeout_ms == 0 {
+            return Err(ConfigError::Message(
+                "DRAGONFLY_PORT and HUB_DRAGONFLY_TIMEOUT_MS must be at least 1".into(),
+            ));
+        }
+        Ok(Some(DragonflyConfig {
+            host: host.to_owned(),
+            port,
+            db,
+            username: self.username.clone().filter(|u| !u.is_empty()),
+            password: self
+                .password
+                .as_ref()
+                .map(|p| p.expose_secret().to_owned())
+                .filter(|p| !p.is_empty()),
+            command_timeout: Duration::from_millis(self.timeout_ms),
+        }))
+    }
+}
+
+/// Rate limits (GCRA): a request needs room in its tenant's budget and in
+/// its API key's budget within that tenant. A rate of 0 turns a budget off.
+#[derive(Debug, Deserialize)]
+pub struct RateLimitSettings {
+    /// `HUB_RATE_LIMIT_RPS`: every tenant's sustained requests per second
+    /// (20,000; 0 = no tenant limit).
+    pub rps: u32,
+    /// `HUB_RATE_LIMIT_BURST`: requests a tenant may send at once (40,000).
+    pub burst: u32,
+    /// `HUB_RATE_LIMIT_KEY_RPS`: every API key's requests per second within
+    /// a tenant (20,000; 0 = no key limit).
+    pub key_rps: u32,
+    /// `HUB_RATE_LIMIT_KEY_BURST`: an API key's burst (40,000).
+    pub key_burst: u32,
+    /// Config file only: `[rate_limits.tenants.acme] rate = 500, burst = 1000`.
+    #[serde(default)]
+    pub tenants: HashMap<String, TenantRateLimit>,
+}
+
+/// One tenant's budget, replacing the default.
+#[derive(Debug, Deserialize, Clone, Copy)]
+pub struct TenantRateLimit {
+    /// Requests per second (0 = no limit for this tenant).
+    pub rate: u32,
+    /// Requests at once.
+    pub burst: u32,
+}
+
+impl RateLimitSettings {
+    /// The policy, or an error naming the setting that is inconsistent.
+    pub fn policy(&self) -> Result<RatePolicy, ConfigError> {
+        let quota = |rate: u32, burst: u32, name: &str| {
+            if rate > 0 && burst == 0 {
+                Err(ConfigError::Message(format!(
+                    "{name}: a burst of 0 would refuse every request; give at least 1 (or a rate of 0 to turn the limit off)"
+                )))
+            } else {
+                Ok(Quota { rate, burst })
+            }
+        };
+        let mut overrides = HashMap::new();
+        for (name, limit) in &self.tenants {
+            let tenant = TenantId::parse(name.as_str()).map_err(|e| {
+                ConfigError::Message(format!(
+                    "rate_limits.tenants.{name}: not a tenant id: {}",
+                    e.message()
+                ))
+            })?;
+            let setting = format!("rate_limits.tenants.{name}.burst");
+            overrides.insert(tenant, quota(limit.rate, limit.burst, &setting)?);
+        }
+        Ok(RatePolicy {
+            tenant: quota(self.rps, self.burst, "HUB_RATE_LIMIT_BURST")?,
+            key: quota(self.key_rps, self.key_burst, "HUB_RATE_LIMIT_KEY_BURST")?,
+            overrides,
+        })
+    }
 }
 
 /// Event buses and the outbox (DESIGN.md §8).
@@ -220,26 +356,23 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("HUB_REAP_INTERVAL_MS", "leases.reap_interval_ms"),
     ("HUB_SHUTDOWN_TIMEOUT_SECS", "server.shutdown_timeout_secs"),
     ("HUB_BODY_TIMEOUT_SECS", "server.body_timeout_secs"),
+    ("DRAGONFLY_HOST", "dragonfly.host"),
+    ("DRAGONFLY_PORT", "dragonfly.port"),
+    ("DRAGONFLY_PASSWORD", "dragonfly.password"),
+    ("HUB_DRAGONFLY_USERNAME", "dragonfly.username"),
+    ("HUB_DRAGONFLY_DB", "dragonfly.db"),
+    ("HUB_DRAGONFLY_TIMEOUT_MS", "dragonfly.timeout_ms"),
+    ("HUB_RATE_LIMIT_RPS", "rate_limits.rps"),
+    ("HUB_RATE_LIMIT_BURST", "rate_limits.burst"),
+    ("HUB_RATE_LIMIT_KEY_RPS", "rate_limits.key_rps"),
+    ("HUB_RATE_LIMIT_KEY_BURST", "rate_limits.key_burst"),
 ];
-
-/// Backend variables of DESIGN.md that this build cannot honour yet. Starting
-/// in embedded mode while one is set would silently drop data the operator
-/// expects to be durable, so the server refuses instead.
-const UNSUPPORTED_BACKENDS: [&str; 1] = ["DRAGONFLY_HOST"];
 
 impl Settings {
     /// Builds settings from built-in defaults, then the TOML file named by
     /// `HUB_CONFIG` (if set), then the environment variables in `env`.
     /// Tests pass their own map instead of touching the process environment.
     pub fn load(env: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        if let Some(name) = UNSUPPORTED_BACKENDS
-            .iter()
-            .find(|name| env.get(**name).is_some_and(|v| !v.is_empty()))
-        {
-            return Err(ConfigError::Message(format!(
-                "{name} is set, but this build has no adapter for that backend yet; unset {name}"
-            )));
-        }
         let mut builder = Config::builder()
             .set_default("server.bind", "0.0.0.0:7000")?
             .set_default("server.shutdown_timeout_secs", 30)?
@@ -267,7 +400,13 @@ impl Settings {
             .set_default("events.outbox_retention_secs", 24 * 60 * 60)?
             .set_default("events.outbox_poll_ms", 20)?
             .set_default("events.outbox_batch", 256)?
-            .set_default("events.embedded_event_queue", 10_000)?;
+            .set_default("events.embedded_event_queue", 10_000)?
+            .set_default("dragonfly.port", "6379")?
+            .set_default("dragonfly.timeout_ms", 250)?
+            .set_default("rate_limits.rps", 20_000)?
+            .set_default("rate_limits.burst", 40_000)?
+            .set_default("rate_limits.key_rps", 20_000)?
+            .set_default("rate_limits.key_burst", 40_000)?;
         if let Some(path) = env.get("HUB_CONFIG").filter(|p| !p.is_empty()) {
             builder = builder.add_source(File::new(path, FileFormat::Toml).required(true));
         }
@@ -303,6 +442,8 @@ impl Settings {
                 "HUB_BODY_TIMEOUT_SECS must be at least 1".into(),
             ));
         }
+        settings.dragonfly.client_config()?;
+        settings.rate_limits.policy()?;
         if settings.leases.reap_interval_ms == 0 {
             return Err(ConfigError::Message(
                 "leases.reap_interval_ms (HUB_REAP_INTERVAL_MS) must be at least 1".into(),
@@ -391,9 +532,100 @@ mod tests {
     }
 
     #[test]
-    fn backends_not_yet_built_are_refused_not_ignored() {
-        let err = Settings::load(&env(&[("DRAGONFLY_HOST", "x")])).unwrap_err();
-        assert!(err.to_string().contains("DRAGONFLY_HOST"));
+    fn dragonfly_variables_of_the_guide() {
+        let s = Settings::load(&env(&[])).unwrap();
+        assert!(s.dragonfly.client_config().unwrap().is_none());
+        let s = Settings::load(&env(&[
+            ("DRAGONFLY_HOST", "cache.internal"),
+            ("DRAGONFLY_PORT", "6380"),
+            ("DRAGONFLY_PASSWORD", "df-secret"),
+            ("HUB_DRAGONFLY_USERNAME", "hub"),
+            ("HUB_DRAGONFLY_DB", "3"),
+        ]))
+        .unwrap();
+        let c = s.dragonfly.client_config().unwrap().unwrap();
+        assert_eq!(
+            (c.host.as_str(), c.port, c.db),
+            ("cache.internal", 6380, Some(3))
+        );
+        assert_eq!(c.username.as_deref(), Some("hub"));
+        assert_eq!(c.password.as_deref(), Some("df-secret"));
+        assert_eq!(c.command_timeout, Duration::from_millis(250));
+        assert!(!format!("{s:?}").contains("df-secret"));
+        assert!(!format!("{c:?}").contains("df-secret"));
+        // A malformed setting stops start-up naming its variable.
+        for (var, value) in [
+            ("DRAGONFLY_PORT", "sixty"),
+            ("DRAGONFLY_PORT", "70000"),
+            ("HUB_DRAGONFLY_DB", "256"),
+            ("DRAGONFLY_HOST", "rediss://cache:6379"),
+        ] {
+            let pairs = if var == "DRAGONFLY_HOST" {
+                vec![(var, value)]
+            } else {
+                vec![("DRAGONFLY_HOST", "cache"), (var, value)]
+            };
+            let err = Settings::load(&env(&pairs)).unwrap_err();
+            assert!(err.to_string().contains(var), "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn rate_limit_defaults_variables_and_tenant_overrides() {
+        let s = Settings::load(&env(&[])).unwrap();
+        let p = s.rate_limits.policy().unwrap();
+        assert_eq!(
+            p.tenant,
+            Quota {
+                rate: 20_000,
+                burst: 40_000
+            }
+        );
+        assert_eq!(
+            p.key,
+            Quota {
+                rate: 20_000,
+                burst: 40_000
+            }
+        );
+        let s = Settings::load(&env(&[
+            ("HUB_RATE_LIMIT_RPS", "0"),
+            ("HUB_RATE_LIMIT_KEY_RPS", "5"),
+            ("HUB_RATE_LIMIT_KEY_BURST", "7"),
+        ]))
+        .unwrap();
+        let p = s.rate_limits.policy().unwrap();
+        assert_eq!(p.tenant.rate, 0);
+        assert_eq!(p.key, Quota { rate: 5, burst: 7 });
+        let err = Settings::load(&env(&[("HUB_RATE_LIMIT_BURST", "0")])).unwrap_err();
+        assert!(err.to_string().contains("HUB_RATE_LIMIT_BURST"), "{err}");
+
+        let dir = std::env::temp_dir().join(format!("hub-rl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("hub.toml");
+        std::fs::write(
+            &path,
+            "[rate_limits.tenants.acme]\nrate = 500\nburst = 1000\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let s = Settings::load(&env(&[("HUB_CONFIG", p)])).unwrap();
+        let policy = s.rate_limits.policy().unwrap();
+        assert_eq!(
+            policy.overrides.get(&TenantId::parse("acme").unwrap()),
+            Some(&Quota {
+                rate: 500,
+                burst: 1000
+            })
+        );
+        std::fs::write(
+            &path,
+            "[rate_limits.tenants.\"a b\"]\nrate = 1\nburst = 1\n",
+        )
+        .unwrap();
+        let err = Settings::load(&env(&[("HUB_CONFIG", p)])).unwrap_err();
+        assert!(err.to_string().contains("rate_limits.tenants.a b"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

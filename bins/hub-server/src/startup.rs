@@ -12,7 +12,7 @@ use hub_http::HttpDeps;
 
 use crate::settings::Settings;
 use crate::tasks::{Tasks, follower, metrics, reaper};
-use crate::wiring::{auth, buses, events, http, store};
+use crate::wiring::{auth, buses, dragonfly, events, http, limits, store};
 
 /// A built, bound, not yet running server.
 pub struct Application {
@@ -64,6 +64,8 @@ impl Application {
         let buses = buses::configure(&settings.events, &replica_id)?;
         let stores = store::build(&settings.postgres, &clock, buses.sinks(), &replica_id).await?;
         buses::first_attempts(&buses).await?;
+        let dragonfly = dragonfly::connect(&settings.dragonfly)?;
+        let limits = limits::build(&settings.rate_limits, dragonfly.as_ref())?;
         let bus = InProcessBus::new();
         let mut tasks = Tasks::new();
         let events = events::wire(
@@ -109,6 +111,7 @@ impl Application {
                 registry: registry.clone(),
                 auth,
                 events: events.status,
+                limits,
                 body_timeout: Duration::from_secs(settings.server.body_timeout_secs),
             },
         )?;

@@ -37,6 +37,7 @@ pub mod domain;
 pub mod error;
 pub mod memory;
 pub mod ports;
+pub mod ratelimit;
 pub mod registry;
 
 pub use domain::context::ChangeContext;

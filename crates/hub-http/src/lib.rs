@@ -15,10 +15,12 @@ pub mod routes;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{App, HttpRequest, web};
 use hub_core::Registry;
+use hub_core::ratelimit::Limits;
 
 pub use auth::{ApiKeys, Auth, Principal};
 pub use error::{ApiError, MAX_BODY_BYTES};
@@ -35,6 +37,8 @@ pub struct HttpDeps {
     pub events: routes::dashboard::Events,
     /// How long a request body may take to arrive (`HUB_BODY_TIMEOUT_SECS`).
     pub body_timeout: Duration,
+    /// Rate limits per tenant and per API key (shared by every worker).
+    pub limits: Arc<Limits>,
 }
 
 async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
@@ -46,7 +50,7 @@ async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError>
 }
 
 /// The application: middleware (request id, then authentication, then tenant
-/// context, outermost first), routes, and the JSON error fallback.
+/// context, then rate limits, outermost first), routes, and the JSON error fallback.
 pub fn app(
     deps: HttpDeps,
 ) -> App<
@@ -63,6 +67,7 @@ pub fn app(
         .app_data(web::Data::new(deps.registry))
         .app_data(web::Data::new(deps.auth))
         .app_data(web::Data::new(deps.events))
+        .app_data(web::Data::from(deps.limits))
         // One cache per worker: `app` runs once per worker thread.
         .app_data(web::Data::new(cache::ServiceBodyCache::default()))
         .app_data(extract::payload_config())
@@ -72,6 +77,7 @@ pub fn app(
         .configure(routes::dashboard::configure)
         .default_service(web::to(no_route))
         // `wrap` puts each middleware outside the previous one: the last is outermost.
+        .wrap(from_fn(middleware::rate_limit))
         .wrap(from_fn(middleware::tenant))
         .wrap(from_fn(middleware::authenticate))
         .wrap(from_fn(middleware::request_id))

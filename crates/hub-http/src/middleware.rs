@@ -1,4 +1,4 @@
-//! The middleware chain, outermost first: request id (with the access log and the headers every response carries), authentication, tenant context.
+//! The middleware chain, outermost first: request id (with the access log and the headers every response carries), authentication, tenant context, rate limits.
 
 use std::time::Instant;
 
@@ -10,6 +10,7 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, HttpResponse, ResponseError, web};
 use hub_core::TenantId;
+use hub_core::ratelimit::{Limits, RateDecision};
 use tracing::Instrument;
 
 use crate::auth::{Auth, Principal};
@@ -287,4 +288,79 @@ fn resolve_tenant(
         ));
     }
     Ok(tenant)
+}
+
+/// `RateLimit-Limit`: the burst of the budget that binds.
+pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+/// `RateLimit-Remaining`: requests left at once after this one.
+pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+/// `RateLimit-Reset`: seconds until the budget is full again.
+pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+/// The heartbeat path: exempt from rate limits. A heartbeat refused would
+/// let a healthy instance's lease run out, and its count is bounded by the
+/// tenant's instances and their ttl anyway; a tenant's own lookups must not
+/// be able to starve it.
+pub const HEARTBEAT_PATH: &str = "/api/v1/discovery/heartbeat";
+
+fn is_unlimited(path: &str) -> bool {
+    is_public(path) || path == HEARTBEAT_PATH
+}
+
+/// Whole seconds, rounded up (a client waiting the rounded-down value would
+/// come back too early).
+fn ceil_secs(d: std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+fn limit_headers(headers: &mut header::HeaderMap, decision: &RateDecision) {
+    headers.insert(RATELIMIT_LIMIT, HeaderValue::from(decision.limit));
+    headers.insert(RATELIMIT_REMAINING, HeaderValue::from(decision.remaining));
+    headers.insert(
+        RATELIMIT_RESET,
+        HeaderValue::from(ceil_secs(decision.reset)),
+    );
+}
+
+/// Rate limits, after the tenant is known: the tenant's budget and the API
+/// key's (by fingerprint) must both have room, else 429 `rate_limited` with
+/// `Retry-After`. Every limited answer carries `RateLimit-Limit`,
+/// `RateLimit-Remaining` and `RateLimit-Reset`. Health, docs and heartbeats
+/// are never limited. The limiter itself never fails a request (see
+/// [`Limits`]).
+pub async fn rate_limit(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, Error> {
+    let limits = req.app_data::<web::Data<Limits>>().cloned();
+    let tenant = req.extensions().get::<TenantId>().cloned();
+    let (Some(limits), Some(tenant)) = (limits, tenant) else {
+        return Ok(next.call(req).await?.map_into_boxed_body());
+    };
+    if is_unlimited(req.path()) {
+        return Ok(next.call(req).await?.map_into_boxed_body());
+    }
+    let fingerprint = req
+        .extensions()
+        .get::<Principal>()
+        .and_then(|p| p.fingerprint().map(str::to_owned));
+    let Some(decision) = limits.check(&tenant, fingerprint.as_deref()).await else {
+        return Ok(next.call(req).await?.map_into_boxed_body());
+    };
+    if !decision.allowed {
+        let retry = ceil_secs(decision.retry_after).max(1);
+        let mut response = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("tenant '{tenant}' is over its rate limit; retry after {retry} s"),
+        )
+        .error_response();
+        let headers = response.headers_mut();
+        limit_headers(headers, &decision);
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(retry));
+        return Ok(req.into_response(response));
+    }
+    let mut response = next.call(req).await?.map_into_boxed_body();
+    limit_headers(response.headers_mut(), &decision);
+    Ok(response)
 }

@@ -3,8 +3,9 @@
 //! Every tenant-scoped statement runs inside [`pg::PgStore`]'s one
 //! tenant-scoped transaction, whose first statement sets `app.tenant_id` for
 //! that transaction only; the policies of `migrations/` do the rest. The
-//! DragonflyDB adapters (leases, cache, rate limits) will live here as well.
+//! DragonflyDB adapters live in [`dragonfly`] (rate limits now; leases next).
 
+pub mod dragonfly;
 pub mod pg;
 #[cfg(feature = "testing")]
 pub mod testing;

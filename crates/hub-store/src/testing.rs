@@ -256,3 +256,122 @@ impl Drop for TestDb {
         let _ = cleanup.join();
     }
 }
+
+/// The shared Redis (standing in for DragonflyDB) of the tests:
+/// `HUB_TEST_REDIS` (`host:port`, default `127.0.0.1:6379`).
+pub fn redis_addr() -> (String, u16) {
+    let addr = std::env::var("HUB_TEST_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".to_owned());
+    let (host, port) = addr.rsplit_once(':').unwrap_or((addr.as_str(), "6379"));
+    (host.to_owned(), port.parse().unwrap_or(6379))
+}
+
+/// Client settings for a Redis at `host:port` with a short command timeout.
+pub fn dragonfly_config(host: &str, port: u16) -> crate::dragonfly::DragonflyConfig {
+    crate::dragonfly::DragonflyConfig {
+        host: host.to_owned(),
+        port,
+        db: None,
+        username: None,
+        password: None,
+        command_timeout: std::time::Duration::from_millis(500),
+    }
+}
+
+/// Whether `client` is connected within 5 s (polled).
+pub async fn wait_connected(client: &crate::dragonfly::Dragonfly) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !client.is_connected() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// A connected client of a Redis on 127.0.0.1 at `port` (a test's own
+/// [`RedisServer`]); panics if it does not connect.
+pub async fn dragonfly_on(port: u16) -> crate::dragonfly::Dragonfly {
+    let client = crate::dragonfly::Dragonfly::connect(&dragonfly_config("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        wait_connected(&client).await,
+        "no connection to 127.0.0.1:{port}"
+    );
+    client
+}
+
+/// A client of the shared test Redis once connected, or `None` outside CI
+/// when it is unreachable (said on stderr). With `CI=true` that fails.
+pub async fn dragonfly() -> Option<crate::dragonfly::Dragonfly> {
+    let (host, port) = redis_addr();
+    let client = crate::dragonfly::Dragonfly::connect(&dragonfly_config(&host, port))
+        .unwrap_or_else(|e| panic!("{e}"));
+    if wait_connected(&client).await {
+        return Some(client);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "Redis is not reachable at {host}:{port} and CI=true"
+    );
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("SKIPPED: Redis not reachable at {host}:{port}; set CI=true to fail instead");
+    }
+    None
+}
+
+/// A `redis-server` owned by one test, on a free port, without persistence;
+/// killed when dropped (or by [`RedisServer::stop`]).
+#[derive(Debug)]
+pub struct RedisServer {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// Starts one and waits until it answers. Panics when `redis-server`
+    /// cannot be run (the tests that need one say so).
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free port: {e}"));
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run redis-server: {e}"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server on {port} did not start"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Self {
+            port,
+            child: Some(child),
+        }
+    }
+
+    /// Kills it (SIGKILL: a crash, not a goodbye) and waits for the exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

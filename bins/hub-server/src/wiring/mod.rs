@@ -2,7 +2,9 @@
 
 pub(crate) mod auth;
 pub(crate) mod buses;
+pub(crate) mod dragonfly;
 pub(crate) mod events;
 pub(crate) mod http;
+pub(crate) mod limits;
 pub(crate) mod postgres;
 pub(crate) mod store;

@@ -9,6 +9,7 @@ mod differential;
 mod discovery;
 mod events;
 mod leases;
+mod limits;
 mod pg_bounds;
 mod pg_lifecycle;
 mod pg_support;

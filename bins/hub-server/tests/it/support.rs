@@ -225,6 +225,17 @@ impl TestApp {
         .unwrap()
     }
 
+    /// The dashboard metrics body as the operator key sees it (all tenants).
+    pub async fn dashboard_metrics(&self) -> Value {
+        let r = self
+            .request(Method::GET, "/api/v1/dashboard/metrics", None)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
     pub async fn heartbeat(&self, tenant: &str, body: Value) -> Response {
         self.request(Method::POST, "/api/v1/discovery/heartbeat", Some(tenant))
             .json(&body)

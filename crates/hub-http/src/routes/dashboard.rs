@@ -3,6 +3,7 @@
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use hub_core::ports::EventStatus;
+use hub_core::ratelimit::Limits;
 use hub_core::{SinkStatus, TenantId};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -65,6 +66,7 @@ async fn metrics(
     req: HttpRequest,
     tenant: Tenant,
     events: web::Data<Events>,
+    limits: web::Data<Limits>,
 ) -> Result<HttpResponse, ApiError> {
     let all = sees_all(&req);
     let scope: Option<&TenantId> = if all { None } else { Some(&tenant.0) };
@@ -80,5 +82,27 @@ async fn metrics(
             "delivery": events.delivery().as_str(),
             "sinks": sinks,
         },
+        "rate_limits": rate_limit_body(&limits, scope),
     })))
+}
+
+/// Requests refused with 429 by this replica, per tenant (the request's
+/// tenant only for a bound key; for operators every tenant, the requests
+/// answered by the local fallback, and whether the fallback is in use now).
+fn rate_limit_body(limits: &Limits, scope: Option<&TenantId>) -> Value {
+    match scope {
+        Some(tenant) => json!({ "rejected": { tenant.as_str(): limits.rejections(tenant) } }),
+        None => {
+            let rejected: serde_json::Map<String, Value> = limits
+                .all_rejections()
+                .into_iter()
+                .map(|(t, n)| (t.as_str().to_owned(), json!(n)))
+                .collect();
+            json!({
+                "rejected": rejected,
+                "fallbacks": limits.fallbacks(),
+                "degraded": limits.degraded(),
+            })
+        }
+    }
 }

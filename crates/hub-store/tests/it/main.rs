@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod containment;
+mod dragonfly;
 mod outbox;
 mod rls;
 mod store;

@@ -1,0 +1,104 @@
+//! The DragonflyDB (Redis protocol) client through `fred`, its settings, and the adapters on it (rate limits).
+//!
+//! The client connects in the background and reconnects forever: an
+//! unreachable Dragonfly never stops start-up, and the adapters answer
+//! "unavailable" at once while it is disconnected (their callers fall back).
+
+pub mod keys;
+mod ratelimit;
+
+use std::fmt;
+use std::time::Duration;
+
+use fred::prelude::{Builder, Client, ClientLike, Config, ReconnectPolicy, ServerConfig};
+
+pub use ratelimit::DragonflyLimiter;
+
+/// How to reach Dragonfly (`DRAGONFLY_*` of the deployment guide, `HUB_DRAGONFLY_*`).
+#[derive(Clone)]
+pub struct DragonflyConfig {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Logical database (`SELECT`), if not 0.
+    pub db: Option<u8>,
+    /// ACL user name (with `password`).
+    pub username: Option<String>,
+    /// Password (`AUTH`).
+    pub password: Option<String>,
+    /// Longest wait for one command before it counts as failed.
+    pub command_timeout: Duration,
+}
+
+impl fmt::Debug for DragonflyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DragonflyConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("db", &self.db)
+            .field("username", &self.username)
+            .field("command_timeout", &self.command_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connected (or reconnecting) client, cheap to clone.
+#[derive(Clone)]
+pub struct Dragonfly {
+    client: Client,
+}
+
+impl fmt::Debug for Dragonfly {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dragonfly")
+            .field("connected", &self.client.is_connected())
+            .finish()
+    }
+}
+
+/// The client could not be built from its settings.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid Dragonfly settings: {0}")]
+pub struct DragonflyConfigError(String);
+
+impl Dragonfly {
+    /// Builds the client and starts connecting in the background; returns at
+    /// once, whether Dragonfly is reachable or not. Must run inside a Tokio
+    /// runtime.
+    pub fn connect(config: &DragonflyConfig) -> Result<Self, DragonflyConfigError> {
+        let fred_config = Config {
+            server: ServerConfig::new_centralized(config.host.clone(), config.port),
+            username: config.username.clone(),
+            password: config.password.clone(),
+            database: config.db,
+            // Commands sent while disconnected fail at once rather than wait
+            // for a reconnection: the callers have a fallback.
+            fail_fast: true,
+            ..Config::default()
+        };
+        let timeout = config.command_timeout;
+        let client = Builder::from_config(fred_config)
+            .with_connection_config(|c| {
+                c.connection_timeout = timeout.max(Duration::from_millis(500));
+                c.internal_command_timeout = timeout.max(Duration::from_millis(500));
+                c.max_command_attempts = 1;
+            })
+            .with_performance_config(|p| p.default_command_timeout = timeout)
+            // Forever (0 attempts = no maximum), 100 ms doubling to 5 s.
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .build()
+            .map_err(|e| DragonflyConfigError(e.to_string()))?;
+        let _connection = client.connect();
+        Ok(Self { client })
+    }
+
+    /// Whether the client is connected right now.
+    pub fn is_connected(&self) -> bool {
+        self.client.is_connected()
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+}
