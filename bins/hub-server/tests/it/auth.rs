@@ -3,8 +3,6 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use hub_server::{Application, Settings};
-
 use crate::support::{
     BOUND_KEY, Backend, OPERATOR_KEY, assert_error, env, on_both_backends, spawn_app,
     spawn_app_with,
@@ -265,14 +263,7 @@ async fn every_response_carries_nosniff_and_no_store(backend: Backend) {
 async fn start_with_keys(keys: &str, extra: &[(&str, &str)]) -> Result<(), String> {
     let mut pairs = vec![("CENTRAL_HUB_API_KEYS", keys)];
     pairs.extend_from_slice(extra);
-    let app = Application::build(Settings::load(&env(&pairs)).unwrap())
-        .await
-        .map_err(|e| format!("{e:#}"))?;
-    let stop = app.stop_handle();
-    let running = tokio::spawn(app.run_until_stopped());
-    stop.stop().await;
-    running.await.unwrap().unwrap();
-    Ok(())
+    crate::support::build_and_stop(&env(&pairs)).await
 }
 
 #[tokio::test]

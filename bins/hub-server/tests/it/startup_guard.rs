@@ -1,8 +1,8 @@
 //! The start-up guard: a database role that bypasses row-level security is refused unless explicitly allowed, and a database that cannot be used is one sentence with the next step.
 
+use crate::support::build_and_stop;
 use std::collections::HashMap;
 
-use hub_server::{Application, Settings};
 use hub_store::testing::TestDb;
 
 fn env(db: &TestDb, user: &str, extra: &[(&str, &str)]) -> HashMap<String, String> {
@@ -24,19 +24,6 @@ fn env(db: &TestDb, user: &str, extra: &[(&str, &str)]) -> HashMap<String, Strin
     env
 }
 
-/// Builds the app; one that starts is stopped again at once (its HTTP
-/// workers run from the moment it is built).
-async fn start(env: &HashMap<String, String>) -> Result<(), String> {
-    let app = Application::build(Settings::load(env).unwrap())
-        .await
-        .map_err(|e| format!("{e:#}"))?;
-    let stop = app.stop_handle();
-    let running = tokio::spawn(app.run_until_stopped());
-    stop.stop().await;
-    running.await.unwrap().unwrap();
-    Ok(())
-}
-
 #[tokio::test]
 async fn roles_that_bypass_rls_are_refused_unless_allowed() {
     let Some(db) = TestDb::create().await else {
@@ -52,10 +39,10 @@ async fn roles_that_bypass_rls_are_refused_unless_allowed() {
         .unwrap();
 
     // The application role starts.
-    start(&env(&db, &db.app.user, &[])).await.unwrap();
+    build_and_stop(&env(&db, &db.app.user, &[])).await.unwrap();
 
     for user in ["postgres", bypass.as_str()] {
-        let error = match start(&env(&db, user, &[])).await {
+        let error = match build_and_stop(&env(&db, user, &[])).await {
             Ok(_) => panic!("{user} must be refused"),
             Err(e) => e,
         };
@@ -66,7 +53,7 @@ async fn roles_that_bypass_rls_are_refused_unless_allowed() {
             "says how to override: {error}"
         );
         // Explicitly allowed (development only): it starts.
-        let allowed = start(&env(&db, user, &[("HUB_ALLOW_RLS_BYPASS", "true")])).await;
+        let allowed = build_and_stop(&env(&db, user, &[("HUB_ALLOW_RLS_BYPASS", "true")])).await;
         assert!(
             allowed.is_ok(),
             "{user} with HUB_ALLOW_RLS_BYPASS=true: {:?}",
@@ -92,7 +79,7 @@ async fn a_database_without_the_schema_is_refused_with_the_fix() {
         .unwrap();
     let mut env = env(&db, &db.app.user, &[]);
     env.insert("POSTGRES_DB".into(), empty.clone());
-    let error = match start(&env).await {
+    let error = match build_and_stop(&env).await {
         Ok(_) => panic!("an unmigrated database must be refused"),
         Err(e) => e,
     };
@@ -110,7 +97,7 @@ async fn a_missing_database_or_an_unreachable_server_is_one_sentence_with_the_ne
     };
     let mut missing_db = env(&db, &db.app.user, &[]);
     missing_db.insert("POSTGRES_DB".into(), format!("{}_absent", db.name));
-    let error = start(&missing_db).await.unwrap_err();
+    let error = build_and_stop(&missing_db).await.unwrap_err();
     assert!(error.contains("has no database"), "{error}");
     assert!(!error.contains("DbError {"), "a Debug dump: {error}");
     assert!(
@@ -128,7 +115,7 @@ async fn a_missing_database_or_an_unreachable_server_is_one_sentence_with_the_ne
         .to_string();
     let mut unreachable = env(&db, &db.app.user, &[("HUB_PG_STARTUP_TIMEOUT_SECS", "1")]);
     unreachable.insert("POSTGRES_PORT".into(), closed);
-    let error = start(&unreachable).await.unwrap_err();
+    let error = build_and_stop(&unreachable).await.unwrap_err();
     assert!(error.contains("could not be reached"), "{error}");
     assert!(error.contains("POSTGRES_HOST and POSTGRES_PORT"), "{error}");
 
@@ -147,7 +134,9 @@ async fn a_relay_login_that_may_not_read_the_outbox_is_refused() {
         return;
     };
     let nats = [("NATS_URL", "nats://127.0.0.1:4222")];
-    let error = start(&env(&db, &db.app.user, &nats)).await.unwrap_err();
+    let error = build_and_stop(&env(&db, &db.app.user, &nats))
+        .await
+        .unwrap_err();
     assert!(
         error.contains("HUB_RELAY_PG_USER")
             && error.contains("central_hub_relay")
@@ -155,7 +144,7 @@ async fn a_relay_login_that_may_not_read_the_outbox_is_refused() {
         "{error}"
     );
     let relay = db.relay.user.as_str();
-    start(&env(
+    build_and_stop(&env(
         &db,
         &db.app.user,
         &[nats[0], ("HUB_RELAY_PG_USER", relay)],
@@ -168,5 +157,7 @@ async fn a_relay_login_that_may_not_read_the_outbox_is_refused() {
         .batch_execute(&format!("GRANT central_hub_relay TO {}", db.app.user))
         .await
         .unwrap();
-    start(&env(&db, &db.app.user, &nats)).await.unwrap();
+    build_and_stop(&env(&db, &db.app.user, &nats))
+        .await
+        .unwrap();
 }

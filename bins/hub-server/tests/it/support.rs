@@ -61,6 +61,20 @@ pub fn env(extra: &[(&str, &str)]) -> HashMap<String, String> {
     env
 }
 
+/// Builds the app from `env`; one that starts is stopped again at once (its
+/// HTTP workers run from the moment it is built). The error text, with its
+/// causes, if it refuses to start.
+pub async fn build_and_stop(env: &HashMap<String, String>) -> Result<(), String> {
+    let app = Application::build(Settings::load(env).unwrap())
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let stop = app.stop_handle();
+    let running = tokio::spawn(app.run_until_stopped());
+    stop.stop().await;
+    running.await.unwrap().unwrap();
+    Ok(())
+}
+
 /// Starts the app on a free port with the system clock. `None` only in
 /// PostgreSQL mode outside CI when PostgreSQL is unreachable (said on stderr).
 pub async fn spawn_app(backend: Backend) -> Option<TestApp> {

@@ -190,6 +190,32 @@ mod tests {
     use crate::domain::instance::{HealthStatus, Instance, Revision};
     use crate::domain::registration::{Registration, RegistrationInput};
 
+    /// The envelope of a minimal `service.registered` event, as JSON to edit.
+    fn minimal_registered() -> Value {
+        let at = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
+        let registration = Registration::try_from(RegistrationInput {
+            service_name: "billing".into(),
+            host: "h".into(),
+            port: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        let instance = Instance::registered(
+            TenantId::parse("t").unwrap(),
+            registration,
+            at,
+            None,
+            Revision::new(1),
+        );
+        serde_json::from_slice(&to_json(&RegistryEvent::new(
+            EventKind::Registered,
+            instance,
+            None,
+            at,
+        )))
+        .unwrap()
+    }
+
     #[test]
     fn envelope_has_the_documented_fields() {
         let at = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
@@ -273,28 +299,7 @@ mod tests {
 
     #[test]
     fn an_envelope_written_under_older_rules_still_reads_back() {
-        let at = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
-        let registration = Registration::try_from(RegistrationInput {
-            service_name: "billing".into(),
-            host: "h".into(),
-            port: 1,
-            ..Default::default()
-        })
-        .unwrap();
-        let instance = Instance::registered(
-            TenantId::parse("t").unwrap(),
-            registration,
-            at,
-            None,
-            Revision::new(1),
-        );
-        let mut old: Value = serde_json::from_slice(&to_json(&RegistryEvent::new(
-            EventKind::Registered,
-            instance,
-            None,
-            at,
-        )))
-        .unwrap();
+        let mut old = minimal_registered();
         // What an older replica accepted: `..`, an invisible tag, metadata
         // over today's size limit. A replica must not refuse its events.
         old["instance_id"] = serde_json::json!("..");
@@ -309,28 +314,7 @@ mod tests {
     fn foreign_or_invalid_envelopes_are_refused() {
         assert!(from_json(b"not json").is_err());
         assert!(from_json(b"{}").is_err());
-        let at = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
-        let registration = Registration::try_from(RegistrationInput {
-            service_name: "billing".into(),
-            host: "h".into(),
-            port: 1,
-            ..Default::default()
-        })
-        .unwrap();
-        let instance = Instance::registered(
-            TenantId::parse("t").unwrap(),
-            registration,
-            at,
-            None,
-            Revision::new(1),
-        );
-        let good: Value = serde_json::from_slice(&to_json(&RegistryEvent::new(
-            EventKind::Registered,
-            instance,
-            None,
-            at,
-        )))
-        .unwrap();
+        let good = minimal_registered();
         for (field, value) in [
             ("schema", serde_json::json!("central-hub.registry-event.v2")),
             ("type", serde_json::json!("service.exploded")),
