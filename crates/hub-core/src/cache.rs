@@ -160,6 +160,7 @@ impl RegistryStore for CachedStore {
                         LeaseChange::Expired { instance, .. } | LeaseChange::Removed(instance) => {
                             instance
                         }
+                        LeaseChange::Held(_) => continue,
                     };
                     self.forget(instance.tenant_id(), instance.service_name());
                 }

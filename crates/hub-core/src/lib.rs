@@ -35,6 +35,7 @@
 pub mod cache;
 pub mod domain;
 pub mod error;
+pub mod lease;
 pub mod memory;
 pub mod ports;
 pub mod ratelimit;
@@ -53,4 +54,8 @@ pub use domain::query::{
 };
 pub use domain::registration::{Host, Protocol, Registration, RegistrationInput};
 pub use error::{RegistryError, ValidationError, error_chain};
+pub use lease::{
+    CacheRenewal, CachedLease, DueLeases, JudgedLease, LeaseCache, LeaseStore, MassExpiry,
+    MassExpiryHold, MemoryLeases, MetricSample, ReaperTurn,
+};
 pub use registry::{ExpiryReport, Registry, ServiceInstances};

@@ -85,6 +85,9 @@ pub enum LeaseChange {
     /// The lease stayed expired past `deregister_after`: the instance was
     /// removed. The record carries the revision of its removal.
     Removed(Instance),
+    /// Mass-expiry protection held the tenant's removals this pass (no
+    /// change was made for it; see [`crate::lease::MassExpiry`]).
+    Held(crate::lease::MassExpiryHold),
 }
 
 /// The registry's source of truth.

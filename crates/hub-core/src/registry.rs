@@ -196,22 +196,23 @@ impl Registry {
         let mut report = ExpiryReport::default();
         let events = changes
             .into_iter()
-            .map(|change| match change {
+            .filter_map(|change| match change {
+                LeaseChange::Held(_) => None,
                 LeaseChange::Expired {
                     instance,
                     previous_status,
                 } => {
                     report.expired += 1;
-                    RegistryEvent::new(
+                    Some(RegistryEvent::new(
                         EventKind::StatusChanged,
                         instance,
                         Some(previous_status),
                         now,
-                    )
+                    ))
                 }
                 LeaseChange::Removed(instance) => {
                     report.removed += 1;
-                    RegistryEvent::new(EventKind::Expired, instance, None, now)
+                    Some(RegistryEvent::new(EventKind::Expired, instance, None, now))
                 }
             })
             .collect::<Vec<_>>();

@@ -1046,20 +1046,21 @@ impl PgStore {
                 set_revision(scoped, tenant, revision).await?;
                 let entries: Vec<Audit<'_>> = tenant_changes
                     .iter()
-                    .map(|c| match c {
+                    .filter_map(|c| match c {
                         LeaseChange::Expired {
                             instance,
                             previous_status,
-                        } => Audit {
+                        } => Some(Audit {
                             kind: EventKind::StatusChanged,
                             instance,
                             previous_status: Some(*previous_status),
-                        },
-                        LeaseChange::Removed(instance) => Audit {
+                        }),
+                        LeaseChange::Removed(instance) => Some(Audit {
                             kind: EventKind::Expired,
                             instance,
                             previous_status: None,
-                        },
+                        }),
+                        LeaseChange::Held(_) => None,
                     })
                     .collect();
                 record(scoped, tenant, &entries, &context, now, &self.outbox).await?;
