@@ -145,8 +145,10 @@ pub trait LeaseCache: Send + Sync + 'static {
     /// Fills the tenant's leases from the store's `instances`, each expiring
     /// no earlier than `floor` plus its ttl, and marks the tenant synced.
     /// With `replace`, every cached lease of the tenant is dropped first;
-    /// without, cached leases are kept, missing ones added, and ones the
-    /// store no longer has dropped.
+    /// without, cached leases are kept (a cached record older, by revision,
+    /// than the store's takes the store's record but keeps the later
+    /// expiry), missing ones are added, and ones the store no longer has
+    /// are dropped.
     async fn refill(
         &self,
         tenant: &TenantId,
@@ -508,10 +510,18 @@ impl LeaseCache for MemoryLeases {
             let floor_expiry =
                 floor + Duration::seconds(i64::from(instance.registration().ttl_seconds()));
             let expiry = instance.lease_expires_at().max(floor_expiry);
-            state
-                .records
-                .entry(key_of(instance))
-                .or_insert_with(|| with_lease(instance, expiry));
+            match state.records.get_mut(&key_of(instance)) {
+                None => {
+                    state
+                        .records
+                        .insert(key_of(instance), with_lease(instance, expiry));
+                }
+                Some(cached) if cached.revision() < instance.revision() => {
+                    let kept = cached.lease_expires_at().max(instance.lease_expires_at());
+                    *cached = with_lease(instance, kept);
+                }
+                Some(_) => {}
+            }
         }
         state.synced = true;
         Ok(())

@@ -36,6 +36,7 @@ pub mod cache;
 pub mod domain;
 pub mod error;
 pub mod lease;
+mod lease_sync;
 pub mod memory;
 pub mod ports;
 pub mod ratelimit;
@@ -58,4 +59,4 @@ pub use lease::{
     CacheRenewal, CachedLease, DueLeases, JudgedLease, LeaseCache, LeaseStore, MassExpiry,
     MassExpiryHold, MemoryLeases, MetricSample, ReaperTurn,
 };
-pub use registry::{ExpiryReport, Registry, ServiceInstances};
+pub use registry::{ExpiryReport, LeaseStatus, Registry, ServiceInstances};

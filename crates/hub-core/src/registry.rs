@@ -1,6 +1,9 @@
 //! `Registry`: the use cases (register, list, get, heartbeat, deregister, expire leases) over the ports.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use chrono::Duration;
 
 use crate::domain::context::ChangeContext;
 use crate::domain::event::{EventKind, RegistryEvent};
@@ -9,6 +12,8 @@ use crate::domain::instance::{Instance, Revision};
 use crate::domain::query::{Heartbeat, ListQuery};
 use crate::domain::registration::Registration;
 use crate::error::RegistryError;
+use crate::lease::{LeaseCache, LeaseStore, MassExpiry, MassExpiryHold};
+use crate::lease_sync::CachedLeases;
 use crate::ports::{Clock, EventSink, LeaseChange, ListPage, RegistryStore, Upserted};
 
 /// The instances of one service, as answered by [`Registry::get`].
@@ -33,6 +38,20 @@ pub struct ExpiryReport {
     pub expired: usize,
     /// Instances removed after staying expired.
     pub removed: usize,
+    /// Tenants whose removals mass-expiry protection held this pass.
+    pub held: usize,
+}
+
+/// Where heartbeat leases live, for the dashboard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseStatus {
+    /// `"store"` (no lease cache) or `"cache"` (Dragonfly).
+    pub backend: &'static str,
+    /// With a cache: whether this process's last call to it succeeded.
+    pub cache_reachable: Option<bool>,
+    /// With a cache: heartbeats this process sent to the store because the
+    /// cache failed.
+    pub fallbacks: u64,
 }
 
 /// The registry use cases. Cheap to clone; hand a clone to each handler.
@@ -41,6 +60,9 @@ pub struct Registry {
     store: Arc<dyn RegistryStore>,
     events: Arc<dyn EventSink>,
     clock: Arc<dyn Clock>,
+    leases: Option<Arc<CachedLeases>>,
+    /// Tenants whose removals this process's reaper holds (mass expiry).
+    holds: Arc<Mutex<HashMap<TenantId, MassExpiryHold>>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -60,6 +82,61 @@ impl Registry {
             store,
             events,
             clock,
+            leases: None,
+            holds: Arc::default(),
+        }
+    }
+
+    /// The same registry with heartbeat leases in `cache`: a heartbeat that
+    /// does not change its instance's status is renewed there only, and the
+    /// reaper judges leases from it (`lease_store` is the store's side of
+    /// that, and `policy` the mass-expiry rule of those passes). See
+    /// [`crate::lease`] for the contract.
+    #[must_use]
+    pub fn with_lease_cache(
+        mut self,
+        cache: Arc<dyn LeaseCache>,
+        lease_store: Arc<dyn LeaseStore>,
+        policy: MassExpiry,
+    ) -> Self {
+        self.leases = Some(Arc::new(CachedLeases::new(cache, lease_store, policy)));
+        self
+    }
+
+    /// Where leases live, and how the cache is doing.
+    pub fn lease_status(&self) -> LeaseStatus {
+        match &self.leases {
+            None => LeaseStatus {
+                backend: "store",
+                cache_reachable: None,
+                fallbacks: 0,
+            },
+            Some(leases) => LeaseStatus {
+                backend: "cache",
+                cache_reachable: Some(leases.reachable()),
+                fallbacks: leases.fallbacks(),
+            },
+        }
+    }
+
+    /// The mass-expiry hold on `tenant`'s removals, if this process's reaper
+    /// placed one at its last pass.
+    pub fn mass_expiry(&self, tenant: &TenantId) -> Option<MassExpiryHold> {
+        self.holds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tenant)
+            .cloned()
+    }
+
+    /// Writes the latest heartbeat metrics kept in the lease cache to the
+    /// store, at most one sample per instance per `every`. Returns how many
+    /// were written; 0 without a lease cache (the store then records the
+    /// metrics of each heartbeat itself).
+    pub async fn sample_metrics(&self, every: Duration) -> Result<usize, RegistryError> {
+        match &self.leases {
+            None => Ok(0),
+            Some(leases) => leases.sample_metrics(self.clock.now(), every).await,
         }
     }
 
@@ -76,6 +153,9 @@ impl Registry {
             .store
             .upsert(tenant, registration, now, context)
             .await?;
+        if let Some(leases) = &self.leases {
+            leases.put(&upserted.instance).await;
+        }
         let kind = if upserted.created {
             EventKind::Registered
         } else {
@@ -139,10 +219,20 @@ impl Registry {
                 &default_id
             }
         };
+        if let Some(leases) = &self.leases
+            && let Some(renewed) = leases
+                .renew(tenant, service, instance, heartbeat, now)
+                .await
+        {
+            return Ok(renewed);
+        }
         let renewed = self
             .store
             .renew(tenant, service, instance, heartbeat, now, context)
             .await?;
+        if let Some(leases) = &self.leases {
+            leases.put(&renewed.instance).await;
+        }
         if renewed.previous_status != renewed.instance.status() {
             self.publish(vec![RegistryEvent::new(
                 EventKind::StatusChanged,
@@ -170,6 +260,9 @@ impl Registry {
             .store
             .remove(tenant, service, instance, context)
             .await?;
+        if let Some(leases) = &self.leases {
+            leases.forget(tenant, &removed.instances).await;
+        }
         let count = removed.instances.len() + removed.undecodable;
         if count == 0 {
             return Err(RegistryError::not_found(match instance {
@@ -192,12 +285,20 @@ impl Registry {
     /// critical, leases expired for longer than `deregister_after` are removed.
     pub async fn expire_leases(&self) -> Result<ExpiryReport, RegistryError> {
         let now = self.clock.now();
-        let changes = self.store.expire_leases(now).await?;
+        let changes = match &self.leases {
+            None => self.store.expire_leases(now).await?,
+            Some(leases) => leases.reap(self.store.as_ref(), now).await?,
+        };
         let mut report = ExpiryReport::default();
+        let mut holds = HashMap::new();
         let events = changes
             .into_iter()
             .filter_map(|change| match change {
-                LeaseChange::Held(_) => None,
+                LeaseChange::Held(hold) => {
+                    report.held += 1;
+                    holds.insert(hold.tenant.clone(), hold);
+                    None
+                }
                 LeaseChange::Expired {
                     instance,
                     previous_status,
@@ -217,7 +318,30 @@ impl Registry {
             })
             .collect::<Vec<_>>();
         self.publish(events).await;
+        self.update_holds(holds);
         Ok(report)
+    }
+
+    /// Keeps this pass's mass-expiry holds, logging each hold that starts
+    /// or ends (once, not every pass).
+    fn update_holds(&self, holds: HashMap<TenantId, MassExpiryHold>) {
+        let mut current = self.holds.lock().unwrap_or_else(PoisonError::into_inner);
+        for (tenant, hold) in &holds {
+            if !current.contains_key(tenant) {
+                tracing::warn!(
+                    tenant = %tenant,
+                    expired = hold.expired,
+                    total = hold.total,
+                    "mass expiry: most of this tenant's instances stopped heartbeating at once; they are critical but kept until they heartbeat again or the grace passes"
+                );
+            }
+        }
+        for tenant in current.keys() {
+            if !holds.contains_key(tenant) {
+                tracing::info!(tenant = %tenant, "mass expiry over: removals of this tenant run normally again");
+            }
+        }
+        *current = holds;
     }
 
     /// Whether the source of truth is reachable.
