@@ -298,6 +298,32 @@ pub struct AuthSettings {
 pub struct LeaseSettings {
     /// How often expired leases are looked for, in milliseconds.
     pub reap_interval_ms: u64,
+    /// `HUB_METRICS_SAMPLE_SECS`: with Dragonfly, heartbeat metrics are kept
+    /// there and written to PostgreSQL at most once per instance per this
+    /// many seconds (60).
+    pub metrics_sample_secs: u64,
+    /// `HUB_MASS_EXPIRY_RATIO`: share of a tenant's instances whose leases
+    /// must run out at one pass to hold their removal (0.5; 1 turns the
+    /// protection off).
+    pub mass_expiry_ratio: f64,
+    /// `HUB_MASS_EXPIRY_MIN`: fewest run-out instances that count (5).
+    pub mass_expiry_min: usize,
+    /// `HUB_MASS_EXPIRY_GRACE_SECS`: how long after its lease ran out a held
+    /// instance is removed anyway (900).
+    pub mass_expiry_grace_secs: u64,
+}
+
+impl LeaseSettings {
+    /// The mass-expiry rule these settings give.
+    pub fn mass_expiry(&self) -> hub_core::MassExpiry {
+        hub_core::MassExpiry {
+            ratio: self.mass_expiry_ratio,
+            min: self.mass_expiry_min,
+            grace: chrono::Duration::seconds(
+                i64::try_from(self.mass_expiry_grace_secs).unwrap_or(i64::MAX / 1_000_000),
+            ),
+        }
+    }
 }
 
 /// Environment variables and the settings keys they set. The names are those
@@ -354,6 +380,13 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("CENTRAL_HUB_API_KEYS", "auth.api_keys"),
     ("DISABLE_AUTH", "auth.disabled"),
     ("HUB_REAP_INTERVAL_MS", "leases.reap_interval_ms"),
+    ("HUB_METRICS_SAMPLE_SECS", "leases.metrics_sample_secs"),
+    ("HUB_MASS_EXPIRY_RATIO", "leases.mass_expiry_ratio"),
+    ("HUB_MASS_EXPIRY_MIN", "leases.mass_expiry_min"),
+    (
+        "HUB_MASS_EXPIRY_GRACE_SECS",
+        "leases.mass_expiry_grace_secs",
+    ),
     ("HUB_SHUTDOWN_TIMEOUT_SECS", "server.shutdown_timeout_secs"),
     ("HUB_BODY_TIMEOUT_SECS", "server.body_timeout_secs"),
     ("DRAGONFLY_HOST", "dragonfly.host"),
@@ -381,6 +414,10 @@ impl Settings {
             .set_default("auth.disabled", false)?
             .set_default("auth.api_keys", "")?
             .set_default("leases.reap_interval_ms", 1000)?
+            .set_default("leases.metrics_sample_secs", 60)?
+            .set_default("leases.mass_expiry_ratio", 0.5)?
+            .set_default("leases.mass_expiry_min", 5)?
+            .set_default("leases.mass_expiry_grace_secs", 900)?
             .set_default("postgres.port", 5432)?
             .set_default("postgres.db", "central_hub")?
             .set_default("postgres.user", "central_hub")?
@@ -447,6 +484,23 @@ impl Settings {
         if settings.leases.reap_interval_ms == 0 {
             return Err(ConfigError::Message(
                 "leases.reap_interval_ms (HUB_REAP_INTERVAL_MS) must be at least 1".into(),
+            ));
+        }
+        let leases = &settings.leases;
+        if leases.metrics_sample_secs == 0 {
+            return Err(ConfigError::Message(
+                "HUB_METRICS_SAMPLE_SECS must be at least 1".into(),
+            ));
+        }
+        if !(leases.mass_expiry_ratio > 0.0 && leases.mass_expiry_ratio <= 1.0) {
+            return Err(ConfigError::Message(format!(
+                "HUB_MASS_EXPIRY_RATIO must be a share above 0 and at most 1 (1 turns the protection off; got {})",
+                leases.mass_expiry_ratio
+            )));
+        }
+        if leases.mass_expiry_grace_secs > 366 * 24 * 60 * 60 {
+            return Err(ConfigError::Message(
+                "HUB_MASS_EXPIRY_GRACE_SECS must be at most a year (31622400)".into(),
             ));
         }
         Ok(settings)
@@ -529,6 +583,39 @@ mod tests {
         assert!(Settings::load(&env(&[("DISABLE_AUTH", "maybe")])).is_err());
         assert!(Settings::load(&env(&[("HUB_REAP_INTERVAL_MS", "0")])).is_err());
         assert!(Settings::load(&env(&[("HUB_CONFIG", "/nonexistent/hub.toml")])).is_err());
+    }
+
+    #[test]
+    fn lease_variables_defaults_and_refusals() {
+        let d = Settings::load(&env(&[])).unwrap().leases;
+        assert_eq!(d.metrics_sample_secs, 60);
+        assert_eq!(d.mass_expiry(), hub_core::MassExpiry::default());
+        let s = Settings::load(&env(&[
+            ("HUB_METRICS_SAMPLE_SECS", "5"),
+            ("HUB_MASS_EXPIRY_RATIO", "0.8"),
+            ("HUB_MASS_EXPIRY_MIN", "3"),
+            ("HUB_MASS_EXPIRY_GRACE_SECS", "120"),
+        ]))
+        .unwrap()
+        .leases;
+        assert_eq!(s.metrics_sample_secs, 5);
+        let policy = s.mass_expiry();
+        assert_eq!((policy.ratio, policy.min), (0.8, 3));
+        assert_eq!(policy.grace, chrono::Duration::seconds(120));
+        for (var, bad) in [
+            ("HUB_METRICS_SAMPLE_SECS", "0"),
+            ("HUB_MASS_EXPIRY_RATIO", "0"),
+            ("HUB_MASS_EXPIRY_RATIO", "1.5"),
+            ("HUB_MASS_EXPIRY_RATIO", "NaN"),
+            ("HUB_MASS_EXPIRY_MIN", "-1"),
+            ("HUB_MASS_EXPIRY_GRACE_SECS", "99999999999"),
+        ] {
+            let error = Settings::load(&env(&[(var, bad)])).unwrap_err().to_string();
+            assert!(
+                error.contains(var) || error.contains("mass_expiry"),
+                "{var}={bad}: {error}"
+            );
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use hub_http::HttpDeps;
 
 use crate::settings::Settings;
 use crate::tasks::{Tasks, follower, metrics, reaper};
-use crate::wiring::{auth, buses, dragonfly, events, http, limits, store};
+use crate::wiring::{auth, buses, dragonfly, events, http, leases, limits, store};
 
 /// A built, bound, not yet running server.
 pub struct Application {
@@ -62,7 +62,14 @@ impl Application {
         // The source of truth first: a database that cannot be used is the
         // one thing start-up reports, before any broker is contacted.
         let buses = buses::configure(&settings.events, &replica_id)?;
-        let stores = store::build(&settings.postgres, &clock, buses.sinks(), &replica_id).await?;
+        let stores = store::build(
+            &settings.postgres,
+            &clock,
+            buses.sinks(),
+            &replica_id,
+            settings.leases.mass_expiry(),
+        )
+        .await?;
         buses::first_attempts(&buses).await?;
         let dragonfly = dragonfly::connect(&settings.dragonfly)?;
         let limits = limits::build(&settings.rate_limits, dragonfly.as_ref())?;
@@ -104,7 +111,13 @@ impl Application {
                 ),
             );
         }
-        let registry = Registry::new(stores.registry, events.sink, clock);
+        let registry = leases::wire(
+            Registry::new(stores.registry.clone(), events.sink, clock),
+            &stores,
+            dragonfly.as_ref(),
+            &settings.leases,
+            &mut tasks,
+        );
         let (addr, server) = http::serve(
             &settings.server,
             HttpDeps {

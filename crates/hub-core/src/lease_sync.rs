@@ -179,6 +179,11 @@ impl CachedLeases {
         }
     }
 
+    /// Whether the cache holds the tenant's leases (`None` if it cannot say).
+    pub(crate) async fn synced(&self, tenant: &TenantId) -> Option<bool> {
+        self.cache.synced(tenant).await.ok()
+    }
+
     /// Writes what the store just wrote through to the cache.
     pub(crate) async fn put(&self, instance: &Instance) {
         if let Err(error) = self.cache.put(instance).await {

@@ -129,6 +129,25 @@ impl Registry {
             .cloned()
     }
 
+    /// Whether `tenant`'s leases are in the lease cache (`None` without a
+    /// cache, or when it cannot be asked).
+    pub async fn lease_synced(&self, tenant: &TenantId) -> Option<bool> {
+        self.leases.as_ref()?.synced(tenant).await
+    }
+
+    /// Every mass-expiry hold this process's reaper placed at its last pass.
+    pub fn mass_expiry_holds(&self) -> Vec<MassExpiryHold> {
+        let mut holds: Vec<MassExpiryHold> = self
+            .holds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        holds.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        holds
+    }
+
     /// Writes the latest heartbeat metrics kept in the lease cache to the
     /// store, at most one sample per instance per `every`. Returns how many
     /// were written; 0 without a lease cache (the store then records the

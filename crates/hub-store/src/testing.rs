@@ -338,6 +338,17 @@ impl RedisServer {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap_or_else(|e| panic!("no free port: {e}"));
+        Self::start_on(port).await
+    }
+
+    /// Starts a new, empty server on the port of this one (after
+    /// [`RedisServer::stop`]): a Dragonfly that restarted and lost its data.
+    pub async fn restart_empty(&mut self) {
+        self.stop();
+        *self = Self::start_on(self.port).await;
+    }
+
+    async fn start_on(port: u16) -> Self {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])

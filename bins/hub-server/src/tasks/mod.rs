@@ -4,6 +4,7 @@ pub(crate) mod follower;
 pub(crate) mod metrics;
 pub(crate) mod outbox;
 pub(crate) mod reaper;
+pub(crate) mod sampler;
 
 use std::future::Future;
 

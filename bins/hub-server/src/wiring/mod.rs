@@ -5,6 +5,7 @@ pub(crate) mod buses;
 pub(crate) mod dragonfly;
 pub(crate) mod events;
 pub(crate) mod http;
+pub(crate) mod leases;
 pub(crate) mod limits;
 pub(crate) mod postgres;
 pub(crate) mod store;

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hub_core::MassExpiry;
 use hub_core::Sinks;
 use hub_core::error_chain;
 use hub_core::ports::Outbox;
@@ -136,6 +137,7 @@ pub(crate) async fn open(
     settings: &PostgresSettings,
     sinks: Sinks,
     replica_id: &str,
+    mass_expiry: MassExpiry,
 ) -> anyhow::Result<Opened> {
     let config = pg_config(host, settings);
     let check = first_connection(&config, settings.startup_timeout_secs).await?;
@@ -187,7 +189,11 @@ pub(crate) async fn open(
         tenant_max_connections = config.tenant_share(),
         "postgres mode: the registry is stored in PostgreSQL with row-level security"
     );
-    let pg = Arc::new(PgStore::new(&config)?.with_outbox(sinks, replica_id));
+    let pg = Arc::new(
+        PgStore::new(&config)?
+            .with_outbox(sinks, replica_id)
+            .with_mass_expiry(mass_expiry),
+    );
     let outbox: Option<Arc<dyn Outbox>> = if sinks.is_empty() {
         None
     } else {

@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use hub_core::Sinks;
 use hub_core::cache::CachedStore;
 use hub_core::memory::MemoryStore;
 use hub_core::ports::{Clock, Outbox, RegistryStore};
+use hub_core::{MassExpiry, Sinks};
 use hub_store::PgStore;
 
 use super::postgres;
@@ -28,20 +28,21 @@ pub(crate) async fn build(
     clock: &Arc<dyn Clock>,
     sinks: Sinks,
     replica_id: &str,
+    mass_expiry: MassExpiry,
 ) -> anyhow::Result<Stores> {
     let Some(host) = settings.host.as_deref().filter(|h| !h.is_empty()) else {
         tracing::info!(
             "embedded mode: in-memory registry and in-process event bus; nothing is persisted across restarts"
         );
         return Ok(Stores {
-            registry: Arc::new(MemoryStore::new()),
+            registry: Arc::new(MemoryStore::new().with_mass_expiry(mass_expiry)),
             outbox: None,
             cache: None,
             pg: None,
         });
     };
     let postgres::Opened { store: pg, outbox } =
-        postgres::open(host, settings, sinks, replica_id).await?;
+        postgres::open(host, settings, sinks, replica_id, mass_expiry).await?;
     if settings.lookup_cache_ms == 0 {
         return Ok(Stores {
             registry: pg.clone(),

@@ -7,6 +7,7 @@ mod concurrency;
 mod containment;
 mod differential;
 mod discovery;
+mod dragonfly_leases;
 mod events;
 mod leases;
 mod limits;

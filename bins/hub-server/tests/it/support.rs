@@ -21,12 +21,17 @@ pub const BOUND_KEY: &str = "test-bound-key-0001";
 pub enum Backend {
     Embedded,
     Postgres,
+    /// PostgreSQL with heartbeat leases in Dragonfly (the machine's Redis).
+    PgDragonfly,
 }
 
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     stop: StopHandle,
+    /// The app's registry (to run a reaper pass or read lease state).
+    #[allow(dead_code)]
+    pub registry: hub_core::Registry,
     /// The test's own database (PostgreSQL mode), kept alive as long as the
     /// app; tests that restart the server or look at the tables use it.
     #[allow(dead_code)]
@@ -90,14 +95,27 @@ pub async fn spawn_app_with(
     let mut env = env(extra_env);
     let db = match backend {
         Backend::Embedded => None,
-        Backend::Postgres => {
+        Backend::Postgres | Backend::PgDragonfly => {
             let db = TestDb::create().await?;
-            env.insert("POSTGRES_HOST".into(), db.app.host.clone());
-            env.insert("POSTGRES_PORT".into(), db.app.port.to_string());
-            env.insert("POSTGRES_DB".into(), db.app.dbname.clone());
-            env.insert("POSTGRES_USER".into(), db.app.user.clone());
-            env.insert("HUB_RELAY_PG_USER".into(), db.relay.user.clone());
-            env.insert("HUB_PG_POOL_SIZE".into(), "8".into());
+            if backend == Backend::PgDragonfly {
+                hub_store::testing::dragonfly().await?;
+                let (host, port) = hub_store::testing::redis_addr();
+                env.entry("DRAGONFLY_HOST".into()).or_insert(host);
+                env.entry("DRAGONFLY_PORT".into())
+                    .or_insert(port.to_string());
+            }
+            // A test may point the app elsewhere (another app's database,
+            // a proxy): its own variables win.
+            for (var, value) in [
+                ("POSTGRES_HOST", db.app.host.clone()),
+                ("POSTGRES_PORT", db.app.port.to_string()),
+                ("POSTGRES_DB", db.app.dbname.clone()),
+                ("POSTGRES_USER", db.app.user.clone()),
+                ("HUB_RELAY_PG_USER", db.relay.user.clone()),
+                ("HUB_PG_POOL_SIZE", "8".to_owned()),
+            ] {
+                env.entry(var.to_owned()).or_insert(value);
+            }
             Some(db)
         }
     };
@@ -110,11 +128,13 @@ pub async fn spawn_app_with(
     };
     let base = format!("http://127.0.0.1:{}", app.port());
     let stop = app.stop_handle();
+    let registry = app.registry().clone();
     tokio::spawn(app.run_until_stopped());
     Some(TestApp {
         base,
         client: reqwest::Client::new(),
         stop,
+        registry,
         db,
     })
 }
@@ -151,6 +171,17 @@ pub fn manual_clock() -> Arc<ManualClock> {
 }
 
 impl TestApp {
+    /// Waits until the tenant's leases are in the lease cache (a reaper
+    /// pass filled them); at once without a cache.
+    #[allow(dead_code)]
+    pub async fn settle(&self, tenant: &str) {
+        let tenant = hub_core::TenantId::parse(tenant).unwrap();
+        eventually(10, || async {
+            (self.registry.lease_synced(&tenant).await != Some(false)).then_some(())
+        })
+        .await;
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

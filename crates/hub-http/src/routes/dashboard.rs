@@ -4,7 +4,7 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use hub_core::ports::EventStatus;
 use hub_core::ratelimit::Limits;
-use hub_core::{SinkStatus, TenantId};
+use hub_core::{MassExpiryHold, Registry, SinkStatus, TenantId};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -67,6 +67,7 @@ async fn metrics(
     tenant: Tenant,
     events: web::Data<Events>,
     limits: web::Data<Limits>,
+    registry: web::Data<Registry>,
 ) -> Result<HttpResponse, ApiError> {
     let all = sees_all(&req);
     let scope: Option<&TenantId> = if all { None } else { Some(&tenant.0) };
@@ -83,7 +84,39 @@ async fn metrics(
             "sinks": sinks,
         },
         "rate_limits": rate_limit_body(&limits, scope),
+        "leases": lease_body(&registry, scope),
     })))
+}
+
+fn hold_body(hold: &MassExpiryHold) -> Value {
+    json!({ "expired": hold.expired, "total": hold.total, "held": hold.held })
+}
+
+/// Where heartbeat leases live and the mass-expiry holds this replica's
+/// reaper placed (`mass_expiry` is the request tenant's hold or null; for
+/// operators, every held tenant, whether the lease cache answers and how
+/// many heartbeats fell back to the store).
+fn lease_body(registry: &Registry, scope: Option<&TenantId>) -> Value {
+    let status = registry.lease_status();
+    match scope {
+        Some(tenant) => json!({
+            "backend": status.backend,
+            "mass_expiry": registry.mass_expiry(tenant).as_ref().map(hold_body),
+        }),
+        None => {
+            let holds: serde_json::Map<String, Value> = registry
+                .mass_expiry_holds()
+                .iter()
+                .map(|h| (h.tenant.as_str().to_owned(), hold_body(h)))
+                .collect();
+            json!({
+                "backend": status.backend,
+                "cache_reachable": status.cache_reachable,
+                "fallbacks": status.fallbacks,
+                "mass_expiry": holds,
+            })
+        }
+    }
 }
 
 /// Requests refused with 429 by this replica, per tenant (the request's
