@@ -52,27 +52,63 @@ pub struct DragonflySettings {
     /// `HUB_DRAGONFLY_TIMEOUT_MS`: longest wait for one command before the
     /// caller falls back (250).
     pub timeout_ms: u64,
+    /// `HUB_DRAGONFLY_TLS=true`: connect with TLS (as does a
+    /// `rediss://host[:port]` in `DRAGONFLY_HOST`).
+    pub tls: bool,
+    /// `HUB_DRAGONFLY_TLS_CA_FILE`: PEM file of the certificate authorities
+    /// to trust instead of the system's (implies TLS).
+    pub tls_ca_file: Option<String>,
 }
 
 impl DragonflySettings {
     /// The client's settings, `None` without `DRAGONFLY_HOST`, or an error
     /// naming the variable that is malformed.
     pub fn client_config(&self) -> Result<Option<DragonflyConfig>, ConfigError> {
-        let Some(host) = self.host.as_deref().filter(|h| !h.is_empty()) else {
+        let Some(raw) = self.host.as_deref().filter(|h| !h.is_empty()) else {
             return Ok(None);
         };
-        if host.contains("://") || host.contains(['/', '@']) || host.contains(char::is_whitespace) {
+        // `rediss://host[:port]` (TLS) and `redis://host[:port]` are
+        // accepted; a port there wins over DRAGONFLY_PORT.
+        let (scheme_tls, rest) = match raw.split_once("://") {
+            Some(("rediss", rest)) => (true, rest),
+            Some(("redis", rest)) => (false, rest),
+            // Any other scheme: refused below (a NUL is never a host).
+            Some(_) => (false, "\0"),
+            None => (false, raw),
+        };
+        let (host, url_port) = match rest.rsplit_once(':') {
+            Some((h, p)) if raw.contains("://") && !h.contains(':') => (h, Some(p)),
+            _ => (rest, None),
+        };
+        if host.is_empty() || host.contains(['/', '@', '\0']) || host.contains(char::is_whitespace)
+        {
             return Err(ConfigError::Message(format!(
-                "DRAGONFLY_HOST must be a host name or address (got {host:?}); \
-                 URLs and TLS (rediss://) are not supported by this build"
+                "DRAGONFLY_HOST must be a host name or address, or rediss://host[:port] for TLS \
+                 (got {raw:?}; no user, password or path in it: use DRAGONFLY_PASSWORD and \
+                 HUB_DRAGONFLY_USERNAME, HUB_DRAGONFLY_DB)"
             )));
         }
-        let port: u16 = self.port.trim().parse().map_err(|_| {
+        let port_text = url_port.unwrap_or(self.port.as_str());
+        let port: u16 = port_text.trim().parse().map_err(|_| {
             ConfigError::Message(format!(
-                "DRAGONFLY_PORT must be a port number 1-65535 (got {:?})",
-                self.port
+                "DRAGONFLY_PORT must be a port number 1-65535 (got {port_text:?})"
             ))
         })?;
+        let ca_file = self
+            .tls_ca_file
+            .as_deref()
+            .filter(|f| !f.is_empty())
+            .map(std::path::PathBuf::from);
+        if let Some(file) = &ca_file
+            && !file.is_file()
+        {
+            return Err(ConfigError::Message(format!(
+                "HUB_DRAGONFLY_TLS_CA_FILE must name a readable PEM file (got {:?})",
+                file.display()
+            )));
+        }
+        let tls = (scheme_tls || self.tls || ca_file.is_some())
+            .then(|| hub_store::dragonfly::DragonflyTls { ca_file });
         let db = match self.db.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
             None => None,
             Some(d) => Some(d.parse::<u8>().map_err(|_| {
@@ -97,6 +133,7 @@ impl DragonflySettings {
                 .map(|p| p.expose_secret().to_owned())
                 .filter(|p| !p.is_empty()),
             command_timeout: Duration::from_millis(self.timeout_ms),
+            tls,
         }))
     }
 }
@@ -395,6 +432,8 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("HUB_DRAGONFLY_USERNAME", "dragonfly.username"),
     ("HUB_DRAGONFLY_DB", "dragonfly.db"),
     ("HUB_DRAGONFLY_TIMEOUT_MS", "dragonfly.timeout_ms"),
+    ("HUB_DRAGONFLY_TLS", "dragonfly.tls"),
+    ("HUB_DRAGONFLY_TLS_CA_FILE", "dragonfly.tls_ca_file"),
     ("HUB_RATE_LIMIT_RPS", "rate_limits.rps"),
     ("HUB_RATE_LIMIT_BURST", "rate_limits.burst"),
     ("HUB_RATE_LIMIT_KEY_RPS", "rate_limits.key_rps"),
@@ -440,6 +479,7 @@ impl Settings {
             .set_default("events.embedded_event_queue", 10_000)?
             .set_default("dragonfly.port", "6379")?
             .set_default("dragonfly.timeout_ms", 250)?
+            .set_default("dragonfly.tls", false)?
             .set_default("rate_limits.rps", 20_000)?
             .set_default("rate_limits.burst", 40_000)?
             .set_default("rate_limits.key_rps", 20_000)?
@@ -645,16 +685,55 @@ mod tests {
             ("DRAGONFLY_PORT", "sixty"),
             ("DRAGONFLY_PORT", "70000"),
             ("HUB_DRAGONFLY_DB", "256"),
-            ("DRAGONFLY_HOST", "rediss://cache:6379"),
+            ("DRAGONFLY_HOST", "rediss://user:pw@cache:6379"),
+            ("DRAGONFLY_HOST", "rediss://cache:6379/0"),
+            ("DRAGONFLY_HOST", "http://cache"),
+            ("DRAGONFLY_HOST", "rediss://cache:port"),
+            ("HUB_DRAGONFLY_TLS_CA_FILE", "/nonexistent/ca.pem"),
         ] {
             let pairs = if var == "DRAGONFLY_HOST" {
                 vec![(var, value)]
             } else {
                 vec![("DRAGONFLY_HOST", "cache"), (var, value)]
             };
-            let err = Settings::load(&env(&pairs)).unwrap_err();
-            assert!(err.to_string().contains(var), "{var}={value}: {err}");
+            let err = Settings::load(&env(&pairs)).unwrap_err().to_string();
+            let named =
+                err.contains(var) || (var == "DRAGONFLY_HOST" && err.contains("DRAGONFLY_PORT"));
+            assert!(named, "{var}={value}: {err}");
         }
+        // TLS: by URL (its port wins) or by variable; plain by default.
+        let tls = |pairs: &[(&str, &str)]| {
+            let c = Settings::load(&env(pairs))
+                .unwrap()
+                .dragonfly
+                .client_config()
+                .unwrap()
+                .unwrap();
+            (c.host, c.port, c.tls.is_some())
+        };
+        assert_eq!(
+            tls(&[
+                ("DRAGONFLY_HOST", "rediss://cache.internal:6390"),
+                ("DRAGONFLY_PORT", "1")
+            ]),
+            ("cache.internal".to_owned(), 6390, true)
+        );
+        assert_eq!(
+            tls(&[("DRAGONFLY_HOST", "rediss://cache.internal")]),
+            ("cache.internal".to_owned(), 6379, true)
+        );
+        assert_eq!(
+            tls(&[("DRAGONFLY_HOST", "redis://cache.internal:6391")]),
+            ("cache.internal".to_owned(), 6391, false)
+        );
+        assert_eq!(
+            tls(&[("DRAGONFLY_HOST", "cache"), ("HUB_DRAGONFLY_TLS", "true")]),
+            ("cache".to_owned(), 6379, true)
+        );
+        assert_eq!(
+            tls(&[("DRAGONFLY_HOST", "10.0.0.5")]),
+            ("10.0.0.5".to_owned(), 6379, false)
+        );
     }
 
     #[test]

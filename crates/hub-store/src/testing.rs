@@ -274,6 +274,7 @@ pub fn dragonfly_config(host: &str, port: u16) -> crate::dragonfly::DragonflyCon
         username: None,
         password: None,
         command_timeout: std::time::Duration::from_millis(500),
+        tls: None,
     }
 }
 

@@ -29,6 +29,62 @@ pub struct DragonflyConfig {
     pub password: Option<String>,
     /// Longest wait for one command before it counts as failed.
     pub command_timeout: Duration,
+    /// TLS, if the server requires it.
+    pub tls: Option<DragonflyTls>,
+}
+
+/// TLS to Dragonfly (rustls): the server's certificate is checked against
+/// the system's roots, or only against `ca_file` when one is given, and
+/// must name the host connected to.
+#[derive(Debug, Clone, Default)]
+pub struct DragonflyTls {
+    /// PEM file of the certificate authorities to trust instead of the
+    /// system's.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl DragonflyTls {
+    fn connector(&self) -> Result<fred::types::config::TlsConnector, DragonflyConfigError> {
+        use fred::rustls::pki_types::CertificateDer;
+        use fred::rustls::pki_types::pem::PemObject;
+        let mut roots = fred::rustls::RootCertStore::empty();
+        match &self.ca_file {
+            Some(path) => {
+                let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
+                    DragonflyConfigError(format!("TLS CA file {}: {e}", path.display()))
+                })?;
+                for cert in certs {
+                    let cert = cert.map_err(|e| {
+                        DragonflyConfigError(format!("TLS CA file {}: {e}", path.display()))
+                    })?;
+                    roots.add(cert).map_err(|e| {
+                        DragonflyConfigError(format!("TLS CA file {}: {e}", path.display()))
+                    })?;
+                }
+                if roots.is_empty() {
+                    return Err(DragonflyConfigError(format!(
+                        "TLS CA file {} holds no certificate",
+                        path.display()
+                    )));
+                }
+            }
+            None => {
+                let native = fred::rustls_native_certs::load_native_certs();
+                for cert in native.certs {
+                    // A system root rustls cannot parse is skipped, as
+                    // every TLS client does.
+                    let _ = roots.add(cert);
+                }
+            }
+        }
+        let provider = std::sync::Arc::new(fred::rustls::crypto::ring::default_provider());
+        let config = fred::rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| DragonflyConfigError(format!("TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(config.into())
+    }
 }
 
 impl fmt::Debug for DragonflyConfig {
@@ -39,6 +95,7 @@ impl fmt::Debug for DragonflyConfig {
             .field("db", &self.db)
             .field("username", &self.username)
             .field("command_timeout", &self.command_timeout)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -72,6 +129,10 @@ impl Dragonfly {
             username: config.username.clone(),
             password: config.password.clone(),
             database: config.db,
+            tls: match &config.tls {
+                Some(tls) => Some(tls.connector()?.into()),
+                None => None,
+            },
             // Commands sent while disconnected fail at once rather than wait
             // for a reconnection: the callers have a fallback.
             fail_fast: true,

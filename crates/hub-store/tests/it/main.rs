@@ -3,6 +3,7 @@
 
 mod containment;
 mod dragonfly;
+mod dragonfly_tls;
 mod outbox;
 mod rls;
 mod store;
