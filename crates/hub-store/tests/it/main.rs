@@ -3,6 +3,7 @@
 
 mod containment;
 mod dragonfly;
+mod leases_contract;
 mod outbox;
 mod rls;
 mod store;
