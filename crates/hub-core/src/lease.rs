@@ -506,6 +506,10 @@ impl LeaseCache for MemoryLeases {
         }
         let present: HashSet<Member> = instances.iter().map(key_of).collect();
         state.records.retain(|k, _| present.contains(k));
+        // A dropped instance's metrics go with it, as with `forget`: the
+        // sampler must not write history for an instance the store no
+        // longer has.
+        state.metrics.retain(|k, _| present.contains(k));
         for instance in instances {
             let floor_expiry =
                 floor + Duration::seconds(i64::from(instance.registration().ttl_seconds()));

@@ -1,10 +1,11 @@
-//! The DragonflyDB (Redis protocol) client through `fred`, its settings, and the adapters on it (rate limits).
+//! The DragonflyDB (Redis protocol) client through `fred`, its settings, and the adapters on it (rate limits, heartbeat leases).
 //!
 //! The client connects in the background and reconnects forever: an
 //! unreachable Dragonfly never stops start-up, and the adapters answer
 //! "unavailable" at once while it is disconnected (their callers fall back).
 
 pub mod keys;
+mod leases;
 mod ratelimit;
 
 use std::fmt;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use fred::prelude::{Builder, Client, ClientLike, Config, ReconnectPolicy, ServerConfig};
 
+pub use leases::{CHUNK, DUE_CAP, DragonflyLeases};
 pub use ratelimit::DragonflyLimiter;
 
 /// How to reach Dragonfly (`DRAGONFLY_*` of the deployment guide, `HUB_DRAGONFLY_*`).

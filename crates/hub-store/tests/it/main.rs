@@ -4,6 +4,7 @@
 mod containment;
 mod dragonfly;
 mod dragonfly_tls;
+mod leases_contract;
 mod outbox;
 mod rls;
 mod store;
