@@ -3,5 +3,6 @@
 
 mod concurrency;
 mod isolation;
+mod lease_store;
 mod leases;
 mod support;
