@@ -4,6 +4,7 @@
 mod containment;
 mod dragonfly;
 mod outbox;
+mod pg_leases;
 mod rls;
 mod store;
 mod support;
