@@ -24,7 +24,8 @@ use super::gate::Gate;
 use super::rows::{self, COLUMNS, RAW_PAYLOAD, revision_of, stored};
 use super::scoped::{Scoped, in_tenant, single_statement};
 
-/// The registry store on PostgreSQL. Cheap to clone (the pool is shared).
+/// The registry store on PostgreSQL, and the store side of a lease cache
+/// (`LeaseStore`, in `leases`). Cheap to clone (the pool is shared).
 #[derive(Clone)]
 pub struct PgStore {
     pub(super) pool: Gate,
