@@ -9,10 +9,11 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::context::ChangeContext;
 use crate::domain::ids::{InstanceId, ServiceName, TenantId};
-use crate::domain::instance::{Instance, LeaseState, Revision};
+use crate::domain::instance::{HealthStatus, Instance, LeaseState, Revision};
 use crate::domain::query::{Heartbeat, ListQuery, PageBuilder};
 use crate::domain::registration::Registration;
 use crate::error::RegistryError;
+use crate::lease::{JudgedLease, LeaseStore, MassExpiry, MassExpiryHold, MetricSample, ReaperTurn};
 use crate::ports::{
     LeaseChange, ListPage, RegistryStore, Removed, Renewed, ServiceSnapshot, Upserted,
 };
@@ -54,12 +55,22 @@ impl TenantState {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     tenants: RwLock<HashMap<TenantId, Arc<RwLock<TenantState>>>>,
+    /// The mass-expiry rule of [`RegistryStore::expire_leases`].
+    policy: MassExpiry,
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The same store, holding removals in its lease expiry by `policy`
+    /// (default: [`MassExpiry::default`]).
+    #[must_use]
+    pub fn with_mass_expiry(mut self, policy: MassExpiry) -> Self {
+        self.policy = policy;
+        self
     }
 
     fn existing(&self, tenant: &TenantId) -> Option<Arc<RwLock<TenantState>>> {
@@ -82,12 +93,12 @@ impl MemoryStore {
             .clone()
     }
 
-    fn all_tenants(&self) -> Vec<Arc<RwLock<TenantState>>> {
+    fn all_tenants(&self) -> Vec<(TenantId, Arc<RwLock<TenantState>>)> {
         self.tenants
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
+            .iter()
+            .map(|(tenant, state)| (tenant.clone(), state.clone()))
             .collect()
     }
 }
@@ -261,26 +272,54 @@ impl RegistryStore for MemoryStore {
 
     async fn expire_leases(&self, now: DateTime<Utc>) -> Result<Vec<LeaseChange>, RegistryError> {
         let mut changes = Vec::new();
-        for state in self.all_tenants() {
+        for (tenant, state) in self.all_tenants() {
             // Judging and changing happen under one write lock, so a heartbeat
             // cannot slip in between (the port's "heartbeat wins" rule).
             let mut state = state.write().unwrap_or_else(PoisonError::into_inner);
-            let mut expired = Vec::new();
+            let mut total = 0usize;
+            let mut run_out = 0usize;
+            let mut to_mark = Vec::new();
             let mut dead = Vec::new();
             for (service, instances) in &state.services {
                 for (id, instance) in instances {
+                    total += 1;
+                    let key = (service.clone(), id.clone());
                     match instance.lease_state(now) {
                         LeaseState::Alive => {}
                         LeaseState::Expired => {
-                            if instance.status() != crate::HealthStatus::Critical {
-                                expired.push((service.clone(), id.clone()));
+                            run_out += 1;
+                            if instance.status() != HealthStatus::Critical {
+                                to_mark.push(key);
                             }
                         }
-                        LeaseState::Dead => dead.push((service.clone(), id.clone())),
+                        LeaseState::Dead => {
+                            run_out += 1;
+                            dead.push((key, instance));
+                        }
                     }
                 }
             }
-            for (service, id) in expired {
+            // Mass expiry: the dead stay (critical) until the grace passes.
+            let held = self.policy.holds(run_out, total);
+            let mut to_remove = Vec::new();
+            let mut kept = 0usize;
+            for (key, instance) in dead {
+                if self.policy.removes(
+                    held,
+                    instance.lease_expires_at(),
+                    instance.deregister_at(),
+                    now,
+                ) {
+                    to_remove.push(key);
+                } else {
+                    kept += 1;
+                    if instance.status() != HealthStatus::Critical {
+                        to_mark.push(key);
+                    }
+                }
+            }
+            to_mark.sort();
+            for (service, id) in to_mark {
                 let revision = state.bump();
                 if let Some(slot) = state
                     .services
@@ -289,7 +328,7 @@ impl RegistryStore for MemoryStore {
                 {
                     let previous_status = slot.status();
                     *slot = slot
-                        .with_status(crate::HealthStatus::Critical)
+                        .with_status(HealthStatus::Critical)
                         .with_revision(revision);
                     changes.push(LeaseChange::Expired {
                         instance: slot.clone(),
@@ -297,7 +336,7 @@ impl RegistryStore for MemoryStore {
                     });
                 }
             }
-            for (service, id) in dead {
+            for (service, id) in to_remove {
                 let removed = state.services.get_mut(&service).and_then(|m| m.remove(&id));
                 state.remove_service_if_empty(&service);
                 if let Some(instance) = removed {
@@ -305,11 +344,153 @@ impl RegistryStore for MemoryStore {
                     changes.push(LeaseChange::Removed(instance.with_revision(revision)));
                 }
             }
+            if held {
+                changes.push(LeaseChange::Held(MassExpiryHold {
+                    tenant,
+                    expired: run_out,
+                    total,
+                    held: kept,
+                }));
+            }
         }
         Ok(changes)
     }
 
     async fn check(&self) -> Result<(), RegistryError> {
+        Ok(())
+    }
+}
+
+/// The store side of a lease cache, in memory. One process and no sharing:
+/// the reaper's turn is always free, and heartbeat metrics are accepted and
+/// dropped (embedded mode keeps no history, as [`RegistryStore::renew`]
+/// keeps none here either).
+#[async_trait]
+impl LeaseStore for MemoryStore {
+    async fn tenants(&self) -> Result<Vec<TenantId>, RegistryError> {
+        Ok(self
+            .all_tenants()
+            .into_iter()
+            .map(|(tenant, _)| tenant)
+            .collect())
+    }
+
+    async fn reaper_turn(&self) -> Result<Option<ReaperTurn>, RegistryError> {
+        Ok(Some(Box::new(())))
+    }
+
+    async fn instances(&self, tenant: &TenantId) -> Result<Vec<Instance>, RegistryError> {
+        let Some(state) = self.existing(tenant) else {
+            return Ok(Vec::new());
+        };
+        let state = state.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(state
+            .services
+            .values()
+            .flat_map(|instances| instances.values().cloned())
+            .collect())
+    }
+
+    async fn expire_judged(
+        &self,
+        tenant: &TenantId,
+        judged: &[JudgedLease],
+        _now: DateTime<Utc>,
+        _context: &ChangeContext,
+    ) -> Result<Vec<LeaseChange>, RegistryError> {
+        let Some(state) = self.existing(tenant) else {
+            return Ok(Vec::new());
+        };
+        // In key order, as the PostgreSQL store gives revisions.
+        let mut judged: Vec<&JudgedLease> = judged.iter().collect();
+        judged.sort_by(|a, b| {
+            (&a.lease.service, &a.lease.instance).cmp(&(&b.lease.service, &b.lease.instance))
+        });
+        let mut state = state.write().unwrap_or_else(PoisonError::into_inner);
+        let mut changes = Vec::new();
+        for j in judged {
+            let lease = &j.lease;
+            let Some(current) = state
+                .services
+                .get(&lease.service)
+                .and_then(|m| m.get(&lease.instance))
+            else {
+                continue;
+            };
+            // A lease renewed in the store since the judgement wins.
+            if current.lease_expires_at() > lease.expires_at {
+                continue;
+            }
+            if j.remove {
+                let removed = state
+                    .services
+                    .get_mut(&lease.service)
+                    .and_then(|m| m.remove(&lease.instance));
+                state.remove_service_if_empty(&lease.service);
+                if let Some(instance) = removed {
+                    let revision = state.bump();
+                    changes.push(LeaseChange::Removed(instance.with_revision(revision)));
+                }
+            } else if current.status() != HealthStatus::Critical {
+                let previous_status = current.status();
+                let marked = Instance::restore(
+                    current.tenant_id().clone(),
+                    current.registration().clone(),
+                    HealthStatus::Critical,
+                    current.registered_at(),
+                    lease.last_heartbeat,
+                    lease.expires_at,
+                    current.revision(),
+                );
+                let revision = state.bump();
+                let marked = marked.with_revision(revision);
+                if let Some(slot) = state
+                    .services
+                    .get_mut(&lease.service)
+                    .and_then(|m| m.get_mut(&lease.instance))
+                {
+                    *slot = marked.clone();
+                }
+                changes.push(LeaseChange::Expired {
+                    instance: marked,
+                    previous_status,
+                });
+            }
+        }
+        Ok(changes)
+    }
+
+    async fn extend_leases(&self, floor: DateTime<Utc>) -> Result<u64, RegistryError> {
+        let mut moved = 0u64;
+        for (_, state) in self.all_tenants() {
+            let mut state = state.write().unwrap_or_else(PoisonError::into_inner);
+            for instance in state.services.values_mut().flat_map(BTreeMap::values_mut) {
+                let at_least = floor
+                    + chrono::Duration::seconds(i64::from(instance.registration().ttl_seconds()));
+                if instance.lease_expires_at() < at_least {
+                    // A lease move is no registry change: same revision.
+                    *instance = Instance::restore(
+                        instance.tenant_id().clone(),
+                        instance.registration().clone(),
+                        instance.status(),
+                        instance.registered_at(),
+                        instance.last_heartbeat(),
+                        at_least,
+                        instance.revision(),
+                    );
+                    moved += 1;
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    async fn record_metrics(
+        &self,
+        _tenant: &TenantId,
+        _samples: &[MetricSample],
+    ) -> Result<(), RegistryError> {
+        // Embedded mode keeps no metric history.
         Ok(())
     }
 }

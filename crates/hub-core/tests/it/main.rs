@@ -4,5 +4,6 @@
 mod concurrency;
 mod isolation;
 mod lease_cache;
+mod lease_store;
 mod leases;
 mod support;

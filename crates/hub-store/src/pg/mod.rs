@@ -1,11 +1,13 @@
 //! The PostgreSQL store: connection pool, tenant-scoped transactions, registry queries, the event outbox, migrations.
 
+mod advisory;
 mod config;
 pub mod diagnose;
 mod error;
 mod gate;
 #[cfg(all(test, feature = "testing"))]
 mod hygiene_tests;
+mod leases;
 pub mod legacy;
 pub mod migrate;
 pub mod outbox;

@@ -9,32 +9,38 @@ use hub_core::ports::{
 };
 use hub_core::{
     ChangeContext, DEFAULT_LIST_LIMIT, EventKind, HealthStatus, Heartbeat, Instance, InstanceId,
-    LeaseState, ListQuery, PageBuilder, Registration, RegistryError, Revision, ServiceName, Sinks,
-    TenantId,
+    LeaseState, ListQuery, MassExpiry, MassExpiryHold, PageBuilder, Registration, RegistryError,
+    Revision, ServiceName, Sinks, TenantId,
 };
 use serde_json::Value;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
+use super::advisory::{METRICS_LOCK, REAPER_LOCK, Releases, unlock};
 use super::config::PgConfig;
 use super::error::DbError;
 use super::error::{chain, from_db, from_pg};
-use super::gate::{Checkout, Gate};
+use super::gate::Gate;
 use super::rows::{self, COLUMNS, RAW_PAYLOAD, revision_of, stored};
 use super::scoped::{Scoped, in_tenant, single_statement};
 
-/// The registry store on PostgreSQL. Cheap to clone (the pool is shared).
+/// The registry store on PostgreSQL, and the store side of a lease cache
+/// (`LeaseStore`, in `leases`). Cheap to clone (the pool is shared).
 #[derive(Clone)]
 pub struct PgStore {
     pub(super) pool: Gate,
-    outbox: Arc<OutboxWrites>,
+    pub(super) outbox: Arc<OutboxWrites>,
+    /// Advisory-lock releases in flight (see `advisory`).
+    pub(super) releases: Arc<Releases>,
+    /// The mass-expiry rule of [`RegistryStore::expire_leases`].
+    policy: MassExpiry,
 }
 
 /// What every change writes to the outbox: nothing when no sink is
 /// configured, else its event, tagged with `origin`, and one due row per sink
 /// in `sinks` (their bits).
 #[derive(Debug, Default)]
-struct OutboxWrites {
+pub(super) struct OutboxWrites {
     sinks: Vec<i16>,
     origin: Option<String>,
 }
@@ -46,12 +52,6 @@ impl std::fmt::Debug for PgStore {
             .finish()
     }
 }
-
-/// The advisory lock of the lease reaper (an arbitrary constant).
-const REAPER_LOCK: i64 = 0x00C3_7A11_4EA9;
-
-/// The advisory lock of the health-metrics pruner (the reaper's plus one).
-const METRICS_LOCK: i64 = 0x00C3_7A11_4EAA;
 
 /// Most batches of health metrics one pruning pass deletes for one tenant
 /// before it moves on to the next: a tenant with a large backlog is worked
@@ -69,10 +69,32 @@ const REVISION: &str = "SELECT revision FROM tenant_state WHERE tenant_id = $1";
 /// One change as recorded: its audit row and, when sinks are configured, its
 /// outbox row (the event). `instance` is the record after the change (before
 /// it, for removals) and carries the change's revision.
-struct Audit<'a> {
-    kind: EventKind,
-    instance: &'a Instance,
-    previous_status: Option<HealthStatus>,
+pub(super) struct Audit<'a> {
+    pub(super) kind: EventKind,
+    pub(super) instance: &'a Instance,
+    pub(super) previous_status: Option<HealthStatus>,
+}
+
+impl Audit<'_> {
+    /// The audit of a lease change (`None` for a hold, which changes nothing).
+    pub(super) fn of_change(change: &LeaseChange) -> Option<Audit<'_>> {
+        match change {
+            LeaseChange::Expired {
+                instance,
+                previous_status,
+            } => Some(Audit {
+                kind: EventKind::StatusChanged,
+                instance,
+                previous_status: Some(*previous_status),
+            }),
+            LeaseChange::Removed(instance) => Some(Audit {
+                kind: EventKind::Expired,
+                instance,
+                previous_status: None,
+            }),
+            LeaseChange::Held(_) => None,
+        }
+    }
 }
 
 impl PgStore {
@@ -81,7 +103,18 @@ impl PgStore {
         Ok(Self {
             pool: Gate::new(config)?,
             outbox: Arc::new(OutboxWrites::default()),
+            releases: Arc::default(),
+            policy: MassExpiry::default(),
         })
+    }
+
+    /// The same store, holding removals in its own lease expiry
+    /// ([`RegistryStore::expire_leases`]) by `policy` (default:
+    /// [`MassExpiry::default`]).
+    #[must_use]
+    pub fn with_mass_expiry(mut self, policy: MassExpiry) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// The same store, writing every change's event to the outbox for
@@ -102,7 +135,7 @@ impl PgStore {
     ///
     /// An id that is not a valid tenant id (written by hand, say) is logged
     /// and left out: it must not stop the pass for every other tenant.
-    async fn known_tenants(&self) -> Result<Vec<TenantId>, RegistryError> {
+    pub(super) async fn known_tenants(&self) -> Result<Vec<TenantId>, RegistryError> {
         let client = self.pool.internal().await?;
         let rows = client
             .query("SELECT tenant_id FROM hub_tenants ORDER BY tenant_id", &[])
@@ -122,23 +155,6 @@ impl PgStore {
             }
         }
         Ok(tenants)
-    }
-
-    /// Takes the advisory lock `key` on a connection of its own, or `None`
-    /// when another session (another replica) holds it. Held until
-    /// [`unlock`], or until the connection is lost: then PostgreSQL releases it.
-    async fn try_lock(&self, key: i64) -> Result<Option<AdvisoryLock>, RegistryError> {
-        let lock = self.pool.internal().await?;
-        let taken: bool = lock
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-            .await
-            .map_err(from_db)?
-            .try_get(0)
-            .map_err(from_pg)?;
-        Ok(taken.then_some(AdvisoryLock {
-            client: Some(lock),
-            key,
-        }))
     }
 
     /// Deletes health metrics older than `keep_days` days (at least one), in
@@ -195,42 +211,9 @@ impl PgStore {
     }
 }
 
-/// A session-level advisory lock held on a pooled connection of its own.
-/// A connection that may still hold the lock must never go back to the
-/// pool: if the holder is dropped without [`unlock`] (its future was
-/// cancelled, say), `Drop` closes the connection and PostgreSQL releases
-/// the lock with it.
-struct AdvisoryLock {
-    client: Option<Checkout>,
-    key: i64,
-}
-
-impl Drop for AdvisoryLock {
-    fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            client.detach();
-        }
-    }
-}
-
-/// Releases an advisory lock taken by [`PgStore::try_lock`]; its connection
-/// goes back to the pool only once the lock is released.
-async fn unlock(mut lock: AdvisoryLock) {
-    let Some(client) = lock.client.take() else {
-        return;
-    };
-    if client
-        .execute("SELECT pg_advisory_unlock($1)", &[&lock.key])
-        .await
-        .is_err()
-    {
-        client.detach();
-    }
-}
-
 /// Service name and instance id of a stored row whose [`COLUMNS`] start at
 /// `first`, for logs and for the audit of a row that cannot be read.
-fn row_key(row: &Row, first: usize) -> (String, String) {
+pub(super) fn row_key(row: &Row, first: usize) -> (String, String) {
     let key = |i| {
         row.try_get::<_, String>(i)
             .unwrap_or_else(|_| "?".to_owned())
@@ -242,7 +225,7 @@ fn row_key(row: &Row, first: usize) -> (String, String) {
 /// that cannot be read is logged as an error (tenant, service, instance and
 /// the real cause) and gives `None`: reads leave it out and say how many they
 /// left out, instead of failing the whole answer.
-fn readable(tenant: &TenantId, row: &Row, first: usize) -> Option<Instance> {
+pub(super) fn readable(tenant: &TenantId, row: &Row, first: usize) -> Option<Instance> {
     match rows::instance_at(tenant, row, first) {
         Ok(instance) => Some(instance),
         Err(error) => {
@@ -262,18 +245,18 @@ fn readable(tenant: &TenantId, row: &Row, first: usize) -> Option<Instance> {
 /// The audit of a change to a stored row that cannot be read: its keys, the
 /// change's revision, and the row's values as PostgreSQL holds them
 /// ([`RAW_PAYLOAD`], as text).
-struct RawAudit {
-    kind: EventKind,
-    service: String,
-    instance: String,
-    revision: i64,
-    payload: String,
+pub(super) struct RawAudit {
+    pub(super) kind: EventKind,
+    pub(super) service: String,
+    pub(super) instance: String,
+    pub(super) revision: i64,
+    pub(super) payload: String,
 }
 
 /// Writes audit rows of changes to rows that cannot be read, in the caller's
 /// transaction. No outbox row: an event carries a valid instance, and
 /// consumers could not read this one either.
-async fn record_raw(
+pub(super) async fn record_raw(
     scoped: &Scoped,
     tenant: &TenantId,
     entries: &[RawAudit],
@@ -315,7 +298,7 @@ async fn record_raw(
 /// (zero for a tenant that never changed anything). Every changing
 /// transaction takes this lock first, so changes of one tenant are ordered
 /// and two transactions never wait on each other in opposite orders.
-async fn lock_revision(scoped: &Scoped, tenant: &TenantId) -> Result<i64, DbError> {
+pub(super) async fn lock_revision(scoped: &Scoped, tenant: &TenantId) -> Result<i64, DbError> {
     bump_revision(scoped, tenant, 0).await
 }
 
@@ -343,7 +326,11 @@ async fn bump_revision(scoped: &Scoped, tenant: &TenantId, by: i64) -> Result<i6
     Ok(row.try_get(0)?)
 }
 
-async fn set_revision(scoped: &Scoped, tenant: &TenantId, revision: i64) -> Result<(), DbError> {
+pub(super) async fn set_revision(
+    scoped: &Scoped,
+    tenant: &TenantId,
+    revision: i64,
+) -> Result<(), DbError> {
     scoped
         .execute(
             "UPDATE tenant_state SET revision = $2 WHERE tenant_id = $1",
@@ -355,7 +342,7 @@ async fn set_revision(scoped: &Scoped, tenant: &TenantId, revision: i64) -> Resu
 
 /// Writes the audit rows of changes and, when sinks are configured, their
 /// outbox rows, in the caller's transaction (one statement).
-async fn record(
+pub(super) async fn record(
     scoped: &Scoped,
     tenant: &TenantId,
     entries: &[Audit<'_>],
@@ -885,11 +872,13 @@ impl RegistryStore for PgStore {
 
     async fn expire_leases(&self, now: DateTime<Utc>) -> Result<Vec<LeaseChange>, RegistryError> {
         // Column 15 tells whether the lease is dead (what `lease_state`
-        // decides for a readable row), column 16 the values as stored: both
-        // serve rows that cannot be read, which expire like any other.
+        // decides for a readable row), column 16 the values as stored,
+        // column 17 whether the lease ran out a mass-expiry grace ago ($3 is
+        // `now` minus the grace): they serve rows that cannot be read, which
+        // expire like any other.
         let candidates_sql = format!(
             "SELECT {COLUMNS}, lease_expires_at + make_interval(secs => ttl_seconds * 3) <= $2, \
-                 {RAW_PAYLOAD} \
+                 {RAW_PAYLOAD}, lease_expires_at <= $3 \
              FROM service_registry \
              WHERE tenant_id = $1 AND lease_expires_at <= $2 \
              ORDER BY service_name, instance_id FOR UPDATE"
@@ -951,7 +940,10 @@ impl PgStore {
         }
     }
 
-    /// Lease expiry for one tenant, in one transaction scoped to it.
+    /// Lease expiry for one tenant, in one transaction scoped to it, under
+    /// the mass-expiry rule: when it holds, the dead turn critical but are
+    /// kept until their grace passes, and the pass returns a
+    /// [`LeaseChange::Held`] (no audit row, no event: nothing changed).
     async fn expire_tenant(
         &self,
         tenant: &TenantId,
@@ -959,113 +951,142 @@ impl PgStore {
         candidates_sql: &str,
     ) -> Result<Vec<LeaseChange>, RegistryError> {
         let context = ChangeContext::reaper();
+        let policy = self.policy;
+        let past_grace = now - policy.grace;
         // The passes take no permit of the tenants' shares: a tenant at its
         // cap must not hold up its own expiries (see `gate`).
         let pool = self.pool.uncapped();
         in_tenant!(&pool, tenant, |scoped| {
-            // Cheap check first: most passes find nothing to do, and
-            // then take no lock.
-            let due = scoped
-                .query_opt(
-                    "SELECT 1 FROM service_registry WHERE tenant_id = $1 AND lease_expires_at <= $2 \
-                     AND (status <> 'critical' \
-                          OR lease_expires_at + make_interval(secs => ttl_seconds * 3) <= $2) LIMIT 1",
-                    &[&tenant.as_str(), &now],
+            // Cheap counts first, without locks: most passes find nothing
+            // to do and take no lock. The EXISTS is a one-time filter on the
+            // lease index, so a tenant with no run-out lease is not counted
+            // at all; only one with some is (all its rows, for the share).
+            let counts = scoped
+                .query_one(
+                    "SELECT count(*), \
+                         count(*) FILTER (WHERE lease_expires_at <= $2), \
+                         count(*) FILTER (WHERE lease_expires_at <= $2 AND status <> 'critical'), \
+                         count(*) FILTER (WHERE lease_expires_at + make_interval(secs => ttl_seconds * 3) <= $2), \
+                         count(*) FILTER (WHERE lease_expires_at + make_interval(secs => ttl_seconds * 3) <= $2 \
+                                          AND lease_expires_at <= $3) \
+                     FROM service_registry \
+                     WHERE tenant_id = $1 AND EXISTS ( \
+                         SELECT 1 FROM service_registry WHERE tenant_id = $1 AND lease_expires_at <= $2)",
+                    &[&tenant.as_str(), &now, &past_grace],
                 )
                 .await?;
-            if due.is_none() {
+            let count = |i: usize| -> Result<usize, DbError> {
+                Ok(usize::try_from(counts.try_get::<_, i64>(i)?).unwrap_or(usize::MAX))
+            };
+            let (total, run_out, unmarked, dead, dead_past_grace) =
+                (count(0)?, count(1)?, count(2)?, count(3)?, count(4)?);
+            if run_out == 0 {
                 return Ok(Vec::new());
+            }
+            // Decided on the counts read without locks: a heartbeat since
+            // can only have lowered `run_out` (a registration raised
+            // `total`), so a stale decision errs on the side of holding.
+            let held = policy.holds(run_out, total);
+            let hold = |kept: usize| {
+                held.then(|| {
+                    LeaseChange::Held(MassExpiryHold {
+                        tenant: tenant.clone(),
+                        expired: run_out,
+                        total,
+                        held: kept,
+                    })
+                })
+            };
+            let removable = if held { dead_past_grace } else { dead };
+            if unmarked == 0 && removable == 0 {
+                // Nothing to change (a held tenant whose run-out instances
+                // are all critical already): no lock taken.
+                return Ok(hold(dead).into_iter().collect());
             }
             let mut revision = lock_revision(scoped, tenant).await?;
             // Rows are re-read under their row locks: a heartbeat that
             // committed meanwhile has moved its lease and is no longer
             // selected (the heartbeat wins).
             let rows = scoped
-                .query(candidates_sql, &[&tenant.as_str(), &now])
+                .query(candidates_sql, &[&tenant.as_str(), &now, &past_grace])
                 .await?;
             let mut tenant_changes = Vec::new();
             let mut raw = Vec::new();
+            let mut kept = 0usize;
             for row in &rows {
                 let instance = match rows::instance(tenant, row) {
                     Ok(instance) => instance,
                     Err(error) => {
-                        if let Some(audit) =
-                            expire_unreadable(scoped, tenant, row, &error, &mut revision).await?
-                        {
-                            raw.push(audit);
-                        }
+                        let (audit, was_kept) =
+                            expire_unreadable(scoped, tenant, row, &error, &mut revision, held)
+                                .await?;
+                        kept += usize::from(was_kept);
+                        raw.extend(audit);
                         continue;
                     }
                 };
-                match instance.lease_state(now) {
-                    LeaseState::Alive => {}
-                    LeaseState::Expired if instance.status() == HealthStatus::Critical => {}
-                    LeaseState::Expired => {
-                        revision += 1;
-                        scoped
-                            .execute(
-                                "UPDATE service_registry SET status = 'critical', revision = $4 \
-                                 WHERE tenant_id = $1 AND service_name = $2 AND instance_id = $3",
-                                &[
-                                    &tenant.as_str(),
-                                    &instance.service_name().as_str(),
-                                    &instance.instance_id().as_str(),
-                                    &revision,
-                                ],
-                            )
-                            .await?;
-                        let previous_status = instance.status();
-                        let updated = instance
-                            .with_status(HealthStatus::Critical)
-                            .with_revision(Revision::new(revision.unsigned_abs()));
-                        tenant_changes.push(LeaseChange::Expired {
-                            instance: updated,
-                            previous_status,
-                        });
-                    }
+                let remove = match instance.lease_state(now) {
+                    LeaseState::Alive => continue,
+                    LeaseState::Expired => false,
                     LeaseState::Dead => {
-                        revision += 1;
-                        scoped
-                            .execute(
-                                "DELETE FROM service_registry \
-                                 WHERE tenant_id = $1 AND service_name = $2 AND instance_id = $3",
-                                &[
-                                    &tenant.as_str(),
-                                    &instance.service_name().as_str(),
-                                    &instance.instance_id().as_str(),
-                                ],
-                            )
-                            .await?;
-                        tenant_changes.push(LeaseChange::Removed(
-                            instance.with_revision(Revision::new(revision.unsigned_abs())),
-                        ));
+                        let remove = policy.removes(
+                            held,
+                            instance.lease_expires_at(),
+                            instance.deregister_at(),
+                            now,
+                        );
+                        kept += usize::from(!remove);
+                        remove
                     }
+                };
+                if remove {
+                    revision += 1;
+                    scoped
+                        .execute(
+                            "DELETE FROM service_registry \
+                             WHERE tenant_id = $1 AND service_name = $2 AND instance_id = $3",
+                            &[
+                                &tenant.as_str(),
+                                &instance.service_name().as_str(),
+                                &instance.instance_id().as_str(),
+                            ],
+                        )
+                        .await?;
+                    tenant_changes.push(LeaseChange::Removed(
+                        instance.with_revision(Revision::new(revision.unsigned_abs())),
+                    ));
+                } else if instance.status() != HealthStatus::Critical {
+                    revision += 1;
+                    scoped
+                        .execute(
+                            "UPDATE service_registry SET status = 'critical', revision = $4 \
+                             WHERE tenant_id = $1 AND service_name = $2 AND instance_id = $3",
+                            &[
+                                &tenant.as_str(),
+                                &instance.service_name().as_str(),
+                                &instance.instance_id().as_str(),
+                                &revision,
+                            ],
+                        )
+                        .await?;
+                    let previous_status = instance.status();
+                    let updated = instance
+                        .with_status(HealthStatus::Critical)
+                        .with_revision(Revision::new(revision.unsigned_abs()));
+                    tenant_changes.push(LeaseChange::Expired {
+                        instance: updated,
+                        previous_status,
+                    });
                 }
             }
             if !tenant_changes.is_empty() || !raw.is_empty() {
                 set_revision(scoped, tenant, revision).await?;
-                let entries: Vec<Audit<'_>> = tenant_changes
-                    .iter()
-                    .filter_map(|c| match c {
-                        LeaseChange::Expired {
-                            instance,
-                            previous_status,
-                        } => Some(Audit {
-                            kind: EventKind::StatusChanged,
-                            instance,
-                            previous_status: Some(*previous_status),
-                        }),
-                        LeaseChange::Removed(instance) => Some(Audit {
-                            kind: EventKind::Expired,
-                            instance,
-                            previous_status: None,
-                        }),
-                        LeaseChange::Held(_) => None,
-                    })
-                    .collect();
+                let entries: Vec<Audit<'_>> =
+                    tenant_changes.iter().filter_map(Audit::of_change).collect();
                 record(scoped, tenant, &entries, &context, now, &self.outbox).await?;
                 record_raw(scoped, tenant, &raw, &context, now).await?;
             }
+            tenant_changes.extend(hold(kept));
             Ok(tenant_changes)
         })
     }
@@ -1073,25 +1094,31 @@ impl PgStore {
 
 /// Lease expiry for a candidate row (of the reaper's query) that cannot be
 /// read: the same rule as for any other, judged on its stored lease (column
-/// 15 says whether it is dead), so such a row turns critical and is removed
+/// 15 says whether it is dead, column 17 whether its mass-expiry grace
+/// passed, for a `held` tenant), so such a row turns critical and is removed
 /// in time instead of staying forever. Its change takes the next revision
-/// and returns its audit (with the stored values); no event is sent.
+/// and returns its audit (with the stored values); no event is sent. The
+/// flag says whether the hold kept a dead row.
 async fn expire_unreadable(
     scoped: &Scoped,
     tenant: &TenantId,
     row: &Row,
     error: &RegistryError,
     revision: &mut i64,
-) -> Result<Option<RawAudit>, DbError> {
+    held: bool,
+) -> Result<(Option<RawAudit>, bool), DbError> {
     let (service, instance) = row_key(row, 0);
     let dead: bool = row.try_get(15)?;
+    let past_grace: bool = row.try_get(17)?;
+    let remove = dead && (!held || past_grace);
+    let kept = dead && !remove;
     let status: String = row.try_get(10)?;
-    let kind = if dead {
+    let kind = if remove {
         EventKind::Expired
     } else if status != HealthStatus::Critical.as_str() {
         EventKind::StatusChanged
     } else {
-        return Ok(None);
+        return Ok((None, kept));
     };
     tracing::error!(
         tenant = %tenant,
@@ -1102,7 +1129,7 @@ async fn expire_unreadable(
     );
     *revision += 1;
     let keys: [&(dyn ToSql + Sync); 4] = [&tenant.as_str(), &service, &instance, &*revision];
-    let payload: String = if dead {
+    let payload: String = if remove {
         row.try_get(16)?
     } else {
         let sql = format!(
@@ -1112,7 +1139,7 @@ async fn expire_unreadable(
         );
         scoped.query_one(&sql, &keys).await?.try_get(0)?
     };
-    if dead {
+    if remove {
         scoped
             .execute(
                 "DELETE FROM service_registry \
@@ -1121,11 +1148,14 @@ async fn expire_unreadable(
             )
             .await?;
     }
-    Ok(Some(RawAudit {
-        kind,
-        service,
-        instance,
-        revision: *revision,
-        payload,
-    }))
+    Ok((
+        Some(RawAudit {
+            kind,
+            service,
+            instance,
+            revision: *revision,
+            payload,
+        }),
+        kept,
+    ))
 }

@@ -6,6 +6,7 @@ mod dragonfly;
 mod dragonfly_tls;
 mod leases_contract;
 mod outbox;
+mod pg_leases;
 mod rls;
 mod store;
 mod support;
