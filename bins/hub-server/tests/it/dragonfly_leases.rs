@@ -110,7 +110,7 @@ async fn statuses(app: &TestApp, tenant: &str) -> Vec<(String, String)> {
 
 /// Events recorded (audit trail) for the tenant, by type.
 async fn history(db: &TestDb, tenant: &str) -> Vec<(String, String)> {
-    let mut client = testing::connect(&db.owner).await;
+    let mut client = TestDb::connect(&db.owner).await;
     let tx = client.transaction().await.unwrap();
     tx.execute("SELECT set_config('app.tenant_id', $1, true)", &[&tenant])
         .await
@@ -126,7 +126,7 @@ async fn history(db: &TestDb, tenant: &str) -> Vec<(String, String)> {
 }
 
 async fn metric_rows(db: &TestDb, tenant: &str) -> Vec<(String, Option<f64>)> {
-    let mut client = testing::connect(&db.owner).await;
+    let mut client = TestDb::connect(&db.owner).await;
     let tx = client.transaction().await.unwrap();
     tx.execute("SELECT set_config('app.tenant_id', $1, true)", &[&tenant])
         .await
