@@ -11,7 +11,10 @@
 //! them bounds the figures. Unless `--skip-events` is given or the brokers
 //! are missing, each run also starts a PostgreSQL-mode server with NATS and
 //! Kafka configured (see `bench_events`); the two PostgreSQL-mode servers
-//! take turns at going first. The medians over the runs are compared with the
+//! take turns at going first. Unless skipped, each run also measures
+//! heartbeats in every mode (see `bench_heartbeats`; the PostgreSQL+Dragonfly
+//! mode needs a Dragonfly, see `bench_dragonfly`) and the rate limiter's cost
+//! (see `bench_limiter`). The medians over the runs are compared with the
 //! targets of the issue.
 
 use std::collections::HashMap;
@@ -37,8 +40,11 @@ use tokio::net::TcpStream;
 use tokio_postgres::NoTls;
 use tokio_postgres::config::Host;
 
+use crate::bench_dragonfly;
 use crate::bench_events::{self, EventsResult};
 use crate::bench_fairness::{self, FairnessResult};
+use crate::bench_heartbeats::{self, HeartbeatResult};
+use crate::bench_limiter::{self, LimiterResult};
 
 const USAGE: &str = "usage: cargo xtask bench [options]
 
@@ -52,15 +58,26 @@ options:
   --skip-postgres     measure the embedded mode only
   --skip-events       skip the event phases (PostgreSQL mode with NATS and Kafka)
   --skip-fairness     skip the fairness phase (PostgreSQL mode: one tenant floods, another is timed)
+  --skip-heartbeats   skip the heartbeat phases (every mode: lease renewals of the registered instances)
+  --skip-limiter      skip the rate limiter's cost (lookups with limits on and off, embedded and
+                      PostgreSQL+Dragonfly)
+  --skip-dragonfly    leave out the PostgreSQL+Dragonfly mode of the heartbeat and limiter phases
   --event-secs N      length of the fixed-rate event latency phase (default 10)
   --event-rate N      registrations/s of the event latency phase (default 1000)
-  --quick             smoke test: 2 s phases, 1 run, 2000 registrations, 3 s event latency phase
+  --quick             smoke test: 2 s phases (heartbeats and limiter too), 1 run, 2000 registrations,
+                      3 s event latency phase
 
 environment:
   HUB_BENCH_PG_ADMIN  libpq key=value connection of a role that may create databases
                       and roles (default: host=127.0.0.1 port=5432 user=postgres dbname=postgres);
                       each run creates a database hub_bench_<hex> and a login hub_bench_<hex>_app
                       and drops both at its end
+  HUB_BENCH_DRAGONFLY host:port of the Dragonfly (or Redis) of the PostgreSQL+Dragonfly mode
+                      (default 127.0.0.1:6379); the mode is skipped, and the report says so, when
+                      it does not answer PING
+  HUB_BENCH_DRAGONFLY_DB  its database number (HUB_DRAGONFLY_DB of the server; default 0); each
+                      run uses tenants of its own and deletes their keys (hub:{bench-<hex>-*) at
+                      its end
 
 event phases (PostgreSQL mode only): NATS on nats://127.0.0.1:4222 must answer (else they are
 skipped, and the report says why); a Kafka-compatible broker on 127.0.0.1:9092 is used, or a
@@ -153,6 +170,12 @@ pub(crate) struct Options {
     pub(crate) events: bool,
     /// Whether the fairness phase runs (not `--skip-fairness`).
     fairness: bool,
+    /// Whether the heartbeat phases run (not `--skip-heartbeats`).
+    pub(crate) heartbeats: bool,
+    /// Whether the rate limiter's cost is measured (not `--skip-limiter`).
+    pub(crate) limiter: bool,
+    /// Whether the PostgreSQL+Dragonfly mode may run (not `--skip-dragonfly`).
+    pub(crate) dragonfly: bool,
     /// Length of the fixed-rate event latency phase.
     pub(crate) event_duration: Duration,
     /// Registrations per second of the event latency phase.
@@ -183,6 +206,9 @@ impl Options {
         let mut skip_postgres = false;
         let mut skip_events = false;
         let mut skip_fairness = false;
+        let mut skip_heartbeats = false;
+        let mut skip_limiter = false;
+        let mut skip_dragonfly = false;
         let mut event_secs = None;
         let mut event_rate = None;
         // Both `--flag value` and `--flag=value` are accepted.
@@ -199,6 +225,9 @@ impl Options {
                 "--skip-postgres" => skip_postgres = true,
                 "--skip-events" => skip_events = true,
                 "--skip-fairness" => skip_fairness = true,
+                "--skip-heartbeats" => skip_heartbeats = true,
+                "--skip-limiter" => skip_limiter = true,
+                "--skip-dragonfly" => skip_dragonfly = true,
                 "--event-secs" => event_secs = Some(positive(flag, &value()?)?),
                 "--event-rate" => event_rate = Some(positive(flag, &value()?)?),
                 "--quick" => quick = true,
@@ -233,6 +262,9 @@ impl Options {
             pg_admin,
             events: !skip_events,
             fairness: !skip_fairness,
+            heartbeats: !skip_heartbeats,
+            limiter: !skip_limiter,
+            dragonfly: !skip_dragonfly,
             event_duration: Duration::from_secs(u64::try_from(event_secs)?),
             event_rate: event_rate.unwrap_or(EVENT_RATE),
         }))
@@ -253,6 +285,9 @@ pub(crate) enum Phase {
     Lookup,
     Health,
 }
+
+/// Where the health figures are in `Phase::ALL` order.
+const HEALTH: usize = 2;
 
 impl Phase {
     const ALL: [Self; 3] = [Self::Register, Self::Lookup, Self::Health];
@@ -285,6 +320,8 @@ struct RunResult {
     pg: Option<PgResult>,
     events: Option<EventsResult>,
     fairness: Option<FairnessResult>,
+    heartbeats: Option<HeartbeatResult>,
+    limiter: Option<LimiterResult>,
 }
 
 /// The figures of the PostgreSQL-mode server of one run.
@@ -292,6 +329,8 @@ struct RunResult {
 struct PgResult {
     register: Figures,
     lookup: Figures,
+    /// Heartbeats of the registered instances, unless `--skip-heartbeats`.
+    heartbeat: Option<Figures>,
     register_cpu: CpuUsage,
     lookup_cpu: CpuUsage,
     peak_rss_kib: u64,
@@ -324,6 +363,7 @@ async fn bench(options: &Options, binary: &Path, log_dir: &Path) -> anyhow::Resu
             None
         }
     };
+    let dragonfly = bench_dragonfly::endpoint(options, admin.is_some()).await;
     let mut runs = Vec::with_capacity(options.runs);
     for run in 1..=options.runs {
         let log_path = log_dir.join(format!("server-run{run}.log"));
@@ -338,6 +378,17 @@ async fn bench(options: &Options, binary: &Path, log_dir: &Path) -> anyhow::Resu
         let (phases, peak_rss_kib) = one_run(options, &mut server)
             .await
             .with_context(|| format!("run {run} (server log: {})", log_path.display()))?;
+        // Heartbeats of the instances the registration phase left, after the
+        // health ceiling of the same server.
+        let embedded_heartbeat = if options.heartbeats {
+            progress("  heartbeat...");
+            let figures = bench_heartbeats::measure(options, &mut server, OnError::Fail)
+                .await
+                .with_context(|| format!("run {run} (server log: {})", log_path.display()))?;
+            Some(figures)
+        } else {
+            None
+        };
         drop(server);
         // The PostgreSQL-mode servers without and with events take turns at
         // going first, so that neither always inherits the other's leftovers
@@ -386,12 +437,49 @@ async fn bench(options: &Options, binary: &Path, log_dir: &Path) -> anyhow::Resu
             }
             _ => None,
         };
+        let dragonfly_heartbeat = match (&admin, &dragonfly) {
+            (Some(admin), Some(endpoint)) if options.heartbeats => {
+                let log_path = log_dir.join(format!("server-pg-dragonfly-run{run}.log"));
+                let result =
+                    bench_heartbeats::pg_dragonfly_run(options, admin, endpoint, binary, &log_path)
+                        .await
+                        .with_context(|| {
+                            format!(
+                                "run {run}, PostgreSQL+Dragonfly heartbeats (server log: {})",
+                                log_path.display()
+                            )
+                        })?;
+                Some(result)
+            }
+            _ => None,
+        };
+        let heartbeats = embedded_heartbeat.map(|embedded| HeartbeatResult {
+            embedded,
+            pg: pg.as_ref().and_then(|pg| pg.heartbeat),
+            dragonfly: dragonfly_heartbeat,
+        });
+        let limiter = if options.limiter {
+            let result = bench_limiter::run(
+                options,
+                admin.as_ref().zip(dragonfly.as_ref()),
+                binary,
+                log_dir,
+                run,
+            )
+            .await
+            .with_context(|| format!("run {run}, rate limiter's cost"))?;
+            Some(result)
+        } else {
+            None
+        };
         let result = RunResult {
             phases,
             peak_rss_kib,
             pg,
             events,
             fairness,
+            heartbeats,
+            limiter,
         };
         report(&run_table(run, &result, options.pg_pool));
         runs.push(result);
@@ -481,9 +569,32 @@ async fn measure(
     .with_context(|| format!("{} phase", phase.name()))?;
     server.check_alive()?;
     if phase == Phase::Register {
-        verify_registrations(server.addr, options.registrations).await?;
+        verify_registrations(server.addr, options.registrations, TENANT_PREFIX).await?;
     }
     Ok(figures)
+}
+
+/// Registers `options.registrations` instances of the tenants named
+/// `{tenants}NNN`, as the registration phase does, but outside any
+/// measurement: the set-up of a phase that measures something else.
+pub(crate) async fn register_unmeasured(
+    options: &Options,
+    server: &mut Server,
+    tenants: &str,
+) -> anyhow::Result<()> {
+    let addr = server.addr;
+    let workload = Workload::registrations(addr, options.registrations, REGISTER_PREFIX, tenants)?;
+    drive(
+        addr,
+        options.connections,
+        Arc::new(workload),
+        Stop::After(options.registrations),
+        OnError::Fail,
+    )
+    .await
+    .context("registering the instances (outside the measurement)")?;
+    server.check_alive()?;
+    verify_registrations(addr, options.registrations, tenants).await
 }
 
 /// The PostgreSQL mode of one run: a fresh database migrated as the admin, a
@@ -513,6 +624,15 @@ async fn pg_run(
     let lookup = measure(options, &mut server, Phase::Lookup, OnError::Count).await?;
     let lookup_cpu = CpuSample::take(pid, &scratch.database)?.since(&before);
 
+    // Every heartbeat is a PostgreSQL transaction in this mode (no Dragonfly):
+    // the figure the README sets beside the Dragonfly one.
+    let heartbeat = if options.heartbeats {
+        progress("  pg heartbeat...");
+        Some(bench_heartbeats::measure(options, &mut server, OnError::Count).await?)
+    } else {
+        None
+    };
+
     let peak_rss_kib = server.peak_rss_kib()?;
     // The server first: the database goes away only once nothing uses it.
     drop(server);
@@ -520,6 +640,7 @@ async fn pg_run(
     Ok(PgResult {
         register,
         lookup,
+        heartbeat,
         register_cpu,
         lookup_cpu,
         peak_rss_kib,
@@ -937,7 +1058,7 @@ pub(crate) struct Server {
 
 impl Server {
     /// `env` comes on top of what every mode gets; it selects the store.
-    fn start(
+    pub(crate) fn start(
         binary: &Path,
         log_path: &Path,
         log_level: &str,
@@ -971,7 +1092,7 @@ impl Server {
 
     /// Polls `GET path` until it answers 200, the process exits, or the
     /// deadline passes.
-    async fn wait_ready(&mut self, path: &str) -> anyhow::Result<()> {
+    pub(crate) async fn wait_ready(&mut self, path: &str) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_DEADLINE;
         loop {
             self.check_alive()?;
@@ -1075,10 +1196,11 @@ async fn get_once(
 pub(crate) async fn verify_registrations(
     addr: SocketAddr,
     registrations: usize,
+    tenants: &str,
 ) -> anyhow::Result<()> {
     let expected = registrations / (TENANTS * SERVICES_PER_TENANT);
     for tenant in [0, TENANTS - 1] {
-        let tenant = tenant_name(tenant);
+        let tenant = tenant_name(tenants, tenant);
         let path = format!("/api/v1/discovery/services/{}", service_name(0));
         let (status, body) = get_once(addr, &path, Some(&tenant)).await?;
         if status != 200 {
@@ -1114,8 +1236,20 @@ pub(crate) async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full
     Ok(sender)
 }
 
-fn tenant_name(index: usize) -> String {
-    format!("bench-t{index:03}")
+/// The tenants of the phases that get a server of their own state (a fresh
+/// process or database) are `bench-t000` to `bench-t099`.
+pub(crate) const TENANT_PREFIX: &str = "bench-t";
+
+/// Tenant `index` of the tenants named `{prefix}000`, `{prefix}001`, ...
+fn tenant_name(prefix: &str, index: usize) -> String {
+    format!("{prefix}{index:03}")
+}
+
+/// A tenant prefix of its own, `bench-<hex>-t`, for phases whose state
+/// outlives the server (Dragonfly's keys): repeated runs then never meet each
+/// other's keys, and the keys of one run can be found (and deleted) by it.
+pub(crate) fn fresh_tenant_prefix() -> anyhow::Result<String> {
+    Ok(format!("bench-{}-t", random_hex(4)?))
 }
 
 fn service_name(index: usize) -> String {
@@ -1151,26 +1285,16 @@ struct Target {
 impl Workload {
     pub(crate) fn new(phase: Phase, options: &Options, addr: SocketAddr) -> anyhow::Result<Self> {
         let host = HeaderValue::from_str(&addr.to_string())?;
-        let tenant_header = |t: usize| HeaderValue::from_str(&tenant_name(t));
         let (method, targets) = match phase {
             Phase::Register => {
-                return Self::registrations(addr, options.registrations, REGISTER_PREFIX);
+                return Self::registrations(
+                    addr,
+                    options.registrations,
+                    REGISTER_PREFIX,
+                    TENANT_PREFIX,
+                );
             }
-            Phase::Lookup => {
-                // Round robin over tenants first, then services.
-                let targets = (0..TENANTS * SERVICES_PER_TENANT)
-                    .map(|i| {
-                        let path =
-                            format!("/api/v1/discovery/services/{}", service_name(i / TENANTS));
-                        Ok(Target {
-                            uri: Uri::try_from(path)?,
-                            tenant: Some(tenant_header(i % TENANTS)?),
-                            body: Bytes::new(),
-                        })
-                    })
-                    .collect::<anyhow::Result<_>>()?;
-                (Method::GET, targets)
-            }
+            Phase::Lookup => return Self::lookups(addr, TENANT_PREFIX),
             Phase::Health => {
                 let target = Target {
                     uri: Uri::from_static("/health"),
@@ -1187,23 +1311,54 @@ impl Workload {
         })
     }
 
+    /// Lookups of every service of every tenant named `{tenants}NNN`, round
+    /// robin over tenants first, then services.
+    pub(crate) fn lookups(addr: SocketAddr, tenants: &str) -> anyhow::Result<Self> {
+        let host = HeaderValue::from_str(&addr.to_string())?;
+        let targets = (0..TENANTS * SERVICES_PER_TENANT)
+            .map(|i| {
+                let path = format!("/api/v1/discovery/services/{}", service_name(i / TENANTS));
+                Ok(Target {
+                    uri: Uri::try_from(path)?,
+                    tenant: Some(HeaderValue::from_str(&tenant_name(tenants, i % TENANTS))?),
+                    body: Bytes::new(),
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            method: Method::GET,
+            host,
+            targets,
+        })
+    }
+
+    /// Where registration `i` of [`Workload::registrations`] goes: its
+    /// tenant, service and instance number within the service.
+    fn placement(i: usize) -> (usize, usize, usize) {
+        let tenant = i % TENANTS;
+        let rest = i / TENANTS;
+        (
+            tenant,
+            rest % SERVICES_PER_TENANT,
+            rest / SERVICES_PER_TENANT,
+        )
+    }
+
     /// `count` registrations of distinct instances, instance `i` named
-    /// `{prefix}-{i:05}`. Instance `i` goes to tenant `i % 100`, then service,
-    /// then instance number, so every tenant gets 10 services with an equal
-    /// share of instances each.
+    /// `{prefix}-{i:05}`, of the tenants named `{tenants}NNN`. Instance `i`
+    /// goes to tenant `i % 100`, then service, then instance number, so every
+    /// tenant gets 10 services with an equal share of instances each.
     pub(crate) fn registrations(
         addr: SocketAddr,
         count: usize,
         prefix: &str,
+        tenants: &str,
     ) -> anyhow::Result<Self> {
         let host = HeaderValue::from_str(&addr.to_string())?;
         let uri = Uri::from_static("/api/v1/discovery/register");
         let targets = (0..count)
             .map(|i| {
-                let tenant = i % TENANTS;
-                let rest = i / TENANTS;
-                let service = rest % SERVICES_PER_TENANT;
-                let instance = rest / SERVICES_PER_TENANT;
+                let (tenant, service, instance) = Self::placement(i);
                 // TTL is the maximum so no lease expires, and no instance
                 // turns critical, while the run is going.
                 let body = serde_json::json!({
@@ -1217,7 +1372,40 @@ impl Workload {
                 });
                 Ok(Target {
                     uri: uri.clone(),
-                    tenant: Some(HeaderValue::from_str(&tenant_name(tenant))?),
+                    tenant: Some(HeaderValue::from_str(&tenant_name(tenants, tenant))?),
+                    body: Bytes::from(body.to_string()),
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            method: Method::POST,
+            host,
+            targets,
+        })
+    }
+
+    /// A heartbeat for each of the `count` instances of
+    /// [`Workload::registrations`] with the same `prefix` and `tenants`, in
+    /// the same order (round robin over the tenants), without a status or
+    /// metrics: a plain lease renewal.
+    pub(crate) fn heartbeats(
+        addr: SocketAddr,
+        count: usize,
+        prefix: &str,
+        tenants: &str,
+    ) -> anyhow::Result<Self> {
+        let host = HeaderValue::from_str(&addr.to_string())?;
+        let uri = Uri::from_static("/api/v1/discovery/heartbeat");
+        let targets = (0..count)
+            .map(|i| {
+                let (tenant, service, _) = Self::placement(i);
+                let body = serde_json::json!({
+                    "service_name": service_name(service),
+                    "instance_id": instance_id(prefix, i),
+                });
+                Ok(Target {
+                    uri: uri.clone(),
+                    tenant: Some(HeaderValue::from_str(&tenant_name(tenants, tenant))?),
                     body: Bytes::from(body.to_string()),
                 })
             })
@@ -1525,6 +1713,12 @@ fn run_table(run: usize, result: &RunResult, pg_pool: usize) -> String {
     if let Some(fairness) = &result.fairness {
         bench_fairness::run_lines(&mut out, fairness);
     }
+    if let Some(heartbeats) = &result.heartbeats {
+        bench_heartbeats::run_lines(&mut out, heartbeats, &result.phases[HEALTH]);
+    }
+    if let Some(limiter) = &result.limiter {
+        bench_limiter::run_lines(&mut out, limiter);
+    }
     out
 }
 
@@ -1668,6 +1862,13 @@ fn summary(runs: &[RunResult], pg_pool: usize) -> String {
     );
     let fairness: Vec<&FairnessResult> = runs.iter().filter_map(|r| r.fairness.as_ref()).collect();
     bench_fairness::summary_lines(&mut out, &fairness);
+    let heartbeats: Vec<&HeartbeatResult> =
+        runs.iter().filter_map(|r| r.heartbeats.as_ref()).collect();
+    if let Some(health) = get(Phase::Health) {
+        bench_heartbeats::summary_lines(&mut out, &heartbeats, &health);
+    }
+    let limiter: Vec<&LimiterResult> = runs.iter().filter_map(|r| r.limiter.as_ref()).collect();
+    bench_limiter::summary_lines(&mut out, &limiter);
     out
 }
 
@@ -1701,4 +1902,48 @@ pub(crate) fn report(text: &str) {
 /// Progress notes go to stderr, next to cargo's own output.
 pub(crate) fn progress(text: &str) {
     eprintln!("{text}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(workload: &Workload, i: usize) -> (String, serde_json::Value) {
+        let target = &workload.targets[i];
+        let tenant = target.tenant.as_ref().unwrap().to_str().unwrap().to_owned();
+        (tenant, serde_json::from_slice(&target.body).unwrap())
+    }
+
+    /// Heartbeat `i` renews the instance registration `i` created (same
+    /// tenant, service and instance id), so the heartbeat phase never meets
+    /// a 404, and it carries no status (a plain renewal).
+    #[test]
+    fn heartbeats_name_the_registered_instances() {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 1));
+        let count = 2000;
+        let tenants = "bench-0a1b2c3d-t";
+        let registrations = Workload::registrations(addr, count, REGISTER_PREFIX, tenants).unwrap();
+        let heartbeats = Workload::heartbeats(addr, count, REGISTER_PREFIX, tenants).unwrap();
+        assert_eq!(heartbeats.method, Method::POST);
+        assert_eq!(heartbeats.targets.len(), count);
+        let mut seen = std::collections::HashSet::new();
+        for i in [0, 1, 99, 100, 999, 1000, 1999] {
+            let (reg_tenant, registration) = body(&registrations, i);
+            let (hb_tenant, heartbeat) = body(&heartbeats, i);
+            assert_eq!(hb_tenant, reg_tenant);
+            assert!(hb_tenant.starts_with(tenants));
+            assert_eq!(heartbeat["service_name"], registration["service_name"]);
+            assert_eq!(heartbeat["instance_id"], registration["instance_id"]);
+            assert!(heartbeat.get("status").is_none());
+            assert_eq!(
+                heartbeats.targets[i].uri.path(),
+                "/api/v1/discovery/heartbeat"
+            );
+            seen.insert(heartbeat["instance_id"].to_string());
+        }
+        assert_eq!(seen.len(), 7, "heartbeats of distinct instances");
+        // Round robin over the 100 tenants.
+        assert_ne!(body(&heartbeats, 0).0, body(&heartbeats, 1).0);
+        assert_eq!(body(&heartbeats, 0).0, body(&heartbeats, 100).0);
+    }
 }

@@ -41,8 +41,8 @@ use tokio::task::JoinHandle;
 
 use crate::bench::{
     Bound, CpuSample, CpuUsage, Figures, OnError, Options, PgAdmin, PgServer, Phase,
-    REGISTER_PREFIX, Stop, Workload, connect, cpu_line, drive, instance_id, median, mib,
-    new_histogram, progress, random_hex, report, send, target, verify_registrations,
+    REGISTER_PREFIX, Stop, TENANT_PREFIX, Workload, connect, cpu_line, drive, instance_id, median,
+    mib, new_histogram, progress, random_hex, report, send, target, verify_registrations,
 };
 
 /// The brokers of the event phases (those of `cargo xtask test`).
@@ -605,7 +605,7 @@ pub(crate) async fn pg_events_run(
     // fixed-rate phase.
     listener.set_fetch_wait(FINE_FETCH_WAIT_MS);
     pg.server.check_alive()?;
-    verify_registrations(addr, options.registrations).await?;
+    verify_registrations(addr, options.registrations, TENANT_PREFIX).await?;
     let delivered = listener
         .wait_delivered(REGISTER_PREFIX, options.registrations)
         .await;
@@ -651,7 +651,12 @@ async fn latency_phase(
             .saturating_mul(u64::try_from(rate)?),
     )?;
     let addr = pg.server.addr;
-    let workload = Arc::new(Workload::registrations(addr, total, LATENCY_PREFIX)?);
+    let workload = Arc::new(Workload::registrations(
+        addr,
+        total,
+        LATENCY_PREFIX,
+        TENANT_PREFIX,
+    )?);
     let before = CpuSample::take(pg.server.pid(), &pg.scratch.database)?;
     let paced = paced(addr, options.connections, workload, total, rate).await?;
     let cpu = CpuSample::take(pg.server.pid(), &pg.scratch.database)?.since(&before);

@@ -6,8 +6,11 @@
 
 mod args;
 mod bench;
+mod bench_dragonfly;
 mod bench_events;
 mod bench_fairness;
+mod bench_heartbeats;
+mod bench_limiter;
 mod kafka;
 mod migrate;
 mod seed;
