@@ -353,13 +353,13 @@ pub struct LeaseSettings {
 impl LeaseSettings {
     /// The mass-expiry rule these settings give.
     pub fn mass_expiry(&self) -> hub_core::MassExpiry {
-        hub_core::MassExpiry {
-            ratio: self.mass_expiry_ratio,
-            min: self.mass_expiry_min,
-            grace: chrono::Duration::seconds(
+        hub_core::MassExpiry::new(
+            self.mass_expiry_ratio,
+            self.mass_expiry_min,
+            chrono::Duration::seconds(
                 i64::try_from(self.mass_expiry_grace_secs).unwrap_or(i64::MAX / 1_000_000),
             ),
-        }
+        )
     }
 }
 

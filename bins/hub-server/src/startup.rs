@@ -62,12 +62,15 @@ impl Application {
         // The source of truth first: a database that cannot be used is the
         // one thing start-up reports, before any broker is contacted.
         let buses = buses::configure(&settings.events, &replica_id)?;
+        // One mass-expiry rule (its holds shared) for the store's own pass
+        // and the lease cache's.
+        let mass_expiry = settings.leases.mass_expiry();
         let stores = store::build(
             &settings.postgres,
             &clock,
             buses.sinks(),
             &replica_id,
-            settings.leases.mass_expiry(),
+            mass_expiry.clone(),
         )
         .await?;
         buses::first_attempts(&buses).await?;
@@ -116,6 +119,7 @@ impl Application {
             &stores,
             dragonfly.as_ref(),
             &settings.leases,
+            mass_expiry,
             &mut tasks,
         );
         let (addr, server) = http::serve(

@@ -76,6 +76,11 @@ impl CachedStore {
 
 #[async_trait]
 impl RegistryStore for CachedStore {
+    fn changed_elsewhere(&self, tenant: &TenantId, service: &ServiceName) {
+        self.forget(tenant, service);
+        self.inner.changed_elsewhere(tenant, service);
+    }
+
     async fn upsert(
         &self,
         tenant: &TenantId,

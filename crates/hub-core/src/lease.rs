@@ -20,7 +20,7 @@
 //!   store meanwhile wins.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
@@ -246,35 +246,85 @@ pub trait LeaseStore: Send + Sync + 'static {
 
 /// Mass-expiry protection (like Eureka's self-preservation, but per tenant,
 /// observable and self-ending): when more than `ratio` of a tenant's
-/// instances, and at least `min`, have run-out leases at one reaper pass,
-/// they still turn critical, but none is removed until its lease ran out
-/// `grace` ago. Instances that heartbeat again recover as usual.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// instances, and at least `min`, have run-out leases at one reaper pass, a
+/// hold starts. Held instances still turn critical, but none is removed
+/// until its lease ran out `grace` ago; instances that heartbeat again
+/// recover as usual. The hold lasts until no instance of the tenant has a
+/// run-out lease (every one came back or was removed) or `grace` has passed
+/// since it started; it does not end merely because some came back (a
+/// healing partition brings instances back over a heartbeat interval, not
+/// at once). Clones share the holds: give the store and the lease cache
+/// clones of one value.
+#[derive(Debug, Clone)]
 pub struct MassExpiry {
     /// Share of a tenant's instances above which removals are held.
     pub ratio: f64,
     /// Fewest run-out instances that count as a mass expiry.
     pub min: usize,
-    /// How long after its lease ran out a held instance is removed anyway.
+    /// How long after its lease ran out a held instance is removed anyway,
+    /// and how long a hold lasts at most.
     pub grace: Duration,
+    /// When each held tenant's hold started (this process's reaper).
+    holds: Arc<Mutex<HashMap<TenantId, DateTime<Utc>>>>,
+}
+
+impl PartialEq for MassExpiry {
+    fn eq(&self, other: &Self) -> bool {
+        self.ratio == other.ratio && self.min == other.min && self.grace == other.grace
+    }
 }
 
 impl Default for MassExpiry {
     fn default() -> Self {
-        Self {
-            ratio: 0.5,
-            min: 5,
-            grace: Duration::seconds(900),
-        }
+        Self::new(0.5, 5, Duration::seconds(900))
     }
 }
 
 impl MassExpiry {
-    /// Whether `expired` run-out instances out of `total` hold removals.
+    /// The rule with these settings and no hold yet.
+    pub fn new(ratio: f64, min: usize, grace: Duration) -> Self {
+        Self {
+            ratio,
+            min,
+            grace,
+            holds: Arc::default(),
+        }
+    }
+
+    /// The rule turned off (nothing is ever held).
+    pub fn off() -> Self {
+        Self::new(1.0, usize::MAX, Duration::zero())
+    }
+
+    /// Whether `expired` run-out instances out of `total` are a mass expiry.
     pub fn holds(&self, expired: usize, total: usize) -> bool {
         #[allow(clippy::cast_precision_loss)]
         let share = expired as f64 / total.max(1) as f64;
         expired >= self.min && expired > 0 && share > self.ratio
+    }
+
+    /// Whether `tenant`'s removals are held at `now`, with `expired` of its
+    /// `total` instances run out: a hold starts on a mass expiry and lasts
+    /// while any instance is run out, for at most `grace`.
+    pub fn decide(
+        &self,
+        tenant: &TenantId,
+        expired: usize,
+        total: usize,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let mut holds = self.holds.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(since) = holds.get(tenant).copied() {
+            if expired > 0 && now < since + self.grace {
+                return true;
+            }
+            holds.remove(tenant);
+        }
+        let mass = self.holds(expired, total);
+        if mass {
+            holds.insert(tenant.clone(), now);
+        }
+        mass
     }
 
     /// Whether an instance whose lease ran out at `expires_at` and which is
@@ -313,7 +363,7 @@ pub fn judge(
     tenant: &TenantId,
 ) -> (Vec<JudgedLease>, Option<MassExpiryHold>) {
     let expired: Vec<&CachedLease> = due.leases.iter().filter(|l| l.expires_at <= now).collect();
-    let held = policy.holds(expired.len(), due.total);
+    let held = policy.decide(tenant, expired.len(), due.total, now);
     let mut kept = 0usize;
     let mut judged = Vec::new();
     for lease in expired {
@@ -645,6 +695,28 @@ mod tests {
     }
 
     #[test]
+    fn a_hold_lasts_while_any_is_run_out_for_at_most_the_grace() {
+        let p = MassExpiry::default();
+        let t = TenantId::parse("t").unwrap();
+        let now = Utc::now();
+        assert!(p.decide(&t, 6, 10, now), "a mass expiry starts a hold");
+        // Most came back: still held (a partition heals over an interval).
+        assert!(p.decide(&t, 2, 10, now + Duration::seconds(60)));
+        // All came back: over; a later trickle is no mass expiry.
+        assert!(!p.decide(&t, 0, 10, now + Duration::seconds(61)));
+        assert!(!p.decide(&t, 2, 10, now + Duration::seconds(62)));
+        // At most the grace, even if some never come back.
+        assert!(p.decide(&t, 6, 10, now + Duration::seconds(100)));
+        assert!(p.decide(&t, 1, 10, now + Duration::seconds(999)));
+        assert!(!p.decide(&t, 1, 10, now + Duration::seconds(1000)));
+        // Clones share holds; tenants do not.
+        let other = TenantId::parse("u").unwrap();
+        assert!(p.clone().decide(&t, 6, 10, now + Duration::seconds(2000)));
+        assert!(p.decide(&t, 1, 10, now + Duration::seconds(2001)));
+        assert!(!p.decide(&other, 1, 10, now + Duration::seconds(2001)));
+    }
+
+    #[test]
     fn the_rule_needs_both_the_share_and_the_minimum() {
         let p = MassExpiry::default();
         assert!(p.holds(6, 10));
@@ -679,7 +751,7 @@ mod tests {
             leases: due.leases.clone(),
             total: 100,
         };
-        let (judged, hold) = judge(&few, now, &policy, &tenant);
+        let (judged, hold) = judge(&few, now, &MassExpiry::default(), &tenant);
         assert!(hold.is_none());
         assert_eq!(judged.iter().filter(|j| j.remove).count(), 6);
     }

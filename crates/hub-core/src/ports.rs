@@ -163,6 +163,12 @@ pub trait RegistryStore: Send + Sync + 'static {
 
     /// Whether the store can serve requests (readiness). `Unavailable` if not.
     async fn check(&self) -> Result<(), RegistryError>;
+
+    /// Tells the store that the tenant's service changed behind its back
+    /// (through [`crate::lease::LeaseStore`], which the reaper uses with a
+    /// lease cache). Stores that keep nothing derived ignore it; a caching
+    /// decorator drops what it holds for the service.
+    fn changed_elsewhere(&self, _tenant: &TenantId, _service: &ServiceName) {}
 }
 
 /// Where registry events go after a change is stored (in-process watchers,

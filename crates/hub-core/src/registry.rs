@@ -306,7 +306,20 @@ impl Registry {
         let now = self.clock.now();
         let changes = match &self.leases {
             None => self.store.expire_leases(now).await?,
-            Some(leases) => leases.reap(self.store.as_ref(), now).await?,
+            Some(leases) => {
+                let changes = leases.reap(self.store.as_ref(), now).await?;
+                // The cache-driven pass changed the store through its lease
+                // side: derived state (the lookup cache) must drop them.
+                for change in &changes {
+                    if let LeaseChange::Expired { instance, .. } | LeaseChange::Removed(instance) =
+                        change
+                    {
+                        self.store
+                            .changed_elsewhere(instance.tenant_id(), instance.service_name());
+                    }
+                }
+                changes
+            }
         };
         let mut report = ExpiryReport::default();
         let mut holds = HashMap::new();

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hub_core::{LeaseStore, Registry};
+use hub_core::{LeaseStore, MassExpiry, Registry};
 use hub_store::dragonfly::{Dragonfly, DragonflyLeases};
 
 use super::store::Stores;
@@ -18,6 +18,7 @@ pub(crate) fn wire(
     stores: &Stores,
     dragonfly: Option<&Dragonfly>,
     settings: &LeaseSettings,
+    mass_expiry: MassExpiry,
     tasks: &mut Tasks,
 ) -> Registry {
     let (Some(pg), Some(dragonfly)) = (&stores.pg, dragonfly) else {
@@ -32,7 +33,7 @@ pub(crate) fn wire(
     let registry = registry.with_lease_cache(
         Arc::new(DragonflyLeases::new(dragonfly.clone())),
         lease_store,
-        settings.mass_expiry(),
+        mass_expiry,
     );
     tracing::info!(
         sample_secs = settings.metrics_sample_secs,

@@ -300,7 +300,7 @@ impl RegistryStore for MemoryStore {
                 }
             }
             // Mass expiry: the dead stay (critical) until the grace passes.
-            let held = self.policy.holds(run_out, total);
+            let held = self.policy.decide(&tenant, run_out, total, now);
             let mut to_remove = Vec::new();
             let mut kept = 0usize;
             for (key, instance) in dead {

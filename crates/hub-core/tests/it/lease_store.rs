@@ -157,10 +157,7 @@ async fn a_few_dead_among_many_are_removed_at_once() {
 
 #[tokio::test]
 async fn without_mass_expiry_protection_the_dead_go_at_once() {
-    let store = MemoryStore::new().with_mass_expiry(MassExpiry {
-        min: usize::MAX,
-        ..MassExpiry::default()
-    });
+    let store = MemoryStore::new().with_mass_expiry(MassExpiry::off());
     let t = tenant("t1");
     let ids = ten();
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();

@@ -951,7 +951,7 @@ impl PgStore {
         candidates_sql: &str,
     ) -> Result<Vec<LeaseChange>, RegistryError> {
         let context = ChangeContext::reaper();
-        let policy = self.policy;
+        let policy = &self.policy;
         let past_grace = now - policy.grace;
         // The passes take no permit of the tenants' shares: a tenant at its
         // cap must not hold up its own expiries (see `gate`).
@@ -981,12 +981,14 @@ impl PgStore {
             let (total, run_out, unmarked, dead, dead_past_grace) =
                 (count(0)?, count(1)?, count(2)?, count(3)?, count(4)?);
             if run_out == 0 {
+                // Ends a hold, if there was one.
+                policy.decide(tenant, 0, total, now);
                 return Ok(Vec::new());
             }
             // Decided on the counts read without locks: a heartbeat since
             // can only have lowered `run_out` (a registration raised
             // `total`), so a stale decision errs on the side of holding.
-            let held = policy.holds(run_out, total);
+            let held = policy.decide(tenant, run_out, total, now);
             let hold = |kept: usize| {
                 held.then(|| {
                     LeaseChange::Held(MassExpiryHold {

@@ -501,10 +501,7 @@ async fn without_mass_expiry_protection_the_dead_go_at_once() {
     let Some(db) = TestDb::create().await else {
         return;
     };
-    let store = store_on(&db).await.with_mass_expiry(MassExpiry {
-        min: usize::MAX,
-        ..MassExpiry::default()
-    });
+    let store = store_on(&db).await.with_mass_expiry(MassExpiry::off());
     let t = tenant("t1");
     let ids: Vec<String> = (0..6).map(|i| format!("i{i}")).collect();
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
