@@ -108,7 +108,7 @@ impl DragonflySettings {
             )));
         }
         let tls = (scheme_tls || self.tls || ca_file.is_some())
-            .then(|| hub_store::dragonfly::DragonflyTls { ca_file });
+            .then_some(hub_store::dragonfly::DragonflyTls { ca_file });
         let db = match self.db.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
             None => None,
             Some(d) => Some(d.parse::<u8>().map_err(|_| {

@@ -231,6 +231,19 @@ pub trait LeaseStore: Send + Sync + 'static {
         context: &ChangeContext,
     ) -> Result<Vec<LeaseChange>, RegistryError>;
 
+    /// Applies the store's own expiry rule (no mass-expiry hold) to the
+    /// tenant's stored rows that cannot be read as instances. They never
+    /// enter a lease cache and their heartbeats are refused, so the stored
+    /// lease is their real one; without this they would never expire while
+    /// a cache judges the others. Audited without an event, as the store's
+    /// own pass does. Returns how many changed.
+    async fn expire_unreadable(
+        &self,
+        tenant: &TenantId,
+        now: DateTime<Utc>,
+        context: &ChangeContext,
+    ) -> Result<usize, RegistryError>;
+
     /// Moves every stored lease (every tenant) to expire no earlier than
     /// `floor` plus its ttl, so that leases renewed only in a cache that is
     /// now lost do not expire at once. Returns how many moved.

@@ -316,6 +316,12 @@ impl CachedLeases {
                 .refill(tenant, &instances, now, replace)
                 .await
                 .map_err(TenantFailure::Cache)?;
+            // Rows that cannot be read never enter the cache: the store
+            // expires them by its own rule, at each reconciliation.
+            self.store
+                .expire_unreadable(tenant, now, &ChangeContext::reaper())
+                .await
+                .map_err(TenantFailure::Store)?;
             if replace {
                 // A refilled tenant gets its grace: nothing of it is due now.
                 return Ok(Vec::new());

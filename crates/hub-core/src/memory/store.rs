@@ -460,6 +460,16 @@ impl LeaseStore for MemoryStore {
         Ok(changes)
     }
 
+    /// The memory store holds only readable instances: nothing to do.
+    async fn expire_unreadable(
+        &self,
+        _tenant: &TenantId,
+        _now: DateTime<Utc>,
+        _context: &ChangeContext,
+    ) -> Result<usize, RegistryError> {
+        Ok(0)
+    }
+
     async fn extend_leases(&self, floor: DateTime<Utc>) -> Result<u64, RegistryError> {
         let mut moved = 0u64;
         for (_, state) in self.all_tenants() {

@@ -25,7 +25,8 @@ use super::error::{DbError, chain};
 use super::rows::{self, COLUMNS, RAW_PAYLOAD};
 use super::scoped::{Scoped, in_tenant};
 use super::store::{
-    Audit, PgStore, RawAudit, lock_revision, readable, record, record_raw, row_key, set_revision,
+    Audit, PgStore, RawAudit, expire_unreadable, lock_revision, readable, record, record_raw,
+    row_key, set_revision,
 };
 
 #[async_trait]
@@ -136,6 +137,57 @@ impl LeaseStore for PgStore {
                 record_raw(scoped, tenant, &raw, context, now).await?;
             }
             Ok(changes)
+        })
+    }
+
+    async fn expire_unreadable(
+        &self,
+        tenant: &TenantId,
+        now: DateTime<Utc>,
+        context: &ChangeContext,
+    ) -> Result<usize, RegistryError> {
+        // The store's own candidates query (columns 15-17: dead, the stored
+        // payload, past the grace), first without locks to find the rows
+        // that cannot be read, then each of those again under its row lock.
+        let select = format!(
+            "SELECT {COLUMNS}, lease_expires_at + make_interval(secs => ttl_seconds * 3) <= $2, \
+                 {RAW_PAYLOAD}, false \
+             FROM service_registry \
+             WHERE tenant_id = $1 AND lease_expires_at <= $2"
+        );
+        let locked = format!("{select} AND service_name = $3 AND instance_id = $4 FOR UPDATE");
+        let pool = self.pool.uncapped();
+        in_tenant!(&pool, tenant, |scoped| {
+            let rows = scoped.query(&select, &[&tenant.as_str(), &now]).await?;
+            let unreadable: Vec<(String, String)> = rows
+                .iter()
+                .filter(|row| rows::instance(tenant, row).is_err())
+                .map(|row| row_key(row, 0))
+                .collect();
+            if unreadable.is_empty() {
+                return Ok(0);
+            }
+            let mut revision = lock_revision(scoped, tenant).await?;
+            let mut audits = Vec::new();
+            for (service, instance) in &unreadable {
+                let Some(row) = scoped
+                    .query_opt(&locked, &[&tenant.as_str(), &now, service, instance])
+                    .await?
+                else {
+                    continue;
+                };
+                let Err(error) = rows::instance(tenant, &row) else {
+                    continue;
+                };
+                let (audit, _kept) =
+                    expire_unreadable(scoped, tenant, &row, &error, &mut revision, false).await?;
+                audits.extend(audit);
+            }
+            if !audits.is_empty() {
+                set_revision(scoped, tenant, revision).await?;
+                record_raw(scoped, tenant, &audits, context, now).await?;
+            }
+            Ok(audits.len())
         })
     }
 

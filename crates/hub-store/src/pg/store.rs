@@ -1101,7 +1101,7 @@ impl PgStore {
 /// in time instead of staying forever. Its change takes the next revision
 /// and returns its audit (with the stored values); no event is sent. The
 /// flag says whether the hold kept a dead row.
-async fn expire_unreadable(
+pub(super) async fn expire_unreadable(
     scoped: &Scoped,
     tenant: &TenantId,
     row: &Row,

@@ -582,3 +582,55 @@ async fn the_reaper_turn_excludes_others_and_is_released_on_drop() {
         assert!(turn.is_some(), "round {round}");
     }
 }
+
+/// With a lease cache, rows that cannot be read never enter it: the store
+/// expires them by its own rule, and leaves the readable ones (whose stored
+/// leases are stale by design) alone.
+#[tokio::test]
+async fn expire_unreadable_expires_only_rows_that_cannot_be_read() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = store_on(&db).await;
+    let t = tenant("t1");
+    register_at(&store, &t, "svc", &["ok"], t0()).await;
+    db.insert_unreadable("t1", "svc", "broken", at(10)).await;
+    db.insert_unreadable("t2", "svc", "theirs", at(10)).await;
+    let context = ChangeContext::reaper();
+
+    assert_eq!(
+        store.expire_unreadable(&t, at(5), &context).await.unwrap(),
+        0
+    );
+    // Run out: critical (the readable one, just as run out, is untouched).
+    assert_eq!(
+        store.expire_unreadable(&t, at(20), &context).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        store.expire_unreadable(&t, at(21), &context).await.unwrap(),
+        0,
+        "once"
+    );
+    let listed = store
+        .service(&t, &ServiceName::parse("svc").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(listed.instances[0].status(), HealthStatus::Passing);
+    assert_eq!(listed.skipped, 1);
+    // Dead: removed; the other tenant's row is not touched.
+    assert_eq!(
+        store.expire_unreadable(&t, at(45), &context).await.unwrap(),
+        1
+    );
+    let listed = store
+        .service(&t, &ServiceName::parse("svc").unwrap())
+        .await
+        .unwrap();
+    assert_eq!((listed.instances.len(), listed.skipped), (1, 0));
+    let theirs = store
+        .service(&tenant("t2"), &ServiceName::parse("svc").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(theirs.skipped, 1);
+}
