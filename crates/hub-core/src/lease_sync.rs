@@ -20,10 +20,13 @@
 //!   store's own expiry until the cache answers again; then it refills every
 //!   tenant, replacing what the cache held.
 //! - **Instances the cache lost track of** (a write lost with a crashed
-//!   process): every `RESYNC` the reaper reconciles each tenant with the
-//!   store, adding what is missing and dropping what the store no longer has.
+//!   process, or a registration whose write to the cache landed while a
+//!   refill was replacing the tenant): the pass after a refill reconciles
+//!   the tenant once more, and every `RESYNC` the reaper reconciles each
+//!   tenant with the store, adding what is missing and dropping what the
+//!   store no longer has.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -69,6 +72,11 @@ pub(crate) struct CachedLeases {
     reaper_down: AtomicBool,
     /// When the reaper last reconciled every tenant.
     last_resync: Mutex<Option<DateTime<Utc>>>,
+    /// Tenants refilled (replaced) at the last pass, with the floor used:
+    /// the next pass reconciles them once more, to add an instance whose
+    /// registration committed after the refill read the store but whose
+    /// write to the cache landed before the refill replaced it.
+    follow_ups: Mutex<HashMap<TenantId, DateTime<Utc>>>,
 }
 
 impl CachedLeases {
@@ -87,6 +95,7 @@ impl CachedLeases {
             fallbacks: AtomicU64::new(0),
             reaper_down: AtomicBool::new(false),
             last_resync: Mutex::new(None),
+            follow_ups: Mutex::new(HashMap::new()),
         }
     }
 
@@ -305,17 +314,32 @@ impl CachedLeases {
             .synced(tenant)
             .await
             .map_err(TenantFailure::Cache)?;
-        if recovering || !synced || resync {
+        let follow_up = self
+            .follow_ups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(tenant);
+        if recovering || !synced || resync || follow_up.is_some() {
             let instances = self
                 .store
                 .instances(tenant)
                 .await
                 .map_err(TenantFailure::Store)?;
             let replace = recovering || !synced;
+            let floor = match follow_up {
+                Some(floor) if !replace => floor,
+                _ => now,
+            };
             self.cache
-                .refill(tenant, &instances, now, replace)
+                .refill(tenant, &instances, floor, replace)
                 .await
                 .map_err(TenantFailure::Cache)?;
+            if replace {
+                self.follow_ups
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(tenant.clone(), now);
+            }
             // Rows that cannot be read never enter the cache: the store
             // expires them by its own rule, at each reconciliation.
             self.store
