@@ -351,9 +351,9 @@ pub fn combine(a: RateDecision, b: RateDecision) -> RateDecision {
 /// `burst + rate × (T + L)` (at most `rate × L` more than one exact GCRA, and
 /// never more than the replicas' unspent batches). Under-serving: each
 /// replica loses at most one batch's unspent cells per lifetime and budget
-/// pair; batch sizes follow the demand of the previous batch (see
-/// [`batch_cap`]), so a replica that serves a trickle asks for one cell at a
-/// time and loses nothing.
+/// pair; batch sizes follow the demand of the previous batch (at most a
+/// sixteenth of the smallest burst), so a replica that serves a trickle asks
+/// for one cell at a time and loses nothing.
 pub const ALLOWANCE_LIFETIME: Duration = Duration::from_millis(100);
 
 /// The largest batch a replica takes at once.
