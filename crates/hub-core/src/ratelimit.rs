@@ -10,9 +10,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use governor::clock::{Clock, DefaultClock};
@@ -83,6 +83,31 @@ pub struct RateLimitError(pub String);
 pub trait RateLimiter: Send + Sync + fmt::Debug {
     /// Checks and, if allowed, consumes.
     async fn check(&self, request: &RateRequest) -> Result<RateDecision, RateLimitError>;
+
+    /// Checks and charges up to `cells` requests at once, as many as every
+    /// budget has room for (at least 1, or none: a refusal charges
+    /// nothing), atomically over the budgets like [`check`](Self::check).
+    /// [`Limits`] spends the grant locally (see [`ALLOWANCE_LIFETIME`]). The
+    /// default asks [`check`](Self::check) for one.
+    async fn take(&self, request: &RateRequest, cells: u32) -> Result<Grant, RateLimitError> {
+        let _ = cells;
+        let decision = self.check(request).await?;
+        Ok(Grant {
+            cells: u32::from(decision.allowed),
+            decision,
+        })
+    }
+}
+
+/// What a shared limiter granted at once: `cells` requests' worth, charged
+/// to every budget of the request (0: refused, nothing charged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// Requests granted and charged; 0 when refused.
+    pub cells: u32,
+    /// The answer for the last granted request (`remaining` and `reset`
+    /// after the whole grant), or the refusal.
+    pub decision: RateDecision,
 }
 
 type Direct =
@@ -93,12 +118,72 @@ type Direct =
 /// without bound.
 const MAX_LOCAL_BUCKETS: usize = 100_000;
 
+/// A budget within a tenant, borrowed: the tenant's, an API key's (by
+/// fingerprint; named `key:<fingerprint>` in a [`RateRequest`]) or any other
+/// name. Looking one up allocates nothing.
+#[derive(Debug, Clone, Copy)]
+enum Slot<'a> {
+    Tenant,
+    Key(&'a str),
+    Other(&'a str),
+}
+
+impl<'a> Slot<'a> {
+    fn of(name: &'a str) -> Self {
+        if name == "tenant" {
+            Slot::Tenant
+        } else if let Some(fingerprint) = name.strip_prefix("key:") {
+            Slot::Key(fingerprint)
+        } else {
+            Slot::Other(name)
+        }
+    }
+}
+
+/// One tenant's buckets, by [`Slot`].
+#[derive(Default)]
+struct LocalTenant {
+    tenant: Option<Arc<Direct>>,
+    keys: HashMap<Box<str>, Arc<Direct>>,
+    other: HashMap<Box<str>, Arc<Direct>>,
+}
+
+impl LocalTenant {
+    fn get(&self, slot: Slot<'_>) -> Option<&Arc<Direct>> {
+        match slot {
+            Slot::Tenant => self.tenant.as_ref(),
+            Slot::Key(fingerprint) => self.keys.get(fingerprint),
+            Slot::Other(name) => self.other.get(name),
+        }
+    }
+
+    /// The bucket of `slot`, `fresh` if it had none (and whether it was new).
+    fn get_or_insert(&mut self, slot: Slot<'_>, fresh: Arc<Direct>) -> (Arc<Direct>, bool) {
+        let entry = match slot {
+            Slot::Tenant => {
+                let new = self.tenant.is_none();
+                return (self.tenant.get_or_insert(fresh).clone(), new);
+            }
+            Slot::Key(fingerprint) => self.keys.entry(fingerprint.into()),
+            Slot::Other(name) => self.other.entry(name.into()),
+        };
+        let new = matches!(entry, std::collections::hash_map::Entry::Vacant(_));
+        (entry.or_insert(fresh).clone(), new)
+    }
+}
+
 /// In-process adapter on `governor` (GCRA): the limiter of the embedded mode
 /// and the fallback of the Dragonfly one. Per replica: two replicas each give
 /// a tenant its full budget.
+///
+/// The hot path (a bucket that exists) takes a read lock and allocates
+/// nothing; each bucket is a lock-free `governor` cell, so concurrent
+/// requests of one tenant do not queue on a mutex. A bucket's quota is fixed
+/// when it is first used.
 pub struct LocalLimiter {
     clock: DefaultClock,
-    buckets: Mutex<HashMap<(String, String), Arc<Direct>>>,
+    buckets: RwLock<HashMap<Box<str>, LocalTenant>>,
+    count: AtomicUsize,
 }
 
 impl fmt::Debug for LocalLimiter {
@@ -111,32 +196,52 @@ impl Default for LocalLimiter {
     fn default() -> Self {
         Self {
             clock: DefaultClock::default(),
-            buckets: Mutex::new(HashMap::new()),
+            buckets: RwLock::new(HashMap::new()),
+            count: AtomicUsize::new(0),
         }
     }
 }
 
 impl LocalLimiter {
-    fn bucket(&self, tenant: &TenantId, name: &str, quota: Quota) -> Arc<Direct> {
+    fn fresh(&self, quota: Quota) -> Arc<Direct> {
         let gov = governor::Quota::with_period(quota.interval())
             .unwrap_or_else(|| governor::Quota::per_second(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(quota.burst).unwrap_or(NonZeroU32::MIN));
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= MAX_LOCAL_BUCKETS {
-            buckets.clear();
-        }
-        buckets
-            .entry((tenant.as_str().to_owned(), name.to_owned()))
-            .or_insert_with(|| {
-                Arc::new(
-                    governor::RateLimiter::direct_with_clock(gov, self.clock.clone())
-                        .with_middleware::<StateInformationMiddleware>(),
-                )
-            })
-            .clone()
+        Arc::new(
+            governor::RateLimiter::direct_with_clock(gov, self.clock.clone())
+                .with_middleware::<StateInformationMiddleware>(),
+        )
     }
 
-    fn one(&self, bucket: &Direct, quota: Quota) -> RateDecision {
+    /// Checks one budget: under the read lock when its bucket exists, else
+    /// after creating it under the write lock.
+    fn one(&self, tenant: &TenantId, slot: Slot<'_>, quota: Quota) -> RateDecision {
+        {
+            let buckets = self.buckets.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(bucket) = buckets.get(tenant.as_str()).and_then(|t| t.get(slot)) {
+                return self.decide(bucket, quota);
+            }
+        }
+        let fresh = self.fresh(quota);
+        let bucket = {
+            let mut buckets = self.buckets.write().unwrap_or_else(|p| p.into_inner());
+            if self.count.load(Ordering::Relaxed) >= MAX_LOCAL_BUCKETS {
+                buckets.clear();
+                self.count.store(0, Ordering::Relaxed);
+            }
+            let (bucket, new) = buckets
+                .entry(tenant.as_str().into())
+                .or_default()
+                .get_or_insert(slot, fresh);
+            if new {
+                self.count.fetch_add(1, Ordering::Relaxed);
+            }
+            bucket
+        };
+        self.decide(&bucket, quota)
+    }
+
+    fn decide(&self, bucket: &Direct, quota: Quota) -> RateDecision {
         match bucket.check() {
             Ok(state) => {
                 let remaining = state.remaining_burst_capacity();
@@ -162,10 +267,14 @@ impl LocalLimiter {
     /// refuses. Unlike the shared script this is not atomic over both: a
     /// request the key's budget refuses has used one of the tenant's (a
     /// replica-local approximation).
-    pub fn check_now(&self, request: &RateRequest) -> RateDecision {
+    fn check_slots<'a>(
+        &self,
+        tenant: &TenantId,
+        budgets: impl IntoIterator<Item = (Slot<'a>, Quota)>,
+    ) -> RateDecision {
         let mut decision: Option<RateDecision> = None;
-        for (name, quota) in &request.budgets {
-            let one = self.one(&self.bucket(&request.tenant, name, *quota), *quota);
+        for (slot, quota) in budgets {
+            let one = self.one(tenant, slot, quota);
             let refused = !one.allowed;
             decision = Some(match decision {
                 Some(previous) => combine(previous, one),
@@ -182,6 +291,20 @@ impl LocalLimiter {
             reset: Duration::ZERO,
             retry_after: Duration::ZERO,
         })
+    }
+
+    /// Checks the budgets one after the other, stopping at the first that
+    /// refuses. Unlike the shared script this is not atomic over both: a
+    /// request the key's budget refuses has used one of the tenant's (a
+    /// replica-local approximation).
+    pub fn check_now(&self, request: &RateRequest) -> RateDecision {
+        self.check_slots(
+            &request.tenant,
+            request
+                .budgets
+                .iter()
+                .map(|(name, quota)| (Slot::of(name), *quota)),
+        )
     }
 }
 
@@ -214,6 +337,321 @@ pub fn combine(a: RateDecision, b: RateDecision) -> RateDecision {
     }
 }
 
+/// How long cells taken from the shared limiter in one batch may be spent
+/// by the replica that took them, counted from when it asked. Unspent cells
+/// are not returned but expire: giving them back to the shared GCRA could
+/// free time the bucket has already refilled (more than the rate), while an
+/// expired cell only under-serves.
+///
+/// The bounds this gives, with `L` this lifetime: every request served was
+/// charged to the shared budgets first, so no replica ever exceeds the rate
+/// in the long run; cells held when a window starts were all charged within
+/// the last `L`, which pushed the shared bucket's time ahead by as much, so
+/// over any window of length `T` all replicas together serve at most
+/// `burst + rate × (T + L)` (at most `rate × L` more than one exact GCRA, and
+/// never more than the replicas' unspent batches). Under-serving: each
+/// replica loses at most one batch's unspent cells per lifetime and budget
+/// pair; batch sizes follow the demand of the previous batch (at most a
+/// sixteenth of the smallest burst), so a replica that serves a trickle asks
+/// for one cell at a time and loses nothing.
+pub const ALLOWANCE_LIFETIME: Duration = Duration::from_millis(100);
+
+/// The largest batch a replica takes at once.
+const MAX_BATCH: u32 = 256;
+
+/// The largest batch for a pair of budgets: a sixteenth of the smallest
+/// burst, between 1 and [`MAX_BATCH`]. A budget with a burst under 32 is thus
+/// always asked one request at a time, so small limits stay exact (as in
+/// the test of 20/s, burst 20, across two replicas); a large one lets a busy
+/// replica spend up to 256 requests per script call, and what replicas hold
+/// unspent can never exceed a sixteenth of the burst each. Within the cap
+/// the size follows demand: it starts at 1, doubles when a batch was used up
+/// within its lifetime, and falls to what was spent when one expired with
+/// cells left.
+fn batch_cap(quotas: impl Iterator<Item = Quota>) -> u32 {
+    quotas
+        .map(|q| (q.burst / 16).clamp(1, MAX_BATCH))
+        .min()
+        .unwrap_or(1)
+}
+
+/// The budgets of one request, borrowed: the tenant's (if on) and the API
+/// key's (its fingerprint, if on).
+#[derive(Debug, Clone, Copy)]
+struct Budgets<'a> {
+    tenant: Option<Quota>,
+    key: Option<(&'a str, Quota)>,
+}
+
+impl<'a> Budgets<'a> {
+    fn slots(&self) -> impl Iterator<Item = (Slot<'a>, Quota)> + 'a {
+        let tenant = self.tenant.map(|q| (Slot::Tenant, q));
+        let key = self.key.map(|(fp, q)| (Slot::Key(fp), q));
+        tenant.into_iter().chain(key)
+    }
+
+    fn quotas(&self) -> impl Iterator<Item = Quota> + 'a {
+        self.slots().map(|(_, q)| q)
+    }
+
+    /// The port's request (allocates: only for a call to the shared limiter).
+    fn request(&self, tenant: &TenantId) -> RateRequest {
+        let mut budgets = Vec::with_capacity(2);
+        if let Some(quota) = self.tenant {
+            budgets.push(("tenant".to_owned(), quota));
+        }
+        if let Some((fingerprint, quota)) = self.key {
+            budgets.push((format!("key:{fingerprint}"), quota));
+        }
+        RateRequest {
+            tenant: tenant.clone(),
+            budgets,
+        }
+    }
+}
+
+/// Cells of one budget pair taken from the shared limiter and not yet spent,
+/// or the last refusal while it still holds.
+#[derive(Debug)]
+struct AllowanceState {
+    /// Cells left to spend.
+    cells: u32,
+    /// Size of the last batch granted (0: none yet, or refused).
+    taken: u32,
+    /// When the cells stop being spendable.
+    expires: Instant,
+    /// The shared limiter's answer for the batch's last cell, or its refusal.
+    decision: RateDecision,
+    /// The emission interval of the budget `decision` speaks for.
+    interval: Duration,
+    /// A refusal answers locally until then: the shared budgets cannot have
+    /// room earlier (other replicas only use it up), so this is exact.
+    refused_until: Option<Instant>,
+    /// Calls to the shared limiter so far, and whether the last one failed:
+    /// requests that waited for another's call learn its outcome.
+    calls: u64,
+    failed: bool,
+}
+
+impl AllowanceState {
+    /// The answer from local state, if it has one.
+    fn serve(&mut self, now: Instant) -> Option<RateDecision> {
+        if let Some(until) = self.refused_until {
+            if now < until {
+                return Some(RateDecision {
+                    allowed: false,
+                    remaining: 0,
+                    retry_after: until - now,
+                    ..self.decision
+                });
+            }
+            self.refused_until = None;
+            return None;
+        }
+        if self.cells > 0 && now < self.expires {
+            self.cells -= 1;
+            return Some(self.answer());
+        }
+        None
+    }
+
+    /// The answer for a cell spent locally, `cells` still left: the shared
+    /// answer for the batch's last cell, as if the unspent ones were not
+    /// charged yet (exact for a batch's first cell; later ones do not see
+    /// other replicas' spending or the refill since the batch was taken).
+    fn answer(&self) -> RateDecision {
+        RateDecision {
+            allowed: true,
+            remaining: self
+                .decision
+                .remaining
+                .saturating_add(self.cells)
+                .min(self.decision.limit),
+            reset: self
+                .decision
+                .reset
+                .saturating_sub(self.interval * self.cells),
+            retry_after: Duration::ZERO,
+            ..self.decision
+        }
+    }
+
+    /// How many cells to ask for next (see [`batch_cap`]).
+    fn next_batch(&self, now: Instant, cap: u32) -> u32 {
+        let wanted = if self.taken == 0 {
+            1
+        } else if self.cells == 0 && now < self.expires {
+            self.taken.saturating_mul(2)
+        } else {
+            self.taken - self.cells.min(self.taken)
+        };
+        wanted.clamp(1, cap)
+    }
+}
+
+/// One budget pair's allowance: its state, and a lock held while one request
+/// asks the shared limiter, so that the others wait for that batch instead of
+/// each taking one.
+#[derive(Debug)]
+struct Allowance {
+    state: Mutex<AllowanceState>,
+    refill: tokio::sync::Mutex<()>,
+}
+
+impl Allowance {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            state: Mutex::new(AllowanceState {
+                cells: 0,
+                taken: 0,
+                expires: now,
+                decision: RateDecision {
+                    allowed: true,
+                    limit: 0,
+                    remaining: 0,
+                    reset: Duration::ZERO,
+                    retry_after: Duration::ZERO,
+                },
+                interval: Duration::ZERO,
+                refused_until: None,
+                calls: 0,
+                failed: false,
+            }),
+            refill: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, AllowanceState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One tenant's allowances: without an API key budget, and per fingerprint.
+#[derive(Debug, Default)]
+struct TenantAllowances {
+    plain: Option<Arc<Allowance>>,
+    keys: HashMap<Box<str>, Arc<Allowance>>,
+}
+
+/// A shared limiter with batched allowances: each replica takes a batch of
+/// cells per budget pair in one call and spends them locally (see
+/// [`ALLOWANCE_LIFETIME`] for the bounds and [`batch_cap`] for the sizes).
+#[derive(Debug)]
+struct Batched {
+    shared: Arc<dyn RateLimiter>,
+    allowances: RwLock<HashMap<Box<str>, TenantAllowances>>,
+    count: AtomicUsize,
+}
+
+impl Batched {
+    fn new(shared: Arc<dyn RateLimiter>) -> Self {
+        Self {
+            shared,
+            allowances: RwLock::new(HashMap::new()),
+            count: AtomicUsize::new(0),
+        }
+    }
+
+    fn allowance(&self, tenant: &TenantId, key: Option<&str>) -> Arc<Allowance> {
+        {
+            let map = self.allowances.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(t) = map.get(tenant.as_str()) {
+                let found = match key {
+                    None => t.plain.as_ref(),
+                    Some(fp) => t.keys.get(fp),
+                };
+                if let Some(found) = found {
+                    return found.clone();
+                }
+            }
+        }
+        let mut map = self.allowances.write().unwrap_or_else(|p| p.into_inner());
+        if self.count.load(Ordering::Relaxed) >= MAX_LOCAL_BUCKETS {
+            // Unspent cells of the dropped allowances are lost (under-serving).
+            map.clear();
+            self.count.store(0, Ordering::Relaxed);
+        }
+        let t = map.entry(tenant.as_str().into()).or_default();
+        let (allowance, new) = match key {
+            None => {
+                let new = t.plain.is_none();
+                let allowance = t.plain.get_or_insert_with(|| Arc::new(Allowance::new()));
+                (allowance.clone(), new)
+            }
+            Some(fp) => match t.keys.get(fp) {
+                Some(found) => (found.clone(), false),
+                None => {
+                    let allowance = Arc::new(Allowance::new());
+                    t.keys.insert(fp.into(), allowance.clone());
+                    (allowance, true)
+                }
+            },
+        };
+        if new {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+        allowance
+    }
+
+    /// The answer, and whether the shared limiter was asked for it (rather
+    /// than answered from the allowance).
+    async fn check(
+        &self,
+        tenant: &TenantId,
+        budgets: &Budgets<'_>,
+    ) -> Result<(RateDecision, bool), RateLimitError> {
+        let allowance = self.allowance(tenant, budgets.key.map(|(fp, _)| fp));
+        let calls_seen = {
+            let mut state = allowance.state();
+            if let Some(decision) = state.serve(Instant::now()) {
+                return Ok((decision, false));
+            }
+            state.calls
+        };
+        let _refilling = allowance.refill.lock().await;
+        let wanted = {
+            let mut state = allowance.state();
+            let now = Instant::now();
+            if state.calls != calls_seen {
+                // Another request asked while this one waited: use its answer.
+                if let Some(decision) = state.serve(now) {
+                    return Ok((decision, false));
+                }
+                if state.failed {
+                    return Err(RateLimitError(
+                        "the shared limiter failed a moment ago".into(),
+                    ));
+                }
+            }
+            state.next_batch(now, batch_cap(budgets.quotas()))
+        };
+        let asked = Instant::now();
+        let result = self.shared.take(&budgets.request(tenant), wanted).await;
+        let mut state = allowance.state();
+        state.calls += 1;
+        state.failed = result.is_err();
+        let grant = result?;
+        state.decision = grant.decision;
+        state.interval = budgets
+            .quotas()
+            .find(|q| q.burst == grant.decision.limit)
+            .unwrap_or_default()
+            .interval();
+        if grant.cells == 0 || !grant.decision.allowed {
+            state.cells = 0;
+            state.taken = 0;
+            state.refused_until = Some(asked + grant.decision.retry_after);
+            return Ok((grant.decision, true));
+        }
+        state.refused_until = None;
+        state.taken = grant.cells.min(wanted.max(1));
+        state.cells = state.taken - 1;
+        state.expires = asked + ALLOWANCE_LIFETIME;
+        Ok((state.answer(), true))
+    }
+}
+
 /// Which budgets apply: the defaults, and per-tenant overrides.
 #[derive(Debug, Clone, Default)]
 pub struct RatePolicy {
@@ -231,7 +669,7 @@ pub struct RatePolicy {
 #[derive(Debug)]
 pub struct Limits {
     policy: RatePolicy,
-    shared: Option<Arc<dyn RateLimiter>>,
+    shared: Option<Batched>,
     local: LocalLimiter,
     fallbacks: AtomicU64,
     degraded: AtomicBool,
@@ -239,11 +677,12 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Limits with a policy and, optionally, a shared limiter (Dragonfly).
+    /// Limits with a policy and, optionally, a shared limiter (Dragonfly),
+    /// which is asked for batches of requests (see [`ALLOWANCE_LIFETIME`]).
     pub fn new(policy: RatePolicy, shared: Option<Arc<dyn RateLimiter>>) -> Self {
         Self {
             policy,
-            shared,
+            shared: shared.map(Batched::new),
             local: LocalLimiter::default(),
             fallbacks: AtomicU64::new(0),
             degraded: AtomicBool::new(false),
@@ -256,26 +695,22 @@ impl Limits {
         Self::new(RatePolicy::default(), None)
     }
 
-    /// The request for a tenant and key fingerprint, or `None` when neither
-    /// budget applies.
-    fn request(&self, tenant: &TenantId, fingerprint: Option<&str>) -> Option<RateRequest> {
+    /// The budgets for a tenant and key fingerprint, or `None` when neither
+    /// applies. Allocates nothing.
+    fn budgets<'a>(&self, tenant: &TenantId, fingerprint: Option<&'a str>) -> Option<Budgets<'a>> {
         let tenant_quota = self
             .policy
             .overrides
             .get(tenant)
             .copied()
             .unwrap_or(self.policy.tenant);
-        let mut budgets = Vec::with_capacity(2);
-        if !tenant_quota.is_off() {
-            budgets.push(("tenant".to_owned(), tenant_quota));
-        }
-        if let Some(fingerprint) = fingerprint.filter(|_| !self.policy.key.is_off()) {
-            budgets.push((format!("key:{fingerprint}"), self.policy.key));
-        }
-        (!budgets.is_empty()).then(|| RateRequest {
-            tenant: tenant.clone(),
-            budgets,
-        })
+        let budgets = Budgets {
+            tenant: (!tenant_quota.is_off()).then_some(tenant_quota),
+            key: fingerprint
+                .filter(|_| !self.policy.key.is_off())
+                .map(|fp| (fp, self.policy.key)),
+        };
+        (budgets.tenant.is_some() || budgets.key.is_some()).then_some(budgets)
     }
 
     /// Checks one request of `tenant` made with the key `fingerprint`.
@@ -285,11 +720,11 @@ impl Limits {
         tenant: &TenantId,
         fingerprint: Option<&str>,
     ) -> Option<RateDecision> {
-        let request = self.request(tenant, fingerprint)?;
+        let budgets = self.budgets(tenant, fingerprint)?;
         let decision = match &self.shared {
-            Some(shared) => match shared.check(&request).await {
-                Ok(decision) => {
-                    if self.degraded.swap(false, Ordering::Relaxed) {
+            Some(shared) => match shared.check(tenant, &budgets).await {
+                Ok((decision, asked)) => {
+                    if asked && self.degraded.swap(false, Ordering::Relaxed) {
                         tracing::info!(
                             "shared rate limiter answers again; limits hold across replicas"
                         );
@@ -301,14 +736,19 @@ impl Limits {
                     if !self.degraded.swap(true, Ordering::Relaxed) {
                         tracing::warn!(%error, "shared rate limiter unavailable; each replica limits on its own until it returns");
                     }
-                    self.local.check_now(&request)
+                    self.local.check_slots(tenant, budgets.slots())
                 }
             },
-            None => self.local.check_now(&request),
+            None => self.local.check_slots(tenant, budgets.slots()),
         };
         if !decision.allowed {
             let mut rejections = self.rejections.lock().unwrap_or_else(|p| p.into_inner());
-            *rejections.entry(tenant.clone()).or_insert(0) += 1;
+            match rejections.get_mut(tenant) {
+                Some(count) => *count += 1,
+                None => {
+                    rejections.insert(tenant.clone(), 1);
+                }
+            }
         }
         Some(decision)
     }
@@ -428,5 +868,132 @@ mod tests {
         assert!(!limits.check(&t, None).await.unwrap().allowed);
         assert_eq!(limits.fallbacks(), 3);
         assert!(limits.degraded());
+    }
+
+    /// A shared limiter with a fixed stock of cells (no refill): grants
+    /// what it has, counts its calls and the cells it handed out.
+    #[derive(Debug)]
+    struct Stock {
+        left: Mutex<u32>,
+        calls: AtomicU64,
+        retry_after: Duration,
+    }
+
+    impl Stock {
+        fn new(cells: u32) -> Arc<Self> {
+            Arc::new(Self {
+                left: Mutex::new(cells),
+                calls: AtomicU64::new(0),
+                retry_after: Duration::from_millis(300),
+            })
+        }
+
+        fn calls(&self) -> u64 {
+            self.calls.load(Ordering::Relaxed)
+        }
+    }
+
+    #[async_trait]
+    impl RateLimiter for Stock {
+        async fn check(&self, request: &RateRequest) -> Result<RateDecision, RateLimitError> {
+            Ok(self.take(request, 1).await?.decision)
+        }
+
+        async fn take(&self, request: &RateRequest, cells: u32) -> Result<Grant, RateLimitError> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            let mut left = self.left.lock().unwrap();
+            let granted = cells.min(*left);
+            *left -= granted;
+            let limit = request.budgets[0].1.burst;
+            Ok(Grant {
+                cells: granted,
+                decision: RateDecision {
+                    allowed: granted > 0,
+                    limit,
+                    remaining: (*left).min(limit),
+                    reset: Duration::ZERO,
+                    retry_after: if granted > 0 {
+                        Duration::ZERO
+                    } else {
+                        self.retry_after
+                    },
+                },
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_big_budget_is_served_from_batches_that_grow_with_demand() {
+        let stock = Stock::new(u32::MAX);
+        let limits = Limits::new(policy(1_000_000, 1_000_000), Some(stock.clone()));
+        let t = tenant("acme");
+        for _ in 0..2_000 {
+            assert!(limits.check(&t, None).await.unwrap().allowed);
+        }
+        // 1, 2, 4, ... 256, then 256 at a time: 2000 requests in ~15 calls
+        // (more only if a batch expired on a slow machine).
+        let calls = stock.calls();
+        assert!(calls <= 40, "{calls} calls for 2000 requests");
+        let handed_out = u32::MAX - *stock.left.lock().unwrap();
+        assert!(
+            (2_000..2_000 + MAX_BATCH).contains(&handed_out),
+            "{handed_out} cells taken"
+        );
+        assert!(!limits.degraded());
+    }
+
+    #[tokio::test]
+    async fn a_small_burst_is_asked_one_request_at_a_time() {
+        let stock = Stock::new(u32::MAX);
+        let limits = Limits::new(policy(20, 20), Some(stock.clone()));
+        let t = tenant("acme");
+        for _ in 0..10 {
+            assert!(limits.check(&t, None).await.unwrap().allowed);
+        }
+        assert_eq!(stock.calls(), 10);
+        assert_eq!(u32::MAX - *stock.left.lock().unwrap(), 10);
+    }
+
+    #[tokio::test]
+    async fn unspent_cells_expire_after_their_lifetime() {
+        let stock = Stock::new(u32::MAX);
+        let limits = Limits::new(policy(1_000_000, 1_000_000), Some(stock.clone()));
+        let t = tenant("acme");
+        for _ in 0..100 {
+            limits.check(&t, None).await.unwrap();
+        }
+        let calls = stock.calls();
+        // The last batch still has cells: the next request is local...
+        limits.check(&t, None).await.unwrap();
+        assert_eq!(stock.calls(), calls);
+        // ...but not once the batch is older than its lifetime.
+        std::thread::sleep(ALLOWANCE_LIFETIME + Duration::from_millis(20));
+        limits.check(&t, None).await.unwrap();
+        assert_eq!(stock.calls(), calls + 1);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_answers_locally_until_retry_after_and_keys_have_their_own() {
+        let stock = Stock::new(0);
+        let mut p = policy(1_000_000, 1_000_000);
+        p.key = Quota {
+            rate: 1_000_000,
+            burst: 1_000_000,
+        };
+        let limits = Limits::new(p, Some(stock.clone()));
+        let t = tenant("acme");
+        let d = limits.check(&t, Some("k1")).await.unwrap();
+        assert!(!d.allowed);
+        let again = limits.check(&t, Some("k1")).await.unwrap();
+        assert!(!again.allowed);
+        assert!(again.retry_after > Duration::ZERO && again.retry_after <= d.retry_after);
+        assert_eq!(
+            stock.calls(),
+            1,
+            "the second refusal came from the allowance"
+        );
+        assert!(!limits.check(&t, Some("k2")).await.unwrap().allowed);
+        assert_eq!(stock.calls(), 2, "another key asks for itself");
+        assert_eq!(limits.rejections(&t), 3);
     }
 }
