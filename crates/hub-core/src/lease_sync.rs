@@ -27,7 +27,7 @@
 //!   store no longer has.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Duration, Utc};
@@ -40,7 +40,7 @@ use crate::error::{RegistryError, error_chain};
 use crate::lease::{
     CacheRenewal, CachedLease, LeaseCache, LeaseStore, MassExpiry, MetricSample, judge,
 };
-use crate::ports::{LeaseChange, RegistryStore};
+use crate::ports::{Clock, LeaseChange, RegistryStore};
 
 /// How often the reaper reconciles every tenant's cached leases with the
 /// store, to pick up instances a lost write left out of the cache.
@@ -70,6 +70,15 @@ pub(crate) struct CachedLeases {
     /// Whether the reaper found the cache unreachable (and extended the
     /// stored leases); cleared once it has refilled every tenant.
     reaper_down: AtomicBool,
+    /// The registry's clock: the stored leases are extended from the time
+    /// the fallback starts, not from the start of a pass that may have
+    /// waited long for the cache.
+    clock: Arc<dyn Clock>,
+    /// The latest time (µs since the epoch) a request of this process was
+    /// answered by the cache, and the floor of the last extension: a
+    /// renewal in the cache after that extension must be covered again.
+    last_success: AtomicI64,
+    extended_from: AtomicI64,
     /// When the reaper last reconciled every tenant.
     last_resync: Mutex<Option<DateTime<Utc>>>,
     /// Tenants refilled (replaced) at the last pass, with the floor used:
@@ -84,6 +93,7 @@ impl CachedLeases {
         cache: Arc<dyn LeaseCache>,
         store: Arc<dyn LeaseStore>,
         policy: MassExpiry,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             cache,
@@ -94,6 +104,9 @@ impl CachedLeases {
             degraded: AtomicBool::new(false),
             fallbacks: AtomicU64::new(0),
             reaper_down: AtomicBool::new(false),
+            clock,
+            last_success: AtomicI64::new(i64::MIN),
+            extended_from: AtomicI64::new(i64::MIN),
             last_resync: Mutex::new(None),
             follow_ups: Mutex::new(HashMap::new()),
         }
@@ -109,7 +122,9 @@ impl CachedLeases {
         !self.degraded.load(Ordering::Relaxed)
     }
 
-    fn succeeded(&self) {
+    fn succeeded(&self, now: DateTime<Utc>) {
+        self.last_success
+            .fetch_max(now.timestamp_micros(), Ordering::SeqCst);
         if self.degraded.swap(false, Ordering::Relaxed) {
             tracing::info!("lease cache (Dragonfly) reachable again; heartbeats renew there");
         }
@@ -173,11 +188,11 @@ impl CachedLeases {
             .await
         {
             Ok(CacheRenewal::Renewed(instance)) => {
-                self.succeeded();
+                self.succeeded(now);
                 Some(instance)
             }
             Ok(CacheRenewal::Miss) => {
-                self.succeeded();
+                self.succeeded(now);
                 None
             }
             Err(error) => {
@@ -288,14 +303,24 @@ impl CachedLeases {
         error: &RegistryError,
         mut changes: Vec<LeaseChange>,
     ) -> Result<Vec<LeaseChange>, RegistryError> {
-        if !self.reaper_down.load(Ordering::SeqCst) {
-            tracing::warn!(
-                cause = %error_chain(error),
-                "lease cache (Dragonfly) unreachable: the reaper expires leases from PostgreSQL until it returns, after giving every instance one ttl of grace"
-            );
-            // Leases renewed only in the cache are older in the store:
-            // they must not run out because the cache went away.
-            self.store.extend_leases(now).await?;
+        // Leases renewed only in the cache are older in the store: they
+        // must not run out because the cache went away. They are extended
+        // when the fallback starts, and again if this process saw the cache
+        // renew anything since the last extension (a pass that failed on a
+        // slow cache may have extended from a time before those renewals).
+        let floor = self.clock.now();
+        let renewed_since =
+            self.last_success.load(Ordering::SeqCst) >= self.extended_from.load(Ordering::SeqCst);
+        if !self.reaper_down.load(Ordering::SeqCst) || renewed_since {
+            if !self.reaper_down.load(Ordering::SeqCst) {
+                tracing::warn!(
+                    cause = %error_chain(error),
+                    "lease cache (Dragonfly) unreachable: the reaper expires leases from PostgreSQL until it returns, after giving every instance one ttl of grace"
+                );
+            }
+            self.store.extend_leases(floor).await?;
+            self.extended_from
+                .store(floor.timestamp_micros(), Ordering::SeqCst);
             self.reaper_down.store(true, Ordering::SeqCst);
         }
         changes.extend(registry_store.expire_leases(now).await?);

@@ -99,7 +99,12 @@ impl Registry {
         lease_store: Arc<dyn LeaseStore>,
         policy: MassExpiry,
     ) -> Self {
-        self.leases = Some(Arc::new(CachedLeases::new(cache, lease_store, policy)));
+        self.leases = Some(Arc::new(CachedLeases::new(
+            cache,
+            lease_store,
+            policy,
+            self.clock.clone(),
+        )));
         self
     }
 

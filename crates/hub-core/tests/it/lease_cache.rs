@@ -263,3 +263,28 @@ async fn a_failed_write_makes_the_tenant_unsynced_before_the_cache_serves_it_aga
     assert_eq!(event.kind(), EventKind::StatusChanged);
     assert_eq!(c.stored("svc").await[0].1, HealthStatus::Passing);
 }
+
+#[tokio::test]
+async fn renewals_in_the_cache_after_a_fallback_are_covered_when_it_fails_again() {
+    let c = cached();
+    c.register("svc", "a").await;
+    c.pass().await;
+    // A pass meets a failing cache: the stored leases are extended now.
+    c.cache.set_down(true);
+    assert_eq!(c.pass().await.expired, 0);
+    // The cache answers again, but no pass runs before it fails once more;
+    // in between, "a" was renewed there only.
+    c.cache.set_down(false);
+    c.clock.advance(Duration::seconds(8));
+    c.beat("svc", "a").await;
+    c.cache.set_down(true);
+    c.clock.advance(Duration::seconds(5));
+    // The store's lease (t0+10) ran out, the cache's (t0+18) did not: the
+    // fallback extends again because of that renewal.
+    assert_eq!(
+        c.pass().await.expired,
+        0,
+        "a renewal in the cache must count"
+    );
+    assert_eq!(c.stored("svc").await[0].1, HealthStatus::Passing);
+}
