@@ -32,7 +32,8 @@
 //! script did not declare, and one fixed list keeps that true by
 //! construction.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
@@ -93,16 +94,22 @@ local function unchanged(m, exp)
 end
 ";
 
-/// ARGV: member, reported status, now (µs), metrics JSON or ''. Nil on a
-/// miss (not synced, unknown, other status); else record, ttl, revision.
+/// ARGV: member, reported status, now (µs), metrics JSON or '', the
+/// revision whose record the caller already holds or ''. Nil on a miss (not
+/// synced, unknown, other status); else record ('' when the caller holds
+/// that revision's), ttl, revision.
 const RENEW: &str = r"
 if redis.call('EXISTS', SYNCED) == 0 then return false end
 local m = ARGV[1]
 if redis.call('HGET', STATUS, m) ~= ARGV[2] then return false end
-local record = redis.call('HGET', REC, m)
 local ttl = redis.call('HGET', TTL, m)
 local rev = redis.call('HGET', REV, m)
-if not record or not ttl or not rev then return false end
+if not ttl or not rev then return false end
+local record = ''
+if rev ~= ARGV[5] then
+  record = redis.call('HGET', REC, m)
+  if not record then return false end
+end
 redis.call('ZADD', EXP, int(tonumber(ARGV[3]) + tonumber(ttl) * 1000000), m)
 redis.call('HSET', HB, m, ARGV[3])
 if ARGV[4] ~= '' then redis.call('HSET', METRICS, m, ARGV[4]) end
@@ -290,7 +297,18 @@ impl Scripts {
 pub struct DragonflyLeases {
     dragonfly: Dragonfly,
     scripts: Scripts,
+    /// Records already decoded, by tenant and member, with their revision:
+    /// a revision names one change, so its record never changes, and a
+    /// renewal of an unchanged instance then carries and parses no record.
+    decoded: Arc<RwLock<Decoded>>,
 }
+
+/// Decoded records by (tenant, member), with the revision each is of.
+type Decoded = HashMap<(TenantId, String), (u64, Instance)>;
+
+/// Decoded records kept before the memo is emptied and refilled (bounds
+/// memory to that many instances' records).
+const DECODED_CAPACITY: usize = 100_000;
 
 impl std::fmt::Debug for DragonflyLeases {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -465,6 +483,7 @@ impl DragonflyLeases {
         Self {
             dragonfly,
             scripts: Scripts::new(),
+            decoded: Arc::default(),
         }
     }
 
@@ -531,24 +550,47 @@ impl LeaseCache for DragonflyLeases {
             .metrics()
             .map(|m| encode_metrics(heartbeat.status(), m, now))
             .unwrap_or_default();
+        let key = (tenant.clone(), member(service, instance));
+        let known = self
+            .decoded
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .cloned();
         let args = vec![
-            member(service, instance),
+            key.1.clone(),
             heartbeat.status().as_str().to_owned(),
             now_us.to_string(),
             metrics,
+            known
+                .as_ref()
+                .map(|(revision, _)| revision.to_string())
+                .unwrap_or_default(),
         ];
         let reply: Option<Vec<String>> = self.run(&self.scripts.renew, tenant, args).await?;
         let Some(reply) = reply else {
             return Ok(CacheRenewal::Miss);
         };
-        let [record, ttl_seconds, revision] = reply.as_slice() else {
+        let [text, ttl_seconds, revision] = reply.as_slice() else {
             return Err(unexpected(format!("renew answered {} values", reply.len())));
         };
-        let decoded = decode_record(record).and_then(|record| {
+        let decoded = (|| {
             let ttl_seconds = ttl_seconds.parse::<u32>().map_err(|e| e.to_string())?;
             let revision = revision.parse::<u64>().map_err(|e| e.to_string())?;
+            let record = match known {
+                Some((held, cached)) if text.is_empty() && held == revision => cached,
+                _ => {
+                    let record = decode_record(text)?;
+                    let mut memo = self.decoded.write().unwrap_or_else(PoisonError::into_inner);
+                    if memo.len() >= DECODED_CAPACITY {
+                        memo.clear();
+                    }
+                    memo.insert(key.clone(), (revision, record.clone()));
+                    record
+                }
+            };
             let at = from_micros(now_us).ok_or_else(|| "now".to_owned())?;
-            Ok(Instance::restore(
+            Ok::<_, String>(Instance::restore(
                 tenant.clone(),
                 record.registration().clone(),
                 heartbeat.status(),
@@ -557,7 +599,7 @@ impl LeaseCache for DragonflyLeases {
                 at + ttl(ttl_seconds),
                 Revision::new(revision),
             ))
-        });
+        })();
         match decoded {
             Ok(renewed) => Ok(CacheRenewal::Renewed(renewed)),
             Err(error) => {

@@ -201,6 +201,50 @@ async fn renew_returns_the_exact_lease(cache: Cache) {
     );
 }
 
+/// Renewals of an unchanged instance may reuse a record the cache already
+/// handed out; a change (new revision) must hand out the new record.
+async fn a_changed_record_is_renewed_as_changed(cache: Cache) {
+    let tenant = fresh_tenant();
+    let a = instance(&tenant, "a", 4, t0());
+    cache
+        .refill(&tenant, std::slice::from_ref(&a), t0(), false)
+        .await
+        .unwrap();
+    for n in 1..=3 {
+        let at = t0() + secs(n);
+        let CacheRenewal::Renewed(r) = renew(&cache, &tenant, "a", &passing(), at).await else {
+            panic!("renews");
+        };
+        assert_eq!(r, a.renewed(at, HealthStatus::Passing));
+    }
+    // Re-registered elsewhere: revision 9, another host.
+    let moved = Registration::try_from(RegistrationInput {
+        service_name: "billing".into(),
+        instance_id: Some("a".into()),
+        host: "10.9.9.9".into(),
+        port: 9090,
+        ttl_seconds: Some(10),
+        ..Default::default()
+    })
+    .unwrap();
+    let b = Instance::restore(
+        tenant.clone(),
+        moved,
+        HealthStatus::Passing,
+        a.registered_at(),
+        t0() + secs(4),
+        t0() + secs(14),
+        Revision::new(9),
+    );
+    cache.put(&b).await.unwrap();
+    let at = t0() + secs(5);
+    let CacheRenewal::Renewed(r) = renew(&cache, &tenant, "a", &passing(), at).await else {
+        panic!("renews");
+    };
+    assert_eq!(r, b.renewed(at, HealthStatus::Passing));
+    assert_eq!((r.host().as_str(), r.port()), ("10.9.9.9", 9090));
+}
+
 async fn put_ignores_older_revisions_and_never_moves_expiry_back(cache: Cache) {
     let tenant = fresh_tenant();
     let a5 = instance(&tenant, "a", 5, t0());
@@ -633,6 +677,7 @@ macro_rules! contract {
 contract!(
     renew_misses_until_synced_and_for_unknown_or_changed_status,
     renew_returns_the_exact_lease,
+    a_changed_record_is_renewed_as_changed,
     put_ignores_older_revisions_and_never_moves_expiry_back,
     refill_with_floor_gives_grace,
     refill_reconciles_or_replaces,
