@@ -108,10 +108,8 @@ pub struct Dragonfly {
     pool: Pool,
 }
 
-/// Connections to Dragonfly: one connection's task serializes every command
-/// of the process (measured: a heartbeat storm stalled at about 15k/s on one
-/// connection with hub-server at one core), so commands go round robin over
-/// a few.
+/// Connections to Dragonfly: commands go round robin over a few, so that
+/// one connection's task does not carry every command of the process.
 const POOL_SIZE: usize = 4;
 
 impl fmt::Debug for Dragonfly {
