@@ -113,37 +113,36 @@ async fn statuses(app: &TestApp, tenant: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Events recorded (audit trail) for the tenant, by type.
-async fn history(db: &TestDb, tenant: &str) -> Vec<(String, String)> {
+/// The two text columns `sql` reads as the table owner, in a transaction
+/// scoped to `tenant` (the owner is bound by row-level security too).
+async fn owner_rows(db: &TestDb, tenant: &str, sql: &str) -> Vec<(String, Option<String>)> {
     let mut client = TestDb::connect(&db.owner).await;
     let tx = client.transaction().await.unwrap();
     tx.execute("SELECT set_config('app.tenant_id', $1, true)", &[&tenant])
         .await
         .unwrap();
-    let rows = tx
-        .query(
-            "SELECT event_type, instance_id FROM coordination_history ORDER BY id",
-            &[],
-        )
-        .await
-        .unwrap();
+    let rows = tx.query(sql, &[]).await.unwrap();
     rows.iter().map(|r| (r.get(0), r.get(1))).collect()
 }
 
+/// Events recorded (audit trail) for the tenant: type and instance.
+async fn history(db: &TestDb, tenant: &str) -> Vec<(String, String)> {
+    let sql = "SELECT event_type::text, instance_id::text FROM coordination_history ORDER BY id";
+    owner_rows(db, tenant, sql)
+        .await
+        .into_iter()
+        .map(|(kind, instance)| (kind, instance.unwrap_or_default()))
+        .collect()
+}
+
+/// Heartbeat metrics written for the tenant, oldest first: instance and CPU.
 async fn metric_rows(db: &TestDb, tenant: &str) -> Vec<(String, Option<f64>)> {
-    let mut client = TestDb::connect(&db.owner).await;
-    let tx = client.transaction().await.unwrap();
-    tx.execute("SELECT set_config('app.tenant_id', $1, true)", &[&tenant])
+    let sql = "SELECT instance_id::text, cpu_usage::text FROM health_metrics ORDER BY recorded_at";
+    owner_rows(db, tenant, sql)
         .await
-        .unwrap();
-    let rows = tx
-        .query(
-            "SELECT instance_id, cpu_usage FROM health_metrics ORDER BY recorded_at",
-            &[],
-        )
-        .await
-        .unwrap();
-    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+        .into_iter()
+        .map(|(instance, cpu)| (instance, cpu.map(|c| c.parse().unwrap())))
+        .collect()
 }
 
 async fn pass(app: &TestApp) {
