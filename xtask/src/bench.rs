@@ -1354,14 +1354,15 @@ impl Workload {
         prefix: &str,
         tenants: &str,
     ) -> anyhow::Result<Self> {
-        let host = HeaderValue::from_str(&addr.to_string())?;
-        let uri = Uri::from_static("/api/v1/discovery/register");
-        let targets = (0..count)
-            .map(|i| {
-                let (tenant, service, instance) = Self::placement(i);
+        Self::per_instance(
+            addr,
+            "/api/v1/discovery/register",
+            count,
+            tenants,
+            |i, (tenant, service, instance)| {
                 // TTL is the maximum so no lease expires, and no instance
                 // turns critical, while the run is going.
-                let body = serde_json::json!({
+                serde_json::json!({
                     "service_name": service_name(service),
                     "instance_id": instance_id(prefix, i),
                     "host": format!("10.{tenant}.{service}.{instance}"),
@@ -1369,19 +1370,9 @@ impl Workload {
                     "tags": ["bench"],
                     "metadata": { "zone": "a" },
                     "ttl_seconds": 3600,
-                });
-                Ok(Target {
-                    uri: uri.clone(),
-                    tenant: Some(HeaderValue::from_str(&tenant_name(tenants, tenant))?),
-                    body: Bytes::from(body.to_string()),
                 })
-            })
-            .collect::<anyhow::Result<_>>()?;
-        Ok(Self {
-            method: Method::POST,
-            host,
-            targets,
-        })
+            },
+        )
     }
 
     /// A heartbeat for each of the `count` instances of
@@ -1394,19 +1385,38 @@ impl Workload {
         prefix: &str,
         tenants: &str,
     ) -> anyhow::Result<Self> {
-        let host = HeaderValue::from_str(&addr.to_string())?;
-        let uri = Uri::from_static("/api/v1/discovery/heartbeat");
-        let targets = (0..count)
-            .map(|i| {
-                let (tenant, service, _) = Self::placement(i);
-                let body = serde_json::json!({
+        Self::per_instance(
+            addr,
+            "/api/v1/discovery/heartbeat",
+            count,
+            tenants,
+            |i, (_, service, _)| {
+                serde_json::json!({
                     "service_name": service_name(service),
                     "instance_id": instance_id(prefix, i),
-                });
+                })
+            },
+        )
+    }
+
+    /// One POST to `path` per instance `i < count`, as the tenant of its
+    /// [`Workload::placement`], with the body `body(i, placement)`.
+    fn per_instance(
+        addr: SocketAddr,
+        path: &'static str,
+        count: usize,
+        tenants: &str,
+        body: impl Fn(usize, (usize, usize, usize)) -> serde_json::Value,
+    ) -> anyhow::Result<Self> {
+        let host = HeaderValue::from_str(&addr.to_string())?;
+        let uri = Uri::from_static(path);
+        let targets = (0..count)
+            .map(|i| {
+                let placement = Self::placement(i);
                 Ok(Target {
                     uri: uri.clone(),
-                    tenant: Some(HeaderValue::from_str(&tenant_name(tenants, tenant))?),
-                    body: Bytes::from(body.to_string()),
+                    tenant: Some(HeaderValue::from_str(&tenant_name(tenants, placement.0))?),
+                    body: Bytes::from(body(i, placement).to_string()),
                 })
             })
             .collect::<anyhow::Result<_>>()?;
