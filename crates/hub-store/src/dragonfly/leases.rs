@@ -589,16 +589,15 @@ impl LeaseCache for DragonflyLeases {
                     record
                 }
             };
+            if ttl_seconds != record.registration().ttl_seconds() {
+                return Err(format!("ttl {ttl_seconds} beside a record of another"));
+            }
             let at = from_micros(now_us).ok_or_else(|| "now".to_owned())?;
-            Ok::<_, String>(Instance::restore(
-                tenant.clone(),
-                record.registration().clone(),
-                heartbeat.status(),
-                record.registered_at(),
-                at,
-                at + ttl(ttl_seconds),
-                Revision::new(revision),
-            ))
+            Ok::<_, String>(
+                record
+                    .renewed(at, heartbeat.status())
+                    .with_revision(Revision::new(revision)),
+            )
         })();
         match decoded {
             Ok(renewed) => Ok(CacheRenewal::Renewed(renewed)),
