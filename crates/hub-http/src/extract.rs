@@ -220,3 +220,88 @@ mod tests {
         assert!(missing.message().contains("port"), "{}", missing.message());
     }
 }
+
+/// Which tenants a dashboard answer covers. A key bound to tenants sees only
+/// the request's tenant (`?tenant=` may name it, and no other: 403). An
+/// operator key (or anyone when authentication is off) sees the totals
+/// across tenants, or one tenant with `?tenant=`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Totals across every tenant (operators only).
+    AllTenants,
+    /// One tenant.
+    Tenant(TenantId),
+}
+
+impl Scope {
+    /// The one tenant, or `None` for totals across tenants.
+    pub fn tenant(&self) -> Option<&TenantId> {
+        match self {
+            Scope::AllTenants => None,
+            Scope::Tenant(t) => Some(t),
+        }
+    }
+
+    /// How answers name the scope: `all_tenants` or the tenant id.
+    pub fn label(&self) -> &str {
+        match self {
+            Scope::AllTenants => "all_tenants",
+            Scope::Tenant(t) => t.as_str(),
+        }
+    }
+
+    fn resolve(req: &HttpRequest) -> Result<Self, ApiError> {
+        let asked = serde_urlencoded::from_str::<Vec<(String, String)>>(req.query_string())
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("query string could not be read: {e}"),
+                )
+            })?
+            .into_iter()
+            .filter(|(k, _)| k == "tenant")
+            .map(|(_, v)| {
+                TenantId::parse(&v).map_err(|e| {
+                    ApiError::from(hub_core::ValidationError::new(
+                        "tenant",
+                        e.message().to_owned(),
+                    ))
+                })
+            })
+            .next_back()
+            .transpose()?;
+        let extensions = req.extensions();
+        let sees_all = matches!(
+            extensions.get::<Principal>(),
+            Some(Principal::Operator { .. } | Principal::Anonymous)
+        );
+        if sees_all {
+            return Ok(asked.map_or(Scope::AllTenants, Scope::Tenant));
+        }
+        let own = extensions.get::<TenantId>().cloned().ok_or_else(|| {
+            ApiError::internal(&std::io::Error::other(
+                "tenant middleware did not run for this route",
+            ))
+        })?;
+        match asked {
+            Some(other) if other != own => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "tenant_forbidden",
+                format!(
+                    "this API key sees only tenant '{own}' here; it may not ask for tenant '{other}'"
+                ),
+            )),
+            _ => Ok(Scope::Tenant(own)),
+        }
+    }
+}
+
+impl FromRequest for Scope {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(Self::resolve(req))
+    }
+}

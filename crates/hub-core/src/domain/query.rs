@@ -53,7 +53,8 @@ impl ListCursor {
     /// Parses what [`ListCursor::encode`] produced.
     pub fn decode(wire: &str) -> Result<Self, ValidationError> {
         let invalid = || ValidationError::new("cursor", "is not a cursor returned by this API");
-        if wire.len() % 2 != 0 || wire.len() > 2 * (ServiceName::MAX_LEN + InstanceId::MAX_LEN + 1)
+        if !wire.len().is_multiple_of(2)
+            || wire.len() > 2 * (ServiceName::MAX_LEN + InstanceId::MAX_LEN + 1)
         {
             return Err(invalid());
         }

@@ -1,6 +1,6 @@
 //! Dashboard routes: `GET /api/v1/dashboard/metrics`, the state of event delivery and the outbox backlog, scoped to the caller.
 
-use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use actix_web::{HttpResponse, web};
 use chrono::Utc;
 use hub_core::ports::EventStatus;
 use hub_core::ratelimit::Limits;
@@ -8,9 +8,8 @@ use hub_core::{MassExpiryHold, Registry, SinkStatus, TenantId};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::extract::Tenant;
+use crate::extract::Scope;
 
 /// The event-delivery state the dashboard reads (shared by every worker).
 pub type Events = Arc<dyn EventStatus>;
@@ -18,16 +17,6 @@ pub type Events = Arc<dyn EventStatus>;
 /// Mounts `/api/v1/dashboard/metrics`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/api/v1/dashboard/metrics").route(web::get().to(metrics)));
-}
-
-/// Whether the caller sees every tenant: operator keys (and anyone when
-/// authentication is off). A key bound to tenants sees only the tenant of
-/// the request, and none of this replica's counters, which mix tenants.
-fn sees_all(req: &HttpRequest) -> bool {
-    matches!(
-        req.extensions().get::<Principal>(),
-        Some(Principal::Operator { .. } | Principal::Anonymous)
-    )
 }
 
 fn sink_body(status: &SinkStatus, all: bool) -> Value {
@@ -60,24 +49,24 @@ fn sink_body(status: &SinkStatus, all: bool) -> Value {
 
 /// The event section of the dashboard metrics: how events are delivered and,
 /// per configured bus, the outbox backlog and the events set aside as
-/// undeliverable (for the request's tenant, or all tenants for operators)
-/// and, for operators, this replica's counters.
+/// undeliverable (for the scope: see [`Scope`]) and, for totals across
+/// tenants, this replica's counters.
 async fn metrics(
-    req: HttpRequest,
-    tenant: Tenant,
+    scope: Scope,
     events: web::Data<Events>,
     limits: web::Data<Limits>,
     registry: web::Data<Registry>,
 ) -> Result<HttpResponse, ApiError> {
-    let all = sees_all(&req);
-    let scope: Option<&TenantId> = if all { None } else { Some(&tenant.0) };
+    let label = scope.label().to_owned();
+    let scope = scope.tenant();
+    let all = scope.is_none();
     let sinks = events.sinks(scope).await?;
     let sinks: serde_json::Map<String, Value> = sinks
         .iter()
         .map(|s| (s.sink.as_str().to_owned(), sink_body(s, all)))
         .collect();
     Ok(HttpResponse::Ok().json(json!({
-        "scope": if all { Value::from("all_tenants") } else { Value::from(tenant.0.as_str()) },
+        "scope": label,
         "generated_at": Utc::now(),
         "events": {
             "delivery": events.delivery().as_str(),

@@ -253,10 +253,10 @@ pub(crate) struct Checkout {
 
 impl Drop for Checkout {
     fn drop(&mut self) {
-        if self.spoiled.load(Ordering::Relaxed) {
-            if let Some(client) = self.client.take() {
-                drop(Object::take(client));
-            }
+        if self.spoiled.load(Ordering::Relaxed)
+            && let Some(client) = self.client.take()
+        {
+            drop(Object::take(client));
         }
     }
 }
