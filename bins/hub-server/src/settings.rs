@@ -31,6 +31,32 @@ pub struct Settings {
     pub dragonfly: DragonflySettings,
     /// Rate limits per tenant and per API key.
     pub rate_limits: RateLimitSettings,
+    /// The infrastructure monitor.
+    pub monitor: MonitorSettings,
+}
+
+/// The infrastructure monitor: how often each configured backend is checked
+/// and how long one check may take before the backend counts as down.
+#[derive(Debug, Deserialize)]
+pub struct MonitorSettings {
+    /// `HUB_MONITOR_INTERVAL_MS`: time between checks (10000).
+    pub interval_ms: u64,
+    /// `HUB_MONITOR_TIMEOUT_MS`: how long one check may take (2000); at
+    /// most the interval, so that a round of checks ends before the next
+    /// one is due and a change shows within two intervals.
+    pub timeout_ms: u64,
+}
+
+impl MonitorSettings {
+    /// Time between checks.
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+
+    /// How long one check may take.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
 }
 
 /// DragonflyDB (Redis protocol) settings: `DRAGONFLY_*` of the deployment
@@ -438,6 +464,8 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("HUB_RATE_LIMIT_BURST", "rate_limits.burst"),
     ("HUB_RATE_LIMIT_KEY_RPS", "rate_limits.key_rps"),
     ("HUB_RATE_LIMIT_KEY_BURST", "rate_limits.key_burst"),
+    ("HUB_MONITOR_INTERVAL_MS", "monitor.interval_ms"),
+    ("HUB_MONITOR_TIMEOUT_MS", "monitor.timeout_ms"),
 ];
 
 impl Settings {
@@ -483,7 +511,9 @@ impl Settings {
             .set_default("rate_limits.rps", 20_000)?
             .set_default("rate_limits.burst", 40_000)?
             .set_default("rate_limits.key_rps", 20_000)?
-            .set_default("rate_limits.key_burst", 40_000)?;
+            .set_default("rate_limits.key_burst", 40_000)?
+            .set_default("monitor.interval_ms", 10_000)?
+            .set_default("monitor.timeout_ms", 2_000)?;
         if let Some(path) = env.get("HUB_CONFIG").filter(|p| !p.is_empty()) {
             builder = builder.add_source(File::new(path, FileFormat::Toml).required(true));
         }
@@ -536,6 +566,16 @@ impl Settings {
             return Err(ConfigError::Message(format!(
                 "HUB_MASS_EXPIRY_RATIO must be a share above 0 and at most 1 (1 turns the protection off; got {})",
                 leases.mass_expiry_ratio
+            )));
+        }
+        let monitor = &settings.monitor;
+        if monitor.interval_ms == 0
+            || monitor.timeout_ms == 0
+            || monitor.timeout_ms > monitor.interval_ms
+        {
+            return Err(ConfigError::Message(format!(
+                "HUB_MONITOR_INTERVAL_MS and HUB_MONITOR_TIMEOUT_MS must be at least 1, the timeout at most the interval (got {} and {})",
+                monitor.interval_ms, monitor.timeout_ms
             )));
         }
         if leases.mass_expiry_grace_secs > 366 * 24 * 60 * 60 {
@@ -623,6 +663,44 @@ mod tests {
         assert!(Settings::load(&env(&[("DISABLE_AUTH", "maybe")])).is_err());
         assert!(Settings::load(&env(&[("HUB_REAP_INTERVAL_MS", "0")])).is_err());
         assert!(Settings::load(&env(&[("HUB_CONFIG", "/nonexistent/hub.toml")])).is_err());
+    }
+
+    #[test]
+    fn monitor_variables_defaults_and_refusals() {
+        let d = Settings::load(&env(&[])).unwrap().monitor;
+        assert_eq!(d.interval(), Duration::from_secs(10));
+        assert_eq!(d.timeout(), Duration::from_secs(2));
+        let s = Settings::load(&env(&[
+            ("HUB_MONITOR_INTERVAL_MS", "200"),
+            ("HUB_MONITOR_TIMEOUT_MS", "150"),
+        ]))
+        .unwrap()
+        .monitor;
+        assert_eq!((s.interval_ms, s.timeout_ms), (200, 150));
+        for pairs in [
+            [
+                ("HUB_MONITOR_INTERVAL_MS", "0"),
+                ("HUB_MONITOR_TIMEOUT_MS", "0"),
+            ],
+            [
+                ("HUB_MONITOR_INTERVAL_MS", "100"),
+                ("HUB_MONITOR_TIMEOUT_MS", "0"),
+            ],
+            [
+                ("HUB_MONITOR_INTERVAL_MS", "100"),
+                ("HUB_MONITOR_TIMEOUT_MS", "101"),
+            ],
+            [
+                ("HUB_MONITOR_INTERVAL_MS", "-5"),
+                ("HUB_MONITOR_TIMEOUT_MS", "1"),
+            ],
+        ] {
+            let error = Settings::load(&env(&pairs)).unwrap_err().to_string();
+            assert!(
+                error.contains("monitor") || error.contains("MONITOR"),
+                "{pairs:?}: {error}"
+            );
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use hub_http::HttpDeps;
 
 use crate::settings::Settings;
 use crate::tasks::{Tasks, follower, metrics, reaper};
-use crate::wiring::{auth, buses, dragonfly, events, http, leases, limits, store};
+use crate::wiring::{auth, buses, dragonfly, events, http, leases, limits, monitor, store};
 
 /// A built, bound, not yet running server.
 pub struct Application {
@@ -122,6 +122,13 @@ impl Application {
             mass_expiry,
             &mut tasks,
         );
+        let monitor = monitor::start(
+            &settings.monitor,
+            &stores,
+            dragonfly.as_ref(),
+            &buses,
+            &mut tasks,
+        );
         let (addr, server) = http::serve(
             &settings.server,
             HttpDeps {
@@ -129,6 +136,7 @@ impl Application {
                 auth,
                 events: events.status,
                 limits,
+                monitor,
                 body_timeout: Duration::from_secs(settings.server.body_timeout_secs),
             },
         )?;

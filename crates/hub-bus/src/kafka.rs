@@ -426,6 +426,14 @@ impl KafkaPublisher {
         &self.topic
     }
 
+    /// The monitor's check: a metadata request (the topic list) answered
+    /// by a broker. The caller bounds it with a timeout: rskafka retries a
+    /// broken connection by itself.
+    pub async fn check(&self) -> Result<(), RegistryError> {
+        self.client.list_topics().await.map_err(unavailable)?;
+        Ok(())
+    }
+
     /// The record of one event.
     fn record(event: &RegistryEvent) -> Record {
         let mut headers = BTreeMap::new();

@@ -24,6 +24,7 @@ mod error;
 pub mod kafka;
 pub mod lazy;
 pub mod nats;
+pub mod probe;
 pub mod relay;
 pub mod subjects;
 #[cfg(feature = "testing")]
@@ -31,4 +32,5 @@ pub mod testing;
 
 pub use kafka::{KafkaConfig, KafkaPublisher, KafkaRecord, KafkaTail, partition_for};
 pub use nats::{NatsAuth, NatsConfig, NatsPublisher, PublishMode};
+pub use probe::{KafkaProbe, NatsProbe};
 pub use subjects::SubjectPrefix;

@@ -424,6 +424,19 @@ impl NatsPublisher {
     }
 }
 
+impl NatsPublisher {
+    /// The monitor's check: the connection is up (not reconnecting) and a
+    /// flush, a PING/PONG round trip with the server, completes. The caller
+    /// bounds it with a timeout: a flush waits while the client reconnects.
+    pub async fn check(&self) -> Result<(), RegistryError> {
+        let state = self.client.connection_state();
+        if state != async_nats::connection::State::Connected {
+            return Err(unavailable_msg(format!("nats connection is {state}")));
+        }
+        self.client.flush().await.map_err(unavailable)
+    }
+}
+
 #[async_trait]
 impl EventSink for NatsPublisher {
     /// Publishes the events in order. In JetStream mode the publishes go out

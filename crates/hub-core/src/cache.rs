@@ -22,6 +22,7 @@ use crate::domain::context::ChangeContext;
 use crate::domain::ids::{InstanceId, ServiceName, TenantId};
 use crate::domain::query::{Heartbeat, ListQuery};
 use crate::domain::registration::Registration;
+use crate::domain::summary::{ServiceSummary, StatusCounts};
 use crate::error::RegistryError;
 use crate::ports::{
     Clock, LeaseChange, ListPage, RegistryStore, Removed, Renewed, ServiceSnapshot, Upserted,
@@ -184,6 +185,23 @@ impl RegistryStore for CachedStore {
 
     async fn check(&self) -> Result<(), RegistryError> {
         self.inner.check().await
+    }
+
+    // Dashboard reads go to the store: they are rare, and a count must not
+    // lag behind the lookups' own cache.
+    async fn tenant_ids(&self) -> Result<Vec<TenantId>, RegistryError> {
+        self.inner.tenant_ids().await
+    }
+
+    async fn status_counts(&self, tenant: &TenantId) -> Result<StatusCounts, RegistryError> {
+        self.inner.status_counts(tenant).await
+    }
+
+    async fn service_summaries(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<ServiceSummary>, RegistryError> {
+        self.inner.service_summaries(tenant).await
     }
 }
 
@@ -373,6 +391,18 @@ mod tests {
         }
         async fn check(&self) -> Result<(), RegistryError> {
             Ok(())
+        }
+        async fn tenant_ids(&self) -> Result<Vec<TenantId>, RegistryError> {
+            self.inner.tenant_ids().await
+        }
+        async fn status_counts(&self, t: &TenantId) -> Result<StatusCounts, RegistryError> {
+            self.inner.status_counts(t).await
+        }
+        async fn service_summaries(
+            &self,
+            t: &TenantId,
+        ) -> Result<Vec<ServiceSummary>, RegistryError> {
+            self.inner.service_summaries(t).await
         }
     }
 

@@ -38,6 +38,7 @@ pub mod error;
 pub mod lease;
 mod lease_sync;
 pub mod memory;
+pub mod monitor;
 pub mod ports;
 pub mod ratelimit;
 pub mod registry;
@@ -54,6 +55,7 @@ pub use domain::query::{
     MAX_LIST_LIMIT, PageBuilder, listed_size,
 };
 pub use domain::registration::{Host, Protocol, Registration, RegistrationInput};
+pub use domain::summary::{ServiceSummary, StatusCounts};
 pub use error::{RegistryError, ValidationError, error_chain};
 pub use lease::{
     CacheRenewal, CachedLease, DueLeases, JudgedLease, LeaseCache, LeaseStore, MassExpiry,

@@ -12,6 +12,7 @@ use crate::domain::instance::{HealthStatus, Instance, Revision};
 use crate::domain::outbox::{Backlog, Delivery, Pending, Sink, SinkStatus};
 use crate::domain::query::{Heartbeat, ListCursor, ListQuery};
 use crate::domain::registration::Registration;
+use crate::domain::summary::{ServiceSummary, StatusCounts};
 use crate::error::RegistryError;
 
 /// Result of an upsert.
@@ -163,6 +164,24 @@ pub trait RegistryStore: Send + Sync + 'static {
 
     /// Whether the store can serve requests (readiness). `Unavailable` if not.
     async fn check(&self) -> Result<(), RegistryError>;
+
+    /// Every tenant that has written to the store (ids only), in id order.
+    /// Callers that total across tenants visit each one through the
+    /// tenant-scoped methods below.
+    async fn tenant_ids(&self) -> Result<Vec<TenantId>, RegistryError>;
+
+    /// The tenant's instances counted by status, rows that cannot be read
+    /// included (by their stored status). Counts in the store, without
+    /// loading the instances.
+    async fn status_counts(&self, tenant: &TenantId) -> Result<StatusCounts, RegistryError>;
+
+    /// Every service of the tenant, ordered by name: its instances by
+    /// status, the newest heartbeat among them and the latest heartbeat
+    /// metrics the store keeps for it (none in stores that keep none).
+    async fn service_summaries(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<ServiceSummary>, RegistryError>;
 
     /// Tells the store that the tenant's service changed behind its back
     /// (through [`crate::lease::LeaseStore`], which the reaper uses with a

@@ -11,6 +11,7 @@ use crate::domain::ids::{InstanceId, ServiceName, TenantId};
 use crate::domain::instance::{Instance, Revision};
 use crate::domain::query::{Heartbeat, ListQuery};
 use crate::domain::registration::Registration;
+use crate::domain::summary::{ServiceSummary, StatusCounts};
 use crate::error::RegistryError;
 use crate::lease::{LeaseCache, LeaseStore, MassExpiry, MassExpiryHold};
 use crate::lease_sync::CachedLeases;
@@ -379,6 +380,55 @@ impl Registry {
             }
         }
         *current = holds;
+    }
+
+    /// Instances counted by status: the tenant's when `scope` is a tenant,
+    /// else the total over every tenant of the store. The total is built
+    /// tenant by tenant, each through the store's tenant-scoped count (in
+    /// PostgreSQL one `GROUP BY` in the tenant's own row-level-security
+    /// transaction; nothing bypasses it). Unreadable rows count by their
+    /// stored status.
+    pub async fn status_counts(
+        &self,
+        scope: Option<&TenantId>,
+    ) -> Result<StatusCounts, RegistryError> {
+        match scope {
+            Some(tenant) => self.store.status_counts(tenant).await,
+            None => Ok(self
+                .status_counts_by_tenant()
+                .await?
+                .into_iter()
+                .fold(StatusCounts::default(), |sum, (_, c)| sum.plus(c))),
+        }
+    }
+
+    /// Every tenant that has written to the store (ids only), in id order.
+    pub async fn tenant_ids(&self) -> Result<Vec<TenantId>, RegistryError> {
+        self.store.tenant_ids().await
+    }
+
+    /// Every tenant of the store with its instances counted by status (for
+    /// operators: totals and per-tenant gauges), in tenant id order. Each
+    /// count runs in that tenant's own scope, as in [`Registry::status_counts`].
+    pub async fn status_counts_by_tenant(
+        &self,
+    ) -> Result<Vec<(TenantId, StatusCounts)>, RegistryError> {
+        let tenants = self.store.tenant_ids().await?;
+        let mut counts = Vec::with_capacity(tenants.len());
+        for tenant in tenants {
+            let c = self.store.status_counts(&tenant).await?;
+            counts.push((tenant, c));
+        }
+        Ok(counts)
+    }
+
+    /// Every service of the tenant, ordered by name, with its instances by
+    /// status, newest heartbeat and latest reported metrics.
+    pub async fn service_summaries(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<ServiceSummary>, RegistryError> {
+        self.store.service_summaries(tenant).await
     }
 
     /// Whether the source of truth is reachable.

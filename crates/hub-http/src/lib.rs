@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use actix_web::{App, HttpRequest, web};
 use hub_core::Registry;
+use hub_core::monitor::Monitor;
 use hub_core::ratelimit::Limits;
 
 pub use auth::{ApiKeys, Auth, Principal};
@@ -39,6 +40,8 @@ pub struct HttpDeps {
     pub body_timeout: Duration,
     /// Rate limits per tenant and per API key (shared by every worker).
     pub limits: Arc<Limits>,
+    /// The infrastructure monitor's state (dashboard health).
+    pub monitor: Monitor,
 }
 
 async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
@@ -68,6 +71,7 @@ pub fn app(
         .app_data(web::Data::new(deps.auth))
         .app_data(web::Data::new(deps.events))
         .app_data(web::Data::from(deps.limits))
+        .app_data(web::Data::new(deps.monitor))
         // One cache per worker: `app` runs once per worker thread.
         .app_data(web::Data::new(cache::ServiceBodyCache::default()))
         .app_data(extract::payload_config())
@@ -75,6 +79,7 @@ pub fn app(
         .configure(routes::health::configure)
         .configure(routes::discovery::configure)
         .configure(routes::dashboard::configure)
+        .configure(routes::dashboard_health::configure)
         .default_service(web::to(no_route))
         // `wrap` puts each middleware outside the previous one: the last is outermost.
         .wrap(from_fn(middleware::rate_limit))

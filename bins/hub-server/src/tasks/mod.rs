@@ -2,6 +2,7 @@
 
 pub(crate) mod follower;
 pub(crate) mod metrics;
+pub(crate) mod monitor;
 pub(crate) mod outbox;
 pub(crate) mod reaper;
 pub(crate) mod sampler;

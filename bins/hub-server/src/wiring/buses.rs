@@ -16,7 +16,7 @@ use crate::settings::EventSettings;
 /// to log how it publishes.
 pub(crate) struct Buses {
     pub(crate) nats: Option<Arc<Lazy<NatsPublisher>>>,
-    kafka: Option<Arc<Lazy<KafkaPublisher>>>,
+    pub(crate) kafka: Option<Arc<Lazy<KafkaPublisher>>>,
 }
 
 impl Buses {

@@ -7,5 +7,6 @@ pub(crate) mod events;
 pub(crate) mod http;
 pub(crate) mod leases;
 pub(crate) mod limits;
+pub(crate) mod monitor;
 pub(crate) mod postgres;
 pub(crate) mod store;

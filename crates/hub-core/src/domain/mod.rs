@@ -8,3 +8,4 @@ pub mod instance;
 pub mod outbox;
 pub mod query;
 pub mod registration;
+pub mod summary;

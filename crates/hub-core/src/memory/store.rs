@@ -12,6 +12,7 @@ use crate::domain::ids::{InstanceId, ServiceName, TenantId};
 use crate::domain::instance::{HealthStatus, Instance, LeaseState, Revision};
 use crate::domain::query::{Heartbeat, ListQuery, PageBuilder};
 use crate::domain::registration::Registration;
+use crate::domain::summary::{ServiceSummary, StatusCounts};
 use crate::error::RegistryError;
 use crate::lease::{JudgedLease, LeaseStore, MassExpiry, MassExpiryHold, MetricSample, ReaperTurn};
 use crate::ports::{
@@ -26,6 +27,9 @@ type Instances = BTreeMap<InstanceId, Instance>;
 struct TenantState {
     services: BTreeMap<ServiceName, Instances>,
     revision: Revision,
+    /// The latest heartbeat metrics reported per service (no history),
+    /// for the dashboard. Dropped with the service's last instance.
+    metrics: BTreeMap<ServiceName, MetricSample>,
 }
 
 impl TenantState {
@@ -37,12 +41,15 @@ impl TenantState {
     fn remove_service_if_empty(&mut self, service: &ServiceName) {
         if self.services.get(service).is_some_and(BTreeMap::is_empty) {
             self.services.remove(service);
+            self.metrics.remove(service);
         }
     }
 }
 
 /// An in-memory registry store. It keeps no audit trail (the change context
-/// is not recorded) and no heartbeat metrics: both need durable storage.
+/// is not recorded) and no history of heartbeat metrics: both need durable
+/// storage. It keeps the latest metrics reported per service, for the
+/// dashboard.
 ///
 /// Locking: an outer `RwLock` maps tenants to their own `RwLock`ed state. The
 /// outer lock is taken for writing only the first time a tenant appears, so
@@ -240,8 +247,9 @@ impl RegistryStore for MemoryStore {
         now: DateTime<Utc>,
         _context: &ChangeContext,
     ) -> Result<Renewed, RegistryError> {
-        // Embedded mode keeps no metric history and no audit trail; the
-        // PostgreSQL store records `heartbeat.metrics()` and the context.
+        // Embedded mode keeps no metric history and no audit trail (only
+        // the latest metrics per service); the PostgreSQL store records
+        // every `heartbeat.metrics()` and the context.
         let not_found =
             || RegistryError::not_found(format!("instance '{instance}' of service '{service}'"));
         let state = self.existing(tenant).ok_or_else(not_found)?;
@@ -263,6 +271,18 @@ impl RegistryStore for MemoryStore {
             .and_then(|m| m.get_mut(instance))
         {
             *slot = renewed.clone();
+        }
+        if let Some(metrics) = heartbeat.metrics() {
+            state.metrics.insert(
+                service.clone(),
+                MetricSample {
+                    service: service.clone(),
+                    instance: instance.clone(),
+                    status: heartbeat.status(),
+                    metrics: *metrics,
+                    recorded_at: now,
+                },
+            );
         }
         Ok(Renewed {
             instance: renewed,
@@ -358,6 +378,54 @@ impl RegistryStore for MemoryStore {
 
     async fn check(&self) -> Result<(), RegistryError> {
         Ok(())
+    }
+
+    async fn tenant_ids(&self) -> Result<Vec<TenantId>, RegistryError> {
+        let mut tenants: Vec<TenantId> = self
+            .all_tenants()
+            .into_iter()
+            .map(|(tenant, _)| tenant)
+            .collect();
+        tenants.sort();
+        Ok(tenants)
+    }
+
+    async fn status_counts(&self, tenant: &TenantId) -> Result<StatusCounts, RegistryError> {
+        let mut counts = StatusCounts::default();
+        if let Some(state) = self.existing(tenant) {
+            let state = state.read().unwrap_or_else(PoisonError::into_inner);
+            for instance in state.services.values().flat_map(BTreeMap::values) {
+                counts.add(instance.status(), 1);
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn service_summaries(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<ServiceSummary>, RegistryError> {
+        let Some(state) = self.existing(tenant) else {
+            return Ok(Vec::new());
+        };
+        let state = state.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(state
+            .services
+            .iter()
+            .filter(|(_, instances)| !instances.is_empty())
+            .map(|(service, instances)| {
+                let mut counts = StatusCounts::default();
+                for instance in instances.values() {
+                    counts.add(instance.status(), 1);
+                }
+                ServiceSummary {
+                    service_name: service.clone(),
+                    counts,
+                    newest_heartbeat: instances.values().map(Instance::last_heartbeat).max(),
+                    latest_metrics: state.metrics.get(service).cloned(),
+                }
+            })
+            .collect())
     }
 }
 

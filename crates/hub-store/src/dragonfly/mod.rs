@@ -6,6 +6,7 @@
 
 pub mod keys;
 mod leases;
+mod probe;
 mod ratelimit;
 
 use std::fmt;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use fred::prelude::{Builder, Client, ClientLike, Config, Pool, ReconnectPolicy, ServerConfig};
 
 pub use leases::{CHUNK, DUE_CAP, DragonflyLeases};
+pub use probe::DragonflyProbe;
 pub use ratelimit::DragonflyLimiter;
 
 /// How to reach Dragonfly (`DRAGONFLY_*` of the deployment guide, `HUB_DRAGONFLY_*`).

@@ -2,6 +2,7 @@
 
 mod advisory;
 mod config;
+mod dashboard;
 pub mod diagnose;
 mod error;
 mod gate;
@@ -16,6 +17,7 @@ mod scoped;
 mod store;
 
 pub use config::PgConfig;
+pub use dashboard::PgProbe;
 pub use migrate::RoleCheck;
 pub use outbox::PgOutbox;
 pub use store::PgStore;

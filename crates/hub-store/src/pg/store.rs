@@ -10,7 +10,7 @@ use hub_core::ports::{
 use hub_core::{
     ChangeContext, DEFAULT_LIST_LIMIT, EventKind, HealthStatus, Heartbeat, Instance, InstanceId,
     LeaseState, ListQuery, MassExpiry, MassExpiryHold, PageBuilder, Registration, RegistryError,
-    Revision, ServiceName, Sinks, TenantId,
+    Revision, ServiceName, ServiceSummary, Sinks, StatusCounts, TenantId,
 };
 use serde_json::Value;
 use tokio_postgres::Row;
@@ -901,6 +901,28 @@ impl RegistryStore for PgStore {
         let client = self.pool.internal().await?;
         client.simple_query("SELECT 1").await.map_err(from_db)?;
         Ok(())
+    }
+
+    async fn tenant_ids(&self) -> Result<Vec<TenantId>, RegistryError> {
+        self.known_tenants().await
+    }
+
+    async fn status_counts(&self, tenant: &TenantId) -> Result<StatusCounts, RegistryError> {
+        super::dashboard::status_counts(&self.pool, tenant).await
+    }
+
+    async fn service_summaries(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<ServiceSummary>, RegistryError> {
+        super::dashboard::service_summaries(&self.pool, tenant).await
+    }
+}
+
+impl PgStore {
+    /// The pool's figures now (size, idle, waiting), for the monitor.
+    pub(super) fn pool_status(&self) -> deadpool_postgres::Status {
+        self.pool.status()
     }
 }
 
