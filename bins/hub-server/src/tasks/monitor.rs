@@ -75,3 +75,91 @@ fn log(transition: &Transition) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use hub_core::monitor::{Backend, ProbeReport};
+
+    use super::*;
+
+    /// A probe that answers after `delay`, or fails at once.
+    struct Fake {
+        delay: Duration,
+        fail: bool,
+    }
+
+    #[async_trait]
+    impl Probe for Fake {
+        fn backend(&self) -> Backend {
+            Backend::Kafka
+        }
+
+        async fn check(&self) -> Result<ProbeReport, ProbeFailure> {
+            if self.fail {
+                return Err(ProbeFailure::new(
+                    "refused by nats://user:secret@127.0.0.1:1",
+                ));
+            }
+            tokio::time::sleep(self.delay).await;
+            Ok(ProbeReport::default())
+        }
+    }
+
+    fn status(monitor: &Monitor) -> (BackendStatus, Option<String>, Option<f64>) {
+        let snapshot = monitor.snapshot();
+        let kafka = snapshot.backend(Backend::Kafka).unwrap();
+        (kafka.status, kafka.last_error.clone(), kafka.latency_ms)
+    }
+
+    #[tokio::test]
+    async fn a_check_is_up_down_or_timed_out_with_its_latency() {
+        let monitor = Monitor::new(
+            &[Backend::Kafka],
+            Duration::from_millis(500),
+            Duration::from_millis(200),
+            Utc::now(),
+        );
+        let fast = Fake {
+            delay: Duration::from_millis(5),
+            fail: false,
+        };
+        check_once(&monitor, &fast).await;
+        let (s, error, latency) = status(&monitor);
+        assert_eq!(s, BackendStatus::Up);
+        assert_eq!(error, None);
+        let latency = latency.unwrap();
+        assert!((5.0..200.0).contains(&latency), "{latency}");
+
+        let slow = Fake {
+            delay: Duration::from_secs(5),
+            fail: false,
+        };
+        let started = Instant::now();
+        check_once(&monitor, &slow).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "bounded by the timeout"
+        );
+        let (s, error, latency) = status(&monitor);
+        assert_eq!(s, BackendStatus::Down);
+        assert_eq!(
+            error.as_deref(),
+            Some("no answer within 200 ms (HUB_MONITOR_TIMEOUT_MS)")
+        );
+        assert_eq!(latency, Some(200.0));
+
+        let failing = Fake {
+            delay: Duration::ZERO,
+            fail: true,
+        };
+        check_once(&monitor, &failing).await;
+        let (s, error, _) = status(&monitor);
+        assert_eq!(s, BackendStatus::Down);
+        assert_eq!(error.as_deref(), Some("refused by nats://127.0.0.1:1"));
+    }
+}
