@@ -190,6 +190,11 @@ pub trait LeaseCache: Send + Sync + 'static {
         now: DateTime<Utc>,
         every: Duration,
     ) -> Result<Vec<MetricSample>, RegistryError>;
+
+    /// The latest metrics of each instance that reported some since they
+    /// were last taken, without taking them (the dashboard's view of what
+    /// the sampler has not written to the store yet).
+    async fn peek_metrics(&self, tenant: &TenantId) -> Result<Vec<MetricSample>, RegistryError>;
 }
 
 /// The reaper's turn: while the value lives, no other process sharing the
@@ -689,6 +694,15 @@ impl LeaseCache for MemoryLeases {
             }
         }
         Ok(samples)
+    }
+
+    async fn peek_metrics(&self, tenant: &TenantId) -> Result<Vec<MetricSample>, RegistryError> {
+        self.reachable()?;
+        Ok(self
+            .lock()
+            .get(tenant)
+            .map(|state| state.metrics.values().cloned().collect())
+            .unwrap_or_default())
     }
 }
 

@@ -437,6 +437,19 @@ impl CachedLeases {
 
     /// One metrics sampling pass: every tenant's latest metrics (at most one
     /// per instance per `every`) written to the store. Returns how many.
+    /// The latest metrics in the cache not yet sampled into the store
+    /// (none when the cache cannot be asked: the dashboard then shows the
+    /// store's latest sample).
+    pub(crate) async fn peek_metrics(&self, tenant: &TenantId) -> Vec<MetricSample> {
+        match self.cache.peek_metrics(tenant).await {
+            Ok(samples) => samples,
+            Err(error) => {
+                tracing::debug!(tenant = %tenant, cause = %error_chain(&error), "cached heartbeat metrics not read; the dashboard shows the stored ones");
+                Vec::new()
+            }
+        }
+    }
+
     pub(crate) async fn sample_metrics(
         &self,
         now: DateTime<Utc>,

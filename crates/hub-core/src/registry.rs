@@ -424,11 +424,33 @@ impl Registry {
 
     /// Every service of the tenant, ordered by name, with its instances by
     /// status, newest heartbeat and latest reported metrics.
+    ///
+    /// With a lease cache, metrics reported since the sampler last wrote
+    /// them to the store live in the cache: the newer of the cache's and
+    /// the store's is shown.
     pub async fn service_summaries(
         &self,
         tenant: &TenantId,
     ) -> Result<Vec<ServiceSummary>, RegistryError> {
-        self.store.service_summaries(tenant).await
+        let mut summaries = self.store.service_summaries(tenant).await?;
+        if let Some(leases) = &self.leases {
+            for sample in leases.peek_metrics(tenant).await {
+                let Some(summary) = summaries
+                    .iter_mut()
+                    .find(|s| s.service_name == sample.service)
+                else {
+                    continue;
+                };
+                if summary
+                    .latest_metrics
+                    .as_ref()
+                    .is_none_or(|m| m.recorded_at < sample.recorded_at)
+                {
+                    summary.latest_metrics = Some(sample);
+                }
+            }
+        }
+        Ok(summaries)
     }
 
     /// Whether the source of truth is reachable.

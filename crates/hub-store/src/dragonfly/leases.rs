@@ -245,6 +245,11 @@ end
 return out
 ";
 
+/// The metrics not taken yet, left in place: member, JSON, member, JSON...
+const PEEK_METRICS: &str = r"
+return redis.call('HGETALL', METRICS)
+";
+
 /// The scripts, each with the prelude, loaded once per server (EVALSHA).
 #[derive(Clone)]
 struct Scripts {
@@ -261,6 +266,7 @@ struct Scripts {
     mark_critical: Script,
     forget_unrenewed: Script,
     take_metrics: Script,
+    peek_metrics: Script,
 }
 
 impl Scripts {
@@ -280,6 +286,7 @@ impl Scripts {
             mark_critical: script(MARK_CRITICAL),
             forget_unrenewed: script(FORGET_UNRENEWED),
             take_metrics: script(TAKE_METRICS),
+            peek_metrics: script(PEEK_METRICS),
         }
     }
 }
@@ -759,23 +766,36 @@ impl LeaseCache for DragonflyLeases {
         let every_us = every.num_microseconds().unwrap_or(i64::MAX).max(0);
         let args = vec![micros(now).to_string(), every_us.to_string()];
         let reply: Vec<String> = self.run(&self.scripts.take_metrics, tenant, args).await?;
-        let mut samples = Vec::with_capacity(reply.len() / 2);
-        for pair in reply.chunks(2) {
-            let [m, json] = pair else {
-                return Err(unexpected("take_metrics answered an odd count".into()));
-            };
-            match decode_metrics(m, json) {
-                Ok(sample) => samples.push(sample),
-                Err(error) => tracing::error!(
-                    tenant = %tenant,
-                    member = %m,
-                    %error,
-                    "cached heartbeat metrics unreadable; skipped"
-                ),
-            }
-        }
-        Ok(samples)
+        decode_samples(tenant, &reply)
     }
+
+    async fn peek_metrics(&self, tenant: &TenantId) -> Result<Vec<MetricSample>, RegistryError> {
+        let reply: Vec<String> = self
+            .run(&self.scripts.peek_metrics, tenant, Vec::new())
+            .await?;
+        decode_samples(tenant, &reply)
+    }
+}
+
+/// Samples from a script's `member, JSON, ...` answer; an unreadable one is
+/// logged and skipped.
+fn decode_samples(tenant: &TenantId, reply: &[String]) -> Result<Vec<MetricSample>, RegistryError> {
+    let mut samples = Vec::with_capacity(reply.len() / 2);
+    for pair in reply.chunks(2) {
+        let [m, json] = pair else {
+            return Err(unexpected("a metrics script answered an odd count".into()));
+        };
+        match decode_metrics(m, json) {
+            Ok(sample) => samples.push(sample),
+            Err(error) => tracing::error!(
+                tenant = %tenant,
+                member = %m,
+                %error,
+                "cached heartbeat metrics unreadable; skipped"
+            ),
+        }
+    }
+    Ok(samples)
 }
 
 #[cfg(test)]

@@ -1,10 +1,15 @@
 //! The monitor's check of Dragonfly: a `PING` on a pooled connection.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use fred::prelude::ClientLike;
 use hub_core::monitor::{Backend, Probe, ProbeFailure, ProbeReport};
 
 use super::Dragonfly;
+
+/// How long a check waits for a connection that is not up.
+const CONNECT_GRACE: Duration = Duration::from_secs(1);
 
 /// Sends `PING` and expects `PONG`. The client fails fast while no
 /// connection is up, so a Dragonfly that went away is reported at once, and
@@ -28,8 +33,16 @@ impl Probe for DragonflyProbe {
     }
 
     async fn check(&self) -> Result<ProbeReport, ProbeFailure> {
-        if !self.client.is_connected() {
-            return Err(ProbeFailure::new("no connection to Dragonfly is up"));
+        // Connecting (just after start) or reconnecting: wait for a
+        // connection a little, so the first check after start does not
+        // report a Dragonfly that is being connected to as down. The
+        // monitor's own timeout may end the wait first.
+        let until = tokio::time::Instant::now() + CONNECT_GRACE;
+        while !self.client.is_connected() {
+            if tokio::time::Instant::now() >= until {
+                return Err(ProbeFailure::new("no connection to Dragonfly is up"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let answer: String = self
             .client
