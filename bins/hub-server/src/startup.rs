@@ -130,6 +130,10 @@ impl Application {
                 events: events.status,
                 limits,
                 body_timeout: Duration::from_secs(settings.server.body_timeout_secs),
+                metrics: Arc::new(hub_http::metrics::RequestMetrics::new(
+                    settings.server.request_metrics,
+                    settings.server.metrics_max_tenants,
+                )?),
             },
         )?;
         tasks.spawn(

@@ -9,6 +9,7 @@ mod context;
 pub mod dto;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod middleware;
 pub mod routes;
 
@@ -39,6 +40,8 @@ pub struct HttpDeps {
     pub body_timeout: Duration,
     /// Rate limits per tenant and per API key (shared by every worker).
     pub limits: Arc<Limits>,
+    /// Request metrics (shared by every worker; each worker records in its own shard).
+    pub metrics: Arc<metrics::RequestMetrics>,
 }
 
 async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
@@ -49,8 +52,8 @@ async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError>
     ))
 }
 
-/// The application: middleware (request id, then authentication, then tenant
-/// context, then rate limits, outermost first), routes, and the JSON error fallback.
+/// The application: middleware (request id, then request metrics, then
+/// authentication, then tenant context, then rate limits, outermost first), routes, and the JSON error fallback.
 pub fn app(
     deps: HttpDeps,
 ) -> App<
@@ -68,6 +71,11 @@ pub fn app(
         .app_data(web::Data::new(deps.auth))
         .app_data(web::Data::new(deps.events))
         .app_data(web::Data::from(deps.limits))
+        .app_data(web::Data::new(metrics::WorkerMetrics {
+            shard: deps.metrics.shard(),
+            metrics: deps.metrics.clone(),
+        }))
+        .app_data(web::Data::from(deps.metrics))
         // One cache per worker: `app` runs once per worker thread.
         .app_data(web::Data::new(cache::ServiceBodyCache::default()))
         .app_data(extract::payload_config())
@@ -75,10 +83,12 @@ pub fn app(
         .configure(routes::health::configure)
         .configure(routes::discovery::configure)
         .configure(routes::dashboard::configure)
+        .configure(routes::prometheus::configure)
         .default_service(web::to(no_route))
         // `wrap` puts each middleware outside the previous one: the last is outermost.
         .wrap(from_fn(middleware::rate_limit))
         .wrap(from_fn(middleware::tenant))
         .wrap(from_fn(middleware::authenticate))
+        .wrap(from_fn(metrics::record_requests))
         .wrap(from_fn(middleware::request_id))
 }

@@ -3,3 +3,4 @@
 pub mod dashboard;
 pub mod discovery;
 pub mod health;
+pub mod prometheus;
