@@ -11,7 +11,10 @@
 //! [`RequestMetrics::tenant_label`]: the first `HUB_METRICS_MAX_TENANTS`
 //! tenants keep their id, the rest are summed under `other`, so a flood of
 //! tenants cannot explode the number of series. Request series carry the
-//! route template, never the raw path.
+//! route template, never the raw path. A template's `{name}` segments are
+//! written `:name` in the label (`/api/v1/discovery/services/:service_name`):
+//! the exposition format allows braces in label values, but several parsers
+//! (prometheus-parse among them) cut a label set at the first `}`.
 
 use std::collections::HashMap;
 
@@ -95,7 +98,7 @@ pub fn gather(
     )?;
     for s in requests.series() {
         requests_total
-            .with_label_values(&[s.method, s.route.as_str(), &s.status.to_string()])
+            .with_label_values(&[s.method, &route_label(&s.route), &s.status.to_string()])
             .inc_by(s.count);
     }
     out.register(Box::new(requests_total))?;
@@ -219,6 +222,11 @@ impl Collector for Prebuilt {
     }
 }
 
+/// The route label of a template: `{name}` segments as `:name`.
+pub fn route_label(template: &str) -> String {
+    template.replace('{', ":").replace('}', "")
+}
+
 fn label(name: &str, value: &str) -> LabelPair {
     let mut pair = LabelPair::default();
     pair.set_name(name.to_owned());
@@ -259,7 +267,7 @@ fn request_histogram(requests: &RequestMetrics) -> Result<Prebuilt, prometheus::
             let status = s.status.to_string();
             metric.set_label(vec![
                 label("method", s.method),
-                label("route", &s.route),
+                label("route", &route_label(&s.route)),
                 label("status", &status),
             ]);
             metric.set_histogram(histogram);
