@@ -429,10 +429,7 @@ impl RequestMetrics {
     /// The request figures for `scope`: one tenant, or (`None`) every
     /// request, tenant or not.
     pub fn summary(&self, scope: Option<&TenantId>) -> RequestSummary {
-        let wanted: Option<Option<Slot>> = match scope {
-            None => None,
-            Some(tenant) => Some(self.tenants.find(tenant)),
-        };
+        let wanted: Option<Option<Slot>> = scope.map(|tenant| self.tenants.find(tenant));
         let tracked = self.enabled && !matches!(wanted, Some(Some(Slot::Other)));
         let epoch = self.epoch();
         let mut by_route: HashMap<(&'static str, String, String), u64> = HashMap::new();
