@@ -43,8 +43,9 @@ use serde::Serialize;
 pub const UNMATCHED_ROUTE: &str = "unmatched";
 
 /// Upper bounds (seconds) of the Prometheus latency histogram buckets.
-pub const BUCKETS_SECONDS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+pub const BUCKETS_SECONDS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
 const MAX_MICROS: u64 = 60_000_000;
