@@ -622,6 +622,32 @@ mod tests {
     }
 
     #[test]
+    fn the_window_keeps_the_last_four_slots_and_since_start_keeps_all() {
+        let empty = Histogram::new_with_bounds(1, MAX_MICROS, 2).unwrap();
+        let mut latency = Latency::new(&empty);
+        // One sample per 15 s slot for 8 slots (two minutes), 1 ms more each time.
+        for epoch in 0..8u64 {
+            latency.record(epoch, 1000 * (epoch + 1));
+        }
+        let mut recent = empty.clone();
+        latency.add_recent(7, &mut recent);
+        assert_eq!(recent.len(), 4);
+        // Slots 4 to 7 only (5 ms and up; 2 significant digits of precision).
+        assert!(recent.equivalent(recent.min(), 5000), "{}", recent.min());
+        assert_eq!(latency.total.len(), 8);
+        // A minute later with nothing recorded, the window is empty.
+        let mut later = empty.clone();
+        latency.add_recent(11, &mut later);
+        assert_eq!(later.len(), 0);
+        // Two samples in one slot both count.
+        latency.record(12, 2000);
+        latency.record(12, 3000);
+        let mut now = empty.clone();
+        latency.add_recent(12, &mut now);
+        assert_eq!(now.len(), 2);
+    }
+
+    #[test]
     fn off_records_nothing() {
         let metrics = RequestMetrics::new(false, 2).unwrap();
         let shard = metrics.shard();
