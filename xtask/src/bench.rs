@@ -14,7 +14,8 @@
 //! take turns at going first. Unless skipped, each run also measures
 //! heartbeats in every mode (see `bench_heartbeats`; the PostgreSQL+Dragonfly
 //! mode needs a Dragonfly, see `bench_dragonfly`) and the rate limiter's cost
-//! (see `bench_limiter`). The medians over the runs are compared with the
+//! (see `bench_limiter`) and the request metrics' cost (see
+//! `bench_metrics`). The medians over the runs are compared with the
 //! targets of the issue.
 
 use std::collections::HashMap;
@@ -45,6 +46,7 @@ use crate::bench_events::{self, EventsResult};
 use crate::bench_fairness::{self, FairnessResult};
 use crate::bench_heartbeats::{self, HeartbeatResult};
 use crate::bench_limiter::{self, LimiterResult};
+use crate::bench_metrics::{self, MetricsResult};
 
 const USAGE: &str = "usage: cargo xtask bench [options]
 
@@ -61,6 +63,8 @@ options:
   --skip-heartbeats   skip the heartbeat phases (every mode: lease renewals of the registered instances)
   --skip-limiter      skip the rate limiter's cost (lookups with limits on and off, embedded and
                       PostgreSQL+Dragonfly)
+  --skip-request-metrics  skip the request metrics' cost (embedded lookups with
+                      HUB_REQUEST_METRICS on and off)
   --skip-dragonfly    leave out the PostgreSQL+Dragonfly mode of the heartbeat and limiter phases
   --event-secs N      length of the fixed-rate event latency phase (default 10)
   --event-rate N      registrations/s of the event latency phase (default 1000)
@@ -174,6 +178,8 @@ pub(crate) struct Options {
     pub(crate) heartbeats: bool,
     /// Whether the rate limiter's cost is measured (not `--skip-limiter`).
     pub(crate) limiter: bool,
+    /// Whether the request metrics' cost is measured (not `--skip-request-metrics`).
+    pub(crate) request_metrics: bool,
     /// Whether the PostgreSQL+Dragonfly mode may run (not `--skip-dragonfly`).
     pub(crate) dragonfly: bool,
     /// Length of the fixed-rate event latency phase.
@@ -208,6 +214,7 @@ impl Options {
         let mut skip_fairness = false;
         let mut skip_heartbeats = false;
         let mut skip_limiter = false;
+        let mut skip_request_metrics = false;
         let mut skip_dragonfly = false;
         let mut event_secs = None;
         let mut event_rate = None;
@@ -227,6 +234,7 @@ impl Options {
                 "--skip-fairness" => skip_fairness = true,
                 "--skip-heartbeats" => skip_heartbeats = true,
                 "--skip-limiter" => skip_limiter = true,
+                "--skip-request-metrics" => skip_request_metrics = true,
                 "--skip-dragonfly" => skip_dragonfly = true,
                 "--event-secs" => event_secs = Some(positive(flag, &value()?)?),
                 "--event-rate" => event_rate = Some(positive(flag, &value()?)?),
@@ -264,6 +272,7 @@ impl Options {
             fairness: !skip_fairness,
             heartbeats: !skip_heartbeats,
             limiter: !skip_limiter,
+            request_metrics: !skip_request_metrics,
             dragonfly: !skip_dragonfly,
             event_duration: Duration::from_secs(u64::try_from(event_secs)?),
             event_rate: event_rate.unwrap_or(EVENT_RATE),
@@ -322,6 +331,7 @@ struct RunResult {
     fairness: Option<FairnessResult>,
     heartbeats: Option<HeartbeatResult>,
     limiter: Option<LimiterResult>,
+    request_metrics: Option<MetricsResult>,
 }
 
 /// The figures of the PostgreSQL-mode server of one run.
@@ -472,6 +482,14 @@ async fn bench(options: &Options, binary: &Path, log_dir: &Path) -> anyhow::Resu
         } else {
             None
         };
+        let request_metrics = if options.request_metrics {
+            let result = bench_metrics::run(options, binary, log_dir, run)
+                .await
+                .with_context(|| format!("run {run}, request metrics' cost"))?;
+            Some(result)
+        } else {
+            None
+        };
         let result = RunResult {
             phases,
             peak_rss_kib,
@@ -480,6 +498,7 @@ async fn bench(options: &Options, binary: &Path, log_dir: &Path) -> anyhow::Resu
             fairness,
             heartbeats,
             limiter,
+            request_metrics,
         };
         report(&run_table(run, &result, options.pg_pool));
         runs.push(result);
@@ -1170,7 +1189,7 @@ async fn get_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
     Ok(status)
 }
 
-async fn get_once(
+pub(crate) async fn get_once(
     addr: SocketAddr,
     path: &str,
     tenant: Option<&str>,
@@ -1729,6 +1748,9 @@ fn run_table(run: usize, result: &RunResult, pg_pool: usize) -> String {
     if let Some(limiter) = &result.limiter {
         bench_limiter::run_lines(&mut out, limiter);
     }
+    if let Some(metrics) = &result.request_metrics {
+        bench_metrics::run_lines(&mut out, metrics);
+    }
     out
 }
 
@@ -1879,6 +1901,11 @@ fn summary(runs: &[RunResult], pg_pool: usize) -> String {
     }
     let limiter: Vec<&LimiterResult> = runs.iter().filter_map(|r| r.limiter.as_ref()).collect();
     bench_limiter::summary_lines(&mut out, &limiter);
+    let request_metrics: Vec<&MetricsResult> = runs
+        .iter()
+        .filter_map(|r| r.request_metrics.as_ref())
+        .collect();
+    bench_metrics::summary_lines(&mut out, &request_metrics);
     out
 }
 

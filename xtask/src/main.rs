@@ -11,6 +11,7 @@ mod bench_events;
 mod bench_fairness;
 mod bench_heartbeats;
 mod bench_limiter;
+mod bench_metrics;
 mod kafka;
 mod migrate;
 mod seed;

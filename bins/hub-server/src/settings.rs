@@ -328,6 +328,13 @@ pub struct ServerSettings {
     /// `HUB_BODY_TIMEOUT_SECS`: how long a request body may take to arrive
     /// in full before the request gets 408 and its connection is closed.
     pub body_timeout_secs: u64,
+    /// `HUB_REQUEST_METRICS` (`on`, default, or `off`): whether requests are
+    /// counted and timed for the dashboard and `/metrics` (off only to
+    /// measure what they cost: `cargo xtask bench`).
+    pub request_metrics: bool,
+    /// `HUB_METRICS_MAX_TENANTS` (100): tenants with figures and Prometheus
+    /// labels of their own; later tenants are pooled under `other`.
+    pub metrics_max_tenants: usize,
 }
 
 /// Log format (`HUB_LOG_FORMAT`). The level comes from `RUST_LOG`.
@@ -452,6 +459,8 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ),
     ("HUB_SHUTDOWN_TIMEOUT_SECS", "server.shutdown_timeout_secs"),
     ("HUB_BODY_TIMEOUT_SECS", "server.body_timeout_secs"),
+    ("HUB_REQUEST_METRICS", "server.request_metrics"),
+    ("HUB_METRICS_MAX_TENANTS", "server.metrics_max_tenants"),
     ("DRAGONFLY_HOST", "dragonfly.host"),
     ("DRAGONFLY_PORT", "dragonfly.port"),
     ("DRAGONFLY_PASSWORD", "dragonfly.password"),
@@ -477,6 +486,8 @@ impl Settings {
             .set_default("server.bind", "0.0.0.0:7000")?
             .set_default("server.shutdown_timeout_secs", 30)?
             .set_default("server.body_timeout_secs", 10)?
+            .set_default("server.request_metrics", true)?
+            .set_default("server.metrics_max_tenants", 100)?
             .set_default("log.format", "text")?
             .set_default("auth.disabled", false)?
             .set_default("auth.api_keys", "")?
@@ -549,6 +560,11 @@ impl Settings {
                 "HUB_BODY_TIMEOUT_SECS must be at least 1".into(),
             ));
         }
+        if settings.server.metrics_max_tenants == 0 {
+            return Err(ConfigError::Message(
+                "HUB_METRICS_MAX_TENANTS must be at least 1".into(),
+            ));
+        }
         settings.dragonfly.client_config()?;
         settings.rate_limits.policy()?;
         if settings.leases.reap_interval_ms == 0 {
@@ -613,6 +629,22 @@ mod tests {
         assert_eq!(s.auth.api_keys.expose_secret(), "");
         assert_eq!(s.leases.reap_interval_ms, 1000);
         assert_eq!(s.server.body_timeout_secs, 10);
+    }
+
+    #[test]
+    fn request_metrics_switch_and_tenant_cap() {
+        let s = Settings::load(&env(&[])).unwrap();
+        assert!(s.server.request_metrics);
+        assert_eq!(s.server.metrics_max_tenants, 100);
+        let s = Settings::load(&env(&[
+            ("HUB_REQUEST_METRICS", "off"),
+            ("HUB_METRICS_MAX_TENANTS", "2"),
+        ]))
+        .unwrap();
+        assert!(!s.server.request_metrics);
+        assert_eq!(s.server.metrics_max_tenants, 2);
+        let err = Settings::load(&env(&[("HUB_METRICS_MAX_TENANTS", "0")])).unwrap_err();
+        assert!(err.to_string().contains("HUB_METRICS_MAX_TENANTS"), "{err}");
     }
 
     #[test]

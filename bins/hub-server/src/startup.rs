@@ -138,6 +138,10 @@ impl Application {
                 limits,
                 monitor,
                 body_timeout: Duration::from_secs(settings.server.body_timeout_secs),
+                metrics: Arc::new(hub_http::metrics::RequestMetrics::new(
+                    settings.server.request_metrics,
+                    settings.server.metrics_max_tenants,
+                )?),
             },
         )?;
         tasks.spawn(

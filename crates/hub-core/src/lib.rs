@@ -33,6 +33,7 @@
 //! ```
 
 pub mod cache;
+pub mod counters;
 pub mod domain;
 pub mod error;
 pub mod lease;
@@ -43,6 +44,7 @@ pub mod ports;
 pub mod ratelimit;
 pub mod registry;
 
+pub use counters::{ChangeCounters, ChangeCounts, ChangeKind};
 pub use domain::context::ChangeContext;
 pub use domain::event::{EventKind, RegistryEvent};
 pub use domain::ids::{InstanceId, ServiceName, TenantId};

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::Duration;
 
+use crate::counters::{ChangeCounters, ChangeCounts, ChangeKind};
 use crate::domain::context::ChangeContext;
 use crate::domain::event::{EventKind, RegistryEvent};
 use crate::domain::ids::{InstanceId, ServiceName, TenantId};
@@ -64,6 +65,8 @@ pub struct Registry {
     leases: Option<Arc<CachedLeases>>,
     /// Tenants whose removals this process's reaper holds (mass expiry).
     holds: Arc<Mutex<HashMap<TenantId, MassExpiryHold>>>,
+    /// Changes made through this process, per tenant (dashboard, /metrics).
+    changes: Arc<ChangeCounters>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -85,6 +88,7 @@ impl Registry {
             clock,
             leases: None,
             holds: Arc::default(),
+            changes: Arc::default(),
         }
     }
 
@@ -123,6 +127,21 @@ impl Registry {
                 fallbacks: leases.fallbacks(),
             },
         }
+    }
+
+    /// The changes made through this process since it started: one tenant's,
+    /// or (`None`) the sum over every tenant.
+    pub fn change_counts(&self, tenant: Option<&TenantId>) -> ChangeCounts {
+        match tenant {
+            Some(tenant) => self.changes.of(tenant),
+            None => self.changes.total(),
+        }
+    }
+
+    /// The changes made through this process since it started, per tenant
+    /// (ordered by tenant id; tenants that changed nothing are absent).
+    pub fn change_counts_by_tenant(&self) -> Vec<(TenantId, ChangeCounts)> {
+        self.changes.all()
     }
 
     /// The mass-expiry hold on `tenant`'s removals, if this process's reaper
@@ -181,11 +200,12 @@ impl Registry {
         if let Some(leases) = &self.leases {
             leases.put(&upserted.instance).await;
         }
-        let kind = if upserted.created {
-            EventKind::Registered
+        let (kind, counted) = if upserted.created {
+            (EventKind::Registered, ChangeKind::Registration)
         } else {
-            EventKind::Updated
+            (EventKind::Updated, ChangeKind::Update)
         };
+        self.changes.count(tenant, counted, 1);
         self.publish(vec![RegistryEvent::new(
             kind,
             upserted.instance.clone(),
@@ -259,6 +279,7 @@ impl Registry {
             leases.put(&renewed.instance).await;
         }
         if renewed.previous_status != renewed.instance.status() {
+            self.changes.count(tenant, ChangeKind::StatusChange, 1);
             self.publish(vec![RegistryEvent::new(
                 EventKind::StatusChanged,
                 renewed.instance.clone(),
@@ -295,6 +316,8 @@ impl Registry {
                 None => format!("service '{service}'"),
             }));
         }
+        self.changes
+            .count(tenant, ChangeKind::Deregistration, count as u64);
         self.publish(
             removed
                 .instances
@@ -342,6 +365,8 @@ impl Registry {
                     previous_status,
                 } => {
                     report.expired += 1;
+                    self.changes
+                        .count(instance.tenant_id(), ChangeKind::ExpiredToCritical, 1);
                     Some(RegistryEvent::new(
                         EventKind::StatusChanged,
                         instance,
@@ -351,6 +376,8 @@ impl Registry {
                 }
                 LeaseChange::Removed(instance) => {
                     report.removed += 1;
+                    self.changes
+                        .count(instance.tenant_id(), ChangeKind::ExpiredRemoved, 1);
                     Some(RegistryEvent::new(EventKind::Expired, instance, None, now))
                 }
             })

@@ -9,6 +9,7 @@ mod context;
 pub mod dto;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod middleware;
 pub mod routes;
 
@@ -42,6 +43,8 @@ pub struct HttpDeps {
     pub limits: Arc<Limits>,
     /// The infrastructure monitor's state (dashboard health).
     pub monitor: Monitor,
+    /// Request metrics (shared by every worker; each worker records in its own shard).
+    pub metrics: Arc<metrics::RequestMetrics>,
 }
 
 async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
@@ -52,8 +55,8 @@ async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError>
     ))
 }
 
-/// The application: middleware (request id, then authentication, then tenant
-/// context, then rate limits, outermost first), routes, and the JSON error fallback.
+/// The application: middleware (request id, then request metrics, then
+/// authentication, then tenant context, then rate limits, outermost first), routes, and the JSON error fallback.
 pub fn app(
     deps: HttpDeps,
 ) -> App<
@@ -72,6 +75,11 @@ pub fn app(
         .app_data(web::Data::new(deps.events))
         .app_data(web::Data::from(deps.limits))
         .app_data(web::Data::new(deps.monitor))
+        .app_data(web::Data::new(metrics::WorkerMetrics {
+            shard: deps.metrics.shard(),
+            metrics: deps.metrics.clone(),
+        }))
+        .app_data(web::Data::from(deps.metrics))
         // One cache per worker: `app` runs once per worker thread.
         .app_data(web::Data::new(cache::ServiceBodyCache::default()))
         .app_data(extract::payload_config())
@@ -80,10 +88,12 @@ pub fn app(
         .configure(routes::discovery::configure)
         .configure(routes::dashboard::configure)
         .configure(routes::dashboard_health::configure)
+        .configure(routes::prometheus::configure)
         .default_service(web::to(no_route))
         // `wrap` puts each middleware outside the previous one: the last is outermost.
         .wrap(from_fn(middleware::rate_limit))
         .wrap(from_fn(middleware::tenant))
         .wrap(from_fn(middleware::authenticate))
+        .wrap(from_fn(metrics::record_requests))
         .wrap(from_fn(middleware::request_id))
 }

@@ -1,15 +1,17 @@
 //! Dashboard routes: `GET /api/v1/dashboard/metrics`, the state of event delivery and the outbox backlog, scoped to the caller.
 
 use actix_web::{HttpResponse, web};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use hub_core::ports::EventStatus;
 use hub_core::ratelimit::Limits;
-use hub_core::{MassExpiryHold, Registry, SinkStatus, TenantId};
+use hub_core::{ChangeCounts, MassExpiryHold, Registry, SinkStatus, TenantId};
+use serde::Serialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
 use crate::error::ApiError;
 use crate::extract::Scope;
+use crate::metrics::{RequestMetrics, RequestSummary};
 
 /// The event-delivery state the dashboard reads (shared by every worker).
 pub type Events = Arc<dyn EventStatus>;
@@ -56,6 +58,7 @@ async fn metrics(
     events: web::Data<Events>,
     limits: web::Data<Limits>,
     registry: web::Data<Registry>,
+    requests: web::Data<RequestMetrics>,
 ) -> Result<HttpResponse, ApiError> {
     let label = scope.label().to_owned();
     let scope = scope.tenant();
@@ -65,7 +68,12 @@ async fn metrics(
         .iter()
         .map(|s| (s.sink.as_str().to_owned(), sink_body(s, all)))
         .collect();
-    Ok(HttpResponse::Ok().json(json!({
+    let additions = MetricsAdditions {
+        counted_since: CountingPeriod::since(requests.started_at()),
+        requests: requests.summary(scope),
+        changes: ChangesBody::from(registry.change_counts(scope)),
+    };
+    let mut body = json!({
         "scope": label,
         "generated_at": Utc::now(),
         "events": {
@@ -74,7 +82,88 @@ async fn metrics(
         },
         "rate_limits": rate_limit_body(&limits, scope),
         "leases": lease_body(&registry, scope),
-    })))
+    });
+    if let (Value::Object(body), Ok(Value::Object(additions))) =
+        (&mut body, serde_json::to_value(&additions))
+    {
+        body.extend(additions);
+    }
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// Says that the counts of the answer are this replica's, since it started
+/// (another replica, or this one after a restart, counts from zero).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CountingPeriod {
+    /// When this replica started counting.
+    pub replica_started_at: DateTime<Utc>,
+    /// Seconds since then.
+    pub uptime_seconds: f64,
+    /// What the counts cover.
+    #[schema(example = "counts are of this replica only, since it started")]
+    pub note: &'static str,
+}
+
+impl CountingPeriod {
+    fn since(started_at: DateTime<Utc>) -> Self {
+        Self {
+            replica_started_at: started_at,
+            uptime_seconds: (Utc::now() - started_at).num_milliseconds().max(0) as f64 / 1000.0,
+            note: "counts are of this replica only, since it started",
+        }
+    }
+}
+
+/// Lease expirations counted by this replica's reaper.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+pub struct ExpirationsBody {
+    /// Leases that ran out: the instance turned critical.
+    pub to_critical: u64,
+    /// Instances removed after staying expired.
+    pub removed: u64,
+}
+
+/// Registry changes made through this replica since it started (for the
+/// scope: one tenant, or the sum over tenants).
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+pub struct ChangesBody {
+    /// Instances created by a registration.
+    pub registrations: u64,
+    /// Registrations that replaced an existing instance.
+    pub updates: u64,
+    /// Instances removed by deregistrations.
+    pub deregistrations: u64,
+    /// Lease expirations.
+    pub expirations: ExpirationsBody,
+    /// Status changes reported by heartbeats.
+    pub status_changes: u64,
+}
+
+impl From<ChangeCounts> for ChangesBody {
+    fn from(c: ChangeCounts) -> Self {
+        Self {
+            registrations: c.registrations,
+            updates: c.updates,
+            deregistrations: c.deregistrations,
+            expirations: ExpirationsBody {
+                to_critical: c.expired_to_critical,
+                removed: c.expired_removed,
+            },
+            status_changes: c.status_changes,
+        }
+    }
+}
+
+/// The parts of `GET /api/v1/dashboard/metrics` described by typed schemas
+/// (the OpenAPI document can reference them).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct MetricsAdditions {
+    /// The period every count covers.
+    pub counted_since: CountingPeriod,
+    /// Requests answered in the scope.
+    pub requests: RequestSummary,
+    /// Registry changes in the scope.
+    pub changes: ChangesBody,
 }
 
 fn hold_body(hold: &MassExpiryHold) -> Value {

@@ -4,3 +4,4 @@ pub mod dashboard;
 pub mod dashboard_health;
 pub mod discovery;
 pub mod health;
+pub mod prometheus;

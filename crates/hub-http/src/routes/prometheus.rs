@@ -1,0 +1,283 @@
+//! `GET /metrics`: this replica's figures in the Prometheus text exposition format, for operator keys only.
+//!
+//! Nothing is kept in a process-wide Prometheus registry: every scrape
+//! builds a fresh [`prometheus::Registry`] from the hub's own counters (the
+//! request metrics' shards, the registry's change counters, the rate-limit
+//! rejections, the event delivery state), so several apps in one process (the
+//! tests) never share or clash over series. A scrape is rare; its cost is the
+//! merge of the shards and one read of the outbox backlog.
+//!
+//! **Bounded series.** Tenant labels go through
+//! [`RequestMetrics::tenant_label`]: the first `HUB_METRICS_MAX_TENANTS`
+//! tenants keep their id, the rest are summed under `other`, so a flood of
+//! tenants cannot explode the number of series. Request series carry the
+//! route template, never the raw path. A template's `{name}` segments are
+//! written `:name` in the label (`/api/v1/discovery/services/:service_name`):
+//! the exposition format allows braces in label values, but several parsers
+//! (prometheus-parse among them) cut a label set at the first `}`.
+
+use std::collections::HashMap;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use hub_core::ratelimit::Limits;
+use hub_core::{Registry, SinkStatus, TenantId};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, TextEncoder};
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::metrics::{BUCKETS_SECONDS, RequestMetrics};
+use crate::routes::dashboard::Events;
+
+/// The path of the Prometheus endpoint.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// Mounts `GET /metrics`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource(METRICS_PATH).route(web::get().to(scrape)));
+}
+
+fn internal(error: &prometheus::Error) -> ApiError {
+    ApiError::internal(error)
+}
+
+/// Only operators (or anyone when authentication is off) may scrape: the
+/// series name tenants and count across them.
+fn require_operator(req: &HttpRequest) -> Result<(), ApiError> {
+    match req.extensions().get::<Principal>() {
+        Some(Principal::Operator { .. } | Principal::Anonymous) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "operator_key_required",
+            "GET /metrics needs an operator key: it covers every tenant",
+        )),
+    }
+}
+
+async fn scrape(
+    req: HttpRequest,
+    requests: web::Data<RequestMetrics>,
+    registry: web::Data<Registry>,
+    limits: web::Data<Limits>,
+    events: web::Data<Events>,
+) -> Result<HttpResponse, ApiError> {
+    require_operator(&req)?;
+    let sinks = events.sinks(None).await?;
+    let families = gather(&requests, &registry, &limits, &sinks).map_err(|e| internal(&e))?;
+    let mut body = Vec::new();
+    let encoder = TextEncoder::new();
+    encoder
+        .encode(&families, &mut body)
+        .map_err(|e| internal(&e))?;
+    let mut response = HttpResponse::Ok().body(body);
+    if let Ok(value) = HeaderValue::from_str(encoder.format_type()) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    Ok(response)
+}
+
+/// Builds every family of one scrape in a registry of its own.
+pub fn gather(
+    requests: &RequestMetrics,
+    registry: &Registry,
+    limits: &Limits,
+    sinks: &[SinkStatus],
+) -> Result<Vec<MetricFamily>, prometheus::Error> {
+    let out = prometheus::Registry::new();
+    out.register(Box::new(request_histogram(requests)?))?;
+
+    let requests_total = IntCounterVec::new(
+        Opts::new(
+            "hub_http_requests_total",
+            "HTTP requests answered by this replica since it started, by method, route template and status",
+        ),
+        &["method", "route", "status"],
+    )?;
+    for s in requests.series() {
+        requests_total
+            .with_label_values(&[s.method, &route_label(&s.route), &s.status.to_string()])
+            .inc_by(s.count);
+    }
+    out.register(Box::new(requests_total))?;
+
+    let tenant = |t: &TenantId| requests.tenant_label(t).to_owned();
+
+    let changes = IntCounterVec::new(
+        Opts::new(
+            "hub_registry_changes_total",
+            "Registry changes made through this replica since it started, by tenant and kind",
+        ),
+        &["tenant", "kind"],
+    )?;
+    let expirations = IntCounterVec::new(
+        Opts::new(
+            "hub_lease_expirations_total",
+            "Leases that ran out (outcome critical) and instances removed after staying expired (outcome removed), by tenant",
+        ),
+        &["tenant", "outcome"],
+    )?;
+    for (t, c) in registry.change_counts_by_tenant() {
+        let t = tenant(&t);
+        for (kind, n) in [
+            ("registration", c.registrations),
+            ("update", c.updates),
+            ("deregistration", c.deregistrations),
+            ("status_change", c.status_changes),
+        ] {
+            changes.with_label_values(&[t.as_str(), kind]).inc_by(n);
+        }
+        for (outcome, n) in [
+            ("critical", c.expired_to_critical),
+            ("removed", c.expired_removed),
+        ] {
+            expirations
+                .with_label_values(&[t.as_str(), outcome])
+                .inc_by(n);
+        }
+    }
+    out.register(Box::new(changes))?;
+    out.register(Box::new(expirations))?;
+
+    let rejections = IntCounterVec::new(
+        Opts::new(
+            "hub_rate_limit_rejections_total",
+            "Requests refused with 429 by this replica since it started, by tenant",
+        ),
+        &["tenant"],
+    )?;
+    for (t, n) in limits.all_rejections() {
+        rejections
+            .with_label_values(&[tenant(&t).as_str()])
+            .inc_by(n);
+    }
+    out.register(Box::new(rejections))?;
+
+    let fallbacks = IntCounter::with_opts(Opts::new(
+        "hub_lease_cache_fallbacks_total",
+        "Heartbeats this replica sent to the store because the lease cache failed, since it started",
+    ))?;
+    fallbacks.inc_by(registry.lease_status().fallbacks);
+    out.register(Box::new(fallbacks))?;
+
+    let published = IntCounterVec::new(
+        Opts::new(
+            "hub_events_published_total",
+            "Events this replica delivered to a bus since it started",
+        ),
+        &["bus"],
+    )?;
+    let failed = IntCounterVec::new(
+        Opts::new(
+            "hub_events_failed_total",
+            "Failed attempts of this replica to deliver events to a bus since it started",
+        ),
+        &["bus"],
+    )?;
+    let backlog = GaugeVec::new(
+        Opts::new(
+            "hub_outbox_backlog",
+            "Events owed to a bus (outbox rows in PostgreSQL mode, the queue in embedded mode)",
+        ),
+        &["bus"],
+    )?;
+    for sink in sinks {
+        let bus = sink.sink.as_str();
+        published.with_label_values(&[bus]).inc_by(sink.published);
+        failed.with_label_values(&[bus]).inc_by(sink.failures);
+        if let Some(b) = &sink.backlog {
+            backlog.with_label_values(&[bus]).set(b.pending as f64);
+        }
+    }
+    out.register(Box::new(published))?;
+    out.register(Box::new(failed))?;
+    out.register(Box::new(backlog))?;
+
+    let started = IntGauge::with_opts(Opts::new(
+        "hub_replica_start_time_seconds",
+        "When this replica started (Unix time): every counter here counts from then",
+    ))?;
+    started.set(requests.started_at().timestamp());
+    out.register(Box::new(started))?;
+
+    Ok(out.gather())
+}
+
+/// The request latency histogram, built from the shards' bucket counts (the
+/// prometheus crate's own histogram type can only observe samples).
+struct Prebuilt {
+    desc: Desc,
+    family: MetricFamily,
+}
+
+impl Collector for Prebuilt {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        vec![self.family.clone()]
+    }
+}
+
+/// The route label of a template: `{name}` segments as `:name`.
+pub fn route_label(template: &str) -> String {
+    template.replace('{', ":").replace('}', "")
+}
+
+fn label(name: &str, value: &str) -> LabelPair {
+    let mut pair = LabelPair::default();
+    pair.set_name(name.to_owned());
+    pair.set_value(value.to_owned());
+    pair
+}
+
+fn request_histogram(requests: &RequestMetrics) -> Result<Prebuilt, prometheus::Error> {
+    const NAME: &str = "hub_http_request_duration_seconds";
+    const HELP: &str = "Latency of HTTP requests answered by this replica since it started, by method, route template and status";
+    let labels = ["method", "route", "status"];
+    let desc = Desc::new(
+        NAME.to_owned(),
+        HELP.to_owned(),
+        labels.iter().map(|l| (*l).to_owned()).collect(),
+        HashMap::new(),
+    )?;
+    let metrics = requests
+        .series()
+        .into_iter()
+        .map(|s| {
+            let mut histogram = Histogram::default();
+            histogram.set_sample_count(s.count);
+            histogram.set_sample_sum(s.sum_seconds);
+            histogram.set_bucket(
+                BUCKETS_SECONDS
+                    .iter()
+                    .zip(s.cumulative)
+                    .map(|(&bound, count)| {
+                        let mut bucket = Bucket::default();
+                        bucket.set_upper_bound(bound);
+                        bucket.set_cumulative_count(count);
+                        bucket
+                    })
+                    .collect(),
+            );
+            let mut metric = Metric::default();
+            let status = s.status.to_string();
+            metric.set_label(vec![
+                label("method", s.method),
+                label("route", &route_label(&s.route)),
+                label("status", &status),
+            ]);
+            metric.set_histogram(histogram);
+            metric
+        })
+        .collect();
+    let mut family = MetricFamily::default();
+    family.set_name(NAME.to_owned());
+    family.set_help(HELP.to_owned());
+    family.set_field_type(MetricType::HISTOGRAM);
+    family.set_metric(metrics);
+    Ok(Prebuilt { desc, family })
+}
