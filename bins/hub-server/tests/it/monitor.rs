@@ -120,6 +120,9 @@ async fn every_backend_up_then_each_stopped_in_turn() {
             ("HUB_KAFKA_PARTITIONS", "1"),
             ("HUB_MONITOR_INTERVAL_MS", &interval),
             ("HUB_MONITOR_TIMEOUT_MS", &timeout),
+            // Bounds a dashboard request that counts on a frozen server
+            // before the monitor has seen it down.
+            ("HUB_PG_STATEMENT_TIMEOUT_MS", "1000"),
         ],
     )
     .await;
@@ -224,6 +227,27 @@ async fn every_backend_up_then_each_stopped_in_turn() {
         body["infrastructure"]["nats"]["last_error"].is_string(),
         "the last failure is kept after a recovery"
     );
+
+    // The source of truth frozen (SIGSTOP: nothing answers, no connection
+    // closes): the check times out, so it is down; thawed, up again.
+    let frozen = cluster.freeze();
+    let froze = chrono::Utc::now();
+    let (body, _) = wait_status(&hub, "postgres", "down").await;
+    let took = (since(&body, "postgres") - froze)
+        .to_std()
+        .unwrap_or_default();
+    flips.push(("postgres frozen", took));
+    assert!(
+        took <= two_intervals,
+        "frozen postgres seen down after {took:?}"
+    );
+    assert_eq!(
+        body["infrastructure"]["postgres"]["error"],
+        format!("no answer within {TIMEOUT_MS} ms (HUB_MONITOR_TIMEOUT_MS)")
+    );
+    assert_eq!(body["rule"], "source_of_truth_down");
+    drop(frozen);
+    wait_status(&hub, "postgres", "up").await;
 
     // The source of truth stopped: critical, readiness 503, liveness 200,
     // and the dashboard itself still answers.
