@@ -238,7 +238,7 @@ pub struct BackendSnapshot {
 }
 
 impl BackendSnapshot {
-    /// How long the current status has lasted at `now`, in whole seconds.
+    /// How long the current status has lasted at `now`, in seconds (millisecond precision).
     pub fn state_seconds(&self, now: DateTime<Utc>) -> f64 {
         ((now - self.since).num_milliseconds().max(0) as f64) / 1000.0
     }
