@@ -238,7 +238,7 @@ pub struct BackendSnapshot {
 }
 
 impl BackendSnapshot {
-    /// How long the current status has lasted at `now`, in whole seconds.
+    /// How long the current status has lasted at `now`, in seconds (millisecond precision).
     pub fn state_seconds(&self, now: DateTime<Utc>) -> f64 {
         ((now - self.since).num_milliseconds().max(0) as f64) / 1000.0
     }
@@ -454,6 +454,9 @@ pub enum Rule {
     BackendDown,
     /// Degraded: a configured backend has not been checked yet.
     BackendUnchecked,
+    /// Degraded: the store did not answer the count of instances (while
+    /// the monitor had not seen it down).
+    InstancesUncounted,
     /// Degraded: mass-expiry protection holds removals in scope.
     MassExpiry,
     /// Degraded: some (at most half) of the instances in scope are critical.
@@ -470,6 +473,7 @@ impl Rule {
             Rule::MostInstancesCritical => "most_instances_critical",
             Rule::BackendDown => "backend_down",
             Rule::BackendUnchecked => "backend_unchecked",
+            Rule::InstancesUncounted => "instances_uncounted",
             Rule::MassExpiry => "mass_expiry",
             Rule::SomeInstancesCritical => "some_instances_critical",
             Rule::AllUp => "all_up",
@@ -497,18 +501,23 @@ fn names(backends: &[&BackendSnapshot]) -> String {
 }
 
 /// The overall status of the hub for a scope: the backends as `snapshot`
-/// has them, the scope's instances by status, and whether mass-expiry
-/// protection holds any of the scope's tenants.
+/// has them, the scope's instances by status (`None` when the store could
+/// not count them), and whether mass-expiry protection holds any of the
+/// scope's tenants.
 ///
 /// Rules, first match wins: the source of truth down, or more than half of
 /// the instances critical, is `critical`; another configured backend down,
-/// a configured backend not checked yet, mass-expiry protection active, or
-/// some instances critical is `degraded`; else `healthy`.
+/// a configured backend not checked yet, instances that could not be
+/// counted, mass-expiry protection active, or some instances critical is
+/// `degraded`; else `healthy`.
 pub fn overall_status(
     snapshot: &MonitorSnapshot,
-    counts: &StatusCounts,
+    counts: Option<&StatusCounts>,
     mass_expiry: bool,
 ) -> Verdict {
+    let uncounted = StatusCounts::default();
+    let counted = counts.is_some();
+    let counts = counts.unwrap_or(&uncounted);
     let verdict = |status, rule, reason: String| Verdict {
         status,
         rule,
@@ -553,6 +562,13 @@ pub fn overall_status(
             OverallStatus::Degraded,
             Rule::BackendUnchecked,
             format!("not checked yet: {}", names(&unchecked)),
+        );
+    }
+    if !counted {
+        return verdict(
+            OverallStatus::Degraded,
+            Rule::InstancesUncounted,
+            "the store did not answer the count of instances".to_owned(),
         );
     }
     if mass_expiry {
@@ -701,28 +717,28 @@ mod tests {
     #[test]
     fn overall_status_follows_the_rules_in_order() {
         let healthy = all_up();
-        let v = overall_status(&snapshot(&healthy), &counts(3, 1, 0), false);
+        let v = overall_status(&snapshot(&healthy), Some(&counts(3, 1, 0)), false);
         assert_eq!((v.status, v.rule), (OverallStatus::Healthy, Rule::AllUp));
         // A warning instance is not critical.
-        let v = overall_status(&snapshot(&healthy), &counts(0, 4, 0), false);
+        let v = overall_status(&snapshot(&healthy), Some(&counts(0, 4, 0)), false);
         assert_eq!(v.status, OverallStatus::Healthy);
 
-        let v = overall_status(&snapshot(&healthy), &counts(3, 0, 1), false);
+        let v = overall_status(&snapshot(&healthy), Some(&counts(3, 0, 1)), false);
         assert_eq!(
             (v.status, v.rule),
             (OverallStatus::Degraded, Rule::SomeInstancesCritical)
         );
         // Exactly half is not "most".
-        let v = overall_status(&snapshot(&healthy), &counts(2, 0, 2), false);
+        let v = overall_status(&snapshot(&healthy), Some(&counts(2, 0, 2)), false);
         assert_eq!(v.rule, Rule::SomeInstancesCritical);
-        let v = overall_status(&snapshot(&healthy), &counts(1, 1, 3), false);
+        let v = overall_status(&snapshot(&healthy), Some(&counts(1, 1, 3)), false);
         assert_eq!(
             (v.status, v.rule),
             (OverallStatus::Critical, Rule::MostInstancesCritical)
         );
         assert_eq!(v.reason, "3 of 5 instances are critical");
 
-        let v = overall_status(&snapshot(&healthy), &counts(3, 0, 0), true);
+        let v = overall_status(&snapshot(&healthy), Some(&counts(3, 0, 0)), true);
         assert_eq!(
             (v.status, v.rule),
             (OverallStatus::Degraded, Rule::MassExpiry)
@@ -731,7 +747,7 @@ mod tests {
         for b in [Backend::Dragonfly, Backend::Nats, Backend::Kafka] {
             let mut state = all_up();
             state.record(b, down("timed out"), t(2));
-            let v = overall_status(&snapshot(&state), &counts(3, 0, 0), false);
+            let v = overall_status(&snapshot(&state), Some(&counts(3, 0, 0)), false);
             assert_eq!(
                 (v.status, v.rule),
                 (OverallStatus::Degraded, Rule::BackendDown),
@@ -739,30 +755,42 @@ mod tests {
             );
             assert_eq!(v.reason, format!("down: {b}"));
             // Most instances critical outranks a non-essential backend.
-            let v = overall_status(&snapshot(&state), &counts(0, 0, 3), false);
+            let v = overall_status(&snapshot(&state), Some(&counts(0, 0, 3)), false);
             assert_eq!(v.rule, Rule::MostInstancesCritical);
         }
 
         let mut state = all_up();
         state.record(Backend::Kafka, down("timed out"), t(2));
         state.record(Backend::Postgres, down("refused"), t(2));
-        let v = overall_status(&snapshot(&state), &counts(0, 0, 3), true);
+        let v = overall_status(&snapshot(&state), Some(&counts(0, 0, 3)), true);
         assert_eq!(
             (v.status, v.rule),
             (OverallStatus::Critical, Rule::SourceOfTruthDown)
         );
 
         let fresh = MonitorState::new(&[Backend::Postgres, Backend::Nats], t(0));
-        let v = overall_status(&snapshot(&fresh), &counts(1, 0, 0), false);
+        let v = overall_status(&snapshot(&fresh), Some(&counts(1, 0, 0)), false);
         assert_eq!(
             (v.status, v.rule),
             (OverallStatus::Degraded, Rule::BackendUnchecked)
         );
         assert_eq!(v.reason, "not checked yet: postgres, nats");
 
+        let v = overall_status(&snapshot(&healthy), None, true);
+        assert_eq!(
+            (v.status, v.rule),
+            (OverallStatus::Degraded, Rule::InstancesUncounted)
+        );
+        let v = overall_status(&snapshot(&state), None, false);
+        assert_eq!(
+            v.rule,
+            Rule::SourceOfTruthDown,
+            "outranks an unanswered count"
+        );
+
         // Embedded mode: nothing configured, nothing to be down.
         let embedded = MonitorState::new(&[], t(0));
-        let v = overall_status(&snapshot(&embedded), &StatusCounts::default(), false);
+        let v = overall_status(&snapshot(&embedded), Some(&StatusCounts::default()), false);
         assert_eq!(v.status, OverallStatus::Healthy);
     }
 

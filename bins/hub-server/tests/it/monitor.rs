@@ -120,6 +120,9 @@ async fn every_backend_up_then_each_stopped_in_turn() {
             ("HUB_KAFKA_PARTITIONS", "1"),
             ("HUB_MONITOR_INTERVAL_MS", &interval),
             ("HUB_MONITOR_TIMEOUT_MS", &timeout),
+            // Bounds a dashboard request that counts on a frozen server
+            // before the monitor has seen it down.
+            ("HUB_PG_STATEMENT_TIMEOUT_MS", "1000"),
         ],
     )
     .await;
@@ -224,6 +227,27 @@ async fn every_backend_up_then_each_stopped_in_turn() {
         body["infrastructure"]["nats"]["last_error"].is_string(),
         "the last failure is kept after a recovery"
     );
+
+    // The source of truth frozen (SIGSTOP: nothing answers, no connection
+    // closes): the check times out, so it is down; thawed, up again.
+    let frozen = cluster.freeze();
+    let froze = chrono::Utc::now();
+    let (body, _) = wait_status(&hub, "postgres", "down").await;
+    let took = (since(&body, "postgres") - froze)
+        .to_std()
+        .unwrap_or_default();
+    flips.push(("postgres frozen", took));
+    assert!(
+        took <= two_intervals,
+        "frozen postgres seen down after {took:?}"
+    );
+    assert_eq!(
+        body["infrastructure"]["postgres"]["error"],
+        format!("no answer within {TIMEOUT_MS} ms (HUB_MONITOR_TIMEOUT_MS)")
+    );
+    assert_eq!(body["rule"], "source_of_truth_down");
+    drop(frozen);
+    wait_status(&hub, "postgres", "up").await;
 
     // The source of truth stopped: critical, readiness 503, liveness 200,
     // and the dashboard itself still answers.
@@ -533,4 +557,55 @@ on_both_backends!(counts_per_scope_and_instance_rules);
 #[tokio::test]
 async fn counts_per_scope_and_instance_rules_with_leases_in_dragonfly() {
     counts_per_scope_and_instance_rules(Backend::PgDragonfly).await;
+}
+
+/// Mass-expiry protection holding a tenant's removals degrades that
+/// tenant's (and the operator's) view, not another tenant's.
+#[tokio::test]
+async fn mass_expiry_protection_degrades_the_tenants_view() {
+    let clock = crate::support::manual_clock();
+    let Some(app) = spawn_app_with(
+        Backend::Embedded,
+        &[
+            ("HUB_MASS_EXPIRY_RATIO", "0.3"),
+            ("HUB_MASS_EXPIRY_MIN", "2"),
+        ],
+        Some(clock.clone()),
+    )
+    .await
+    else {
+        return;
+    };
+    // 4 of 10 instances stop heartbeating at once: more than 30 %, at
+    // least 2, so the reaper holds their removal; 40 % is not "most".
+    for i in 0..10 {
+        let ttl = if i < 4 { 5 } else { 3600 };
+        let r = app
+            .register(
+                "tenant3",
+                json!({"service_name": "fleet", "instance_id": format!("f{i}"), "host": "10.0.0.1", "port": 80, "ttl_seconds": ttl}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    app.register_ok("tenant1", "calm", "c1").await;
+    clock.advance(chrono::Duration::seconds(6));
+    let held = eventually(10, || async {
+        let body = health(&app, "?tenant=tenant3", None).await;
+        (body["mass_expiry"] == true).then_some(body)
+    })
+    .await;
+    assert_eq!(held["overall_status"], "degraded", "{held:#}");
+    assert_eq!(held["rule"], "mass_expiry");
+    assert_eq!(held["services"], counts(10, 6, 0, 4));
+    let all = health(&app, "", None).await;
+    assert_eq!(
+        (&all["rule"], &all["mass_expiry"]),
+        (&json!("mass_expiry"), &json!(true))
+    );
+    // The bound key's own tenant is not held.
+    let own = health(&app, "", Some(BOUND_KEY)).await;
+    assert_eq!(own["scope"], "tenant1");
+    assert_eq!(own["mass_expiry"], false);
+    assert_eq!(own["overall_status"], "healthy", "{own:#}");
 }

@@ -54,6 +54,8 @@ pub enum RuleBody {
     BackendDown,
     /// degraded: a configured backend has not been checked yet (just after start).
     BackendUnchecked,
+    /// degraded: the store did not answer the count of instances.
+    InstancesUncounted,
     /// degraded: mass-expiry protection holds removals in scope.
     MassExpiry,
     /// degraded: some (at most half) of the instances in scope are critical.
@@ -69,6 +71,7 @@ impl From<Rule> for RuleBody {
             Rule::MostInstancesCritical => Self::MostInstancesCritical,
             Rule::BackendDown => Self::BackendDown,
             Rule::BackendUnchecked => Self::BackendUnchecked,
+            Rule::InstancesUncounted => Self::InstancesUncounted,
             Rule::MassExpiry => Self::MassExpiry,
             Rule::SomeInstancesCritical => Self::SomeInstancesCritical,
             Rule::AllUp => Self::AllUp,
@@ -307,12 +310,7 @@ async fn health(
         Some(t) => registry.mass_expiry(t).is_some(),
         None => !registry.mass_expiry_holds().is_empty(),
     };
-    let verdict = match counts {
-        Some(counts) => overall_status(&snapshot, &counts, mass_expiry),
-        // Counting failed although the monitor did not see the store down
-        // (yet): judge from the backends alone.
-        None => overall_status(&snapshot, &StatusCounts::default(), mass_expiry),
-    };
+    let verdict = overall_status(&snapshot, counts.as_ref(), mass_expiry);
     Ok(HttpResponse::Ok().json(DashboardHealthBody {
         scope: scope.label().to_owned(),
         generated_at: now,

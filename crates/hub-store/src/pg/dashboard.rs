@@ -9,8 +9,8 @@ use hub_core::{
 };
 use tokio_postgres::Row;
 
-use super::error::{chain, from_pg};
-use super::gate::Gate;
+use super::error::{chain, from_db, from_pg};
+use super::gate::{Checkout, Gate};
 use super::scoped::single_statement;
 use super::store::PgStore;
 
@@ -124,6 +124,43 @@ pub(super) async fn service_summaries(
     Ok(summaries)
 }
 
+/// Spoils a checked-out connection when dropped before [`Disarm::done`]:
+/// a call whose future was dropped mid-flight leaves a request on the
+/// connection, maybe on a server that no longer answers, so the connection
+/// is closed rather than handed to the next caller.
+struct Disarm<'a> {
+    checkout: &'a Checkout,
+    armed: bool,
+}
+
+impl Disarm<'_> {
+    fn done(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Disarm<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.checkout.spoil();
+        }
+    }
+}
+
+/// `SELECT 1` on a pooled connection (no tenant, no share). The monitor
+/// bounds it with its own timeout, usually shorter than the call's
+/// deadline: if it gives up first, the connection is closed, not pooled.
+async fn ping(gate: &Gate) -> Result<(), RegistryError> {
+    let checkout = gate.internal().await?;
+    let guard = Disarm {
+        checkout: &checkout,
+        armed: true,
+    };
+    checkout.simple_query("SELECT 1").await.map_err(from_db)?;
+    guard.done();
+    Ok(())
+}
+
 /// The monitor's check of PostgreSQL: `SELECT 1` on a pooled connection
 /// (the same path as readiness: no tenant, no share taken), with the pool's
 /// figures.
@@ -146,7 +183,7 @@ impl Probe for PgProbe {
     }
 
     async fn check(&self) -> Result<ProbeReport, ProbeFailure> {
-        hub_core::ports::RegistryStore::check(&self.store).await?;
+        ping(&self.store.pool).await?;
         let status = self.store.pool_status();
         Ok(ProbeReport {
             pool: Some(PoolStats {
