@@ -167,6 +167,12 @@ async fn dashboard_counts_the_traffic_of_the_test_exactly(backend: Backend) {
             .contains("since it started")
     );
     assert_eq!(t1["rate_limits"]["rejected"]["tenant1"], 0);
+    // Instances as stored now: "c" deregistered, "b" reported warning.
+    assert_eq!(
+        t1["instances"],
+        json!({"total": 2, "passing": 1, "warning": 1, "critical": 0}),
+        "{t1}"
+    );
 
     let t2 = dashboard_for(&app, "tenant2").await;
     assert_eq!(t2["requests"]["total"], 2, "{t2}");
@@ -184,6 +190,11 @@ async fn dashboard_counts_the_traffic_of_the_test_exactly(backend: Backend) {
         "the 401s carry the route they asked for"
     );
     assert_eq!(all["changes"]["registrations"], 4);
+    assert_eq!(
+        all["instances"],
+        json!({"total": 3, "passing": 2, "warning": 1, "critical": 0}),
+        "{all}"
+    );
 
     // tenant1's bound key: tenant1's figures, and no trace of tenant2.
     let r = app
@@ -198,6 +209,7 @@ async fn dashboard_counts_the_traffic_of_the_test_exactly(backend: Backend) {
     assert_eq!(bound["scope"], "tenant1");
     assert_eq!(by_route(&bound), expected);
     assert_eq!(bound["changes"], t1["changes"]);
+    assert_eq!(bound["instances"], t1["instances"]);
     let text = bound.to_string();
     assert!(
         !text.contains("tenant2") && !text.contains("secret-payroll"),
@@ -365,6 +377,19 @@ async fn prometheus_metrics_need_an_operator_key_and_count_the_traffic() {
     assert_eq!(expirations[&key(&["tenant1", "critical"])], 0.0);
     let started = values(&scrape, "hub_replica_start_time_seconds", &[]);
     assert!(started[&key(&[])] > 1.7e9);
+    let instances = values(&scrape, "hub_instances", &["tenant", "status"]);
+    assert_eq!(
+        instances[&key(&["tenant1", "passing"])],
+        2.0,
+        "{instances:?}"
+    );
+    assert_eq!(instances[&key(&["tenant1", "critical"])], 0.0);
+    // Embedded mode configures no backend: no backend series.
+    assert!(
+        values(&scrape, "hub_backend_up", &["backend"]).is_empty(),
+        "{:?}",
+        scrape.samples
+    );
     // Embedded mode without buses: no bus series, but the families parse.
     assert!(scrape.docs.contains_key("hub_http_requests_total"));
 }
@@ -411,6 +436,13 @@ async fn prometheus_tenant_labels_are_capped_and_the_rest_is_other() {
             ("other".to_owned(), 3.0)
         ])
     );
+    let instances = values(&scrape, "hub_instances", &["tenant", "status"]);
+    assert_eq!(instances[&key(&["other", "passing"])], 3.0, "{instances:?}");
+    assert_eq!(
+        instances[&key(&["cap-t1", "passing"])],
+        1.0,
+        "{instances:?}"
+    );
     let rejections = values(&scrape, "hub_rate_limit_rejections_total", &["tenant"]);
     assert_eq!(
         rejections,
@@ -436,4 +468,45 @@ async fn prometheus_tenant_labels_are_capped_and_the_rest_is_other() {
     assert_eq!(t5["requests"]["total"], 0);
     assert_eq!(t5["changes"]["registrations"], 1);
     assert_eq!(dashboard_for(&app, "cap-t1").await["requests"]["total"], 2);
+}
+
+/// In PostgreSQL mode the monitor's view of the store is scraped: up, with
+/// the latency of its last check.
+#[tokio::test]
+async fn prometheus_reports_the_backends_the_monitor_checks() {
+    let Some(app) = spawn_app_with(
+        Backend::Postgres,
+        &[
+            ("HUB_MONITOR_INTERVAL_MS", "200"),
+            ("HUB_MONITOR_TIMEOUT_MS", "150"),
+        ],
+        None,
+    )
+    .await
+    else {
+        return;
+    };
+    app.register_ok("tenant1", "billing", "a").await;
+    let mut last = None;
+    for _ in 0..50 {
+        let scrape = scrape(&app).await;
+        let up = values(&scrape, "hub_backend_up", &["backend"]);
+        if up.get(&key(&["postgres"])) == Some(&1.0) {
+            last = Some(scrape);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let scrape = last.expect("the monitor never reported postgres up within 5 s");
+    let up = values(&scrape, "hub_backend_up", &["backend"]);
+    assert_eq!(up.len(), 1, "only configured backends have series: {up:?}");
+    let latency = values(&scrape, "hub_backend_check_latency_seconds", &["backend"]);
+    let pg = latency[&key(&["postgres"])];
+    assert!(pg > 0.0 && pg < 2.0, "{latency:?}");
+    let instances = values(&scrape, "hub_instances", &["tenant", "status"]);
+    assert_eq!(
+        instances[&key(&["tenant1", "passing"])],
+        1.0,
+        "{instances:?}"
+    );
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::error::ApiError;
 use crate::extract::Scope;
 use crate::metrics::{RequestMetrics, RequestSummary};
+use crate::routes::dashboard_health::StatusCountsBody;
 
 /// The event-delivery state the dashboard reads (shared by every worker).
 pub type Events = Arc<dyn EventStatus>;
@@ -72,6 +73,7 @@ async fn metrics(
         counted_since: CountingPeriod::since(requests.started_at()),
         requests: requests.summary(scope),
         changes: ChangesBody::from(registry.change_counts(scope)),
+        instances: StatusCountsBody::from(registry.status_counts(scope).await?),
     };
     let mut body = json!({
         "scope": label,
@@ -164,6 +166,9 @@ pub struct MetricsAdditions {
     pub requests: RequestSummary,
     /// Registry changes in the scope.
     pub changes: ChangesBody,
+    /// The scope's instances by status, as the store holds them now (not
+    /// a count since start).
+    pub instances: StatusCountsBody,
 }
 
 fn hold_body(hold: &MassExpiryHold) -> Value {

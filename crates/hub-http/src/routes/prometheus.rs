@@ -21,11 +21,14 @@ use std::collections::HashMap;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use hub_core::monitor::{BackendStatus, Monitor, MonitorSnapshot};
 use hub_core::ratelimit::Limits;
-use hub_core::{Registry, SinkStatus, TenantId};
+use hub_core::{Registry, SinkStatus, StatusCounts, TenantId};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType};
-use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, TextEncoder};
+use prometheus::{
+    Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, TextEncoder,
+};
 
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -63,10 +66,17 @@ async fn scrape(
     registry: web::Data<Registry>,
     limits: web::Data<Limits>,
     events: web::Data<Events>,
+    monitor: web::Data<Monitor>,
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&req)?;
     let sinks = events.sinks(None).await?;
-    let families = gather(&requests, &registry, &limits, &sinks).map_err(|e| internal(&e))?;
+    let instances = registry.status_counts_by_tenant().await?;
+    let scraped = Scraped {
+        sinks: &sinks,
+        instances: &instances,
+        backends: &monitor.snapshot(),
+    };
+    let families = gather(&requests, &registry, &limits, &scraped).map_err(|e| internal(&e))?;
     let mut body = Vec::new();
     let encoder = TextEncoder::new();
     encoder
@@ -79,13 +89,25 @@ async fn scrape(
     Ok(response)
 }
 
+/// What a scrape reads from the store and the monitor before rendering.
+#[derive(Debug)]
+pub struct Scraped<'a> {
+    /// Event delivery per bus (every tenant's backlog).
+    pub sinks: &'a [SinkStatus],
+    /// Instances by status, per tenant (each counted in its own scope).
+    pub instances: &'a [(TenantId, StatusCounts)],
+    /// The infrastructure monitor's view of each backend.
+    pub backends: &'a MonitorSnapshot,
+}
+
 /// Builds every family of one scrape in a registry of its own.
 pub fn gather(
     requests: &RequestMetrics,
     registry: &Registry,
     limits: &Limits,
-    sinks: &[SinkStatus],
+    scraped: &Scraped<'_>,
 ) -> Result<Vec<MetricFamily>, prometheus::Error> {
+    let sinks = scraped.sinks;
     let out = prometheus::Registry::new();
     out.register(Box::new(request_histogram(requests)?))?;
 
@@ -194,6 +216,73 @@ pub fn gather(
     out.register(Box::new(published))?;
     out.register(Box::new(failed))?;
     out.register(Box::new(backlog))?;
+
+    // Tenants past the label cap are summed under `other`, so the gauge is
+    // built from sums, not set per tenant.
+    let mut by_label: HashMap<String, StatusCounts> = HashMap::new();
+    for (t, c) in scraped.instances {
+        let entry = by_label.entry(tenant(t)).or_default();
+        *entry = entry.plus(*c);
+    }
+    let instances = IntGaugeVec::new(
+        Opts::new(
+            "hub_instances",
+            "Registered instances by tenant and status, as the store holds them at scrape time",
+        ),
+        &["tenant", "status"],
+    )?;
+    for (t, c) in &by_label {
+        for (status, n) in [
+            ("passing", c.passing),
+            ("warning", c.warning),
+            ("critical", c.critical),
+        ] {
+            instances
+                .with_label_values(&[t.as_str(), status])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+    out.register(Box::new(instances))?;
+
+    let backend_up = IntGaugeVec::new(
+        Opts::new(
+            "hub_backend_up",
+            "1 when the infrastructure monitor's last check of a configured backend succeeded, else 0",
+        ),
+        &["backend"],
+    )?;
+    let backend_latency = GaugeVec::new(
+        Opts::new(
+            "hub_backend_check_latency_seconds",
+            "Round trip of the infrastructure monitor's last check of a backend",
+        ),
+        &["backend"],
+    )?;
+    let backend_failures = IntCounterVec::new(
+        Opts::new(
+            "hub_backend_check_failures_total",
+            "Checks of a backend that failed or timed out since this replica started",
+        ),
+        &["backend"],
+    )?;
+    for b in &scraped.backends.backends {
+        if b.status == BackendStatus::NotConfigured {
+            continue;
+        }
+        let name = b.backend.as_str();
+        backend_up
+            .with_label_values(&[name])
+            .set(i64::from(b.status == BackendStatus::Up));
+        backend_failures
+            .with_label_values(&[name])
+            .inc_by(b.failures);
+        if let Some(ms) = b.latency_ms {
+            backend_latency.with_label_values(&[name]).set(ms / 1000.0);
+        }
+    }
+    out.register(Box::new(backend_up))?;
+    out.register(Box::new(backend_latency))?;
+    out.register(Box::new(backend_failures))?;
 
     let started = IntGauge::with_opts(Opts::new(
         "hub_replica_start_time_seconds",
