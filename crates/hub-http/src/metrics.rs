@@ -109,10 +109,6 @@ impl TenantSlots {
             None => None,
         }
     }
-
-    fn ids(&self) -> Vec<TenantId> {
-        self.table().ids.clone()
-    }
 }
 
 fn method_label(method: &Method) -> &'static str {
@@ -488,11 +484,6 @@ impl RequestMetrics {
             Slot::Tenant(_) => tenant.as_str(),
             _ => "other",
         }
-    }
-
-    /// The tenants with figures of their own, in the order they were first seen.
-    pub fn tracked_tenants(&self) -> Vec<TenantId> {
-        self.tenants.ids()
     }
 
     /// The request figures for `scope`: one tenant, or (`None`) every
