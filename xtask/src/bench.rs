@@ -64,7 +64,8 @@ options:
   --skip-limiter      skip the rate limiter's cost (lookups with limits on and off, embedded and
                       PostgreSQL+Dragonfly)
   --skip-request-metrics  skip the request metrics' cost (embedded lookups with
-                      HUB_REQUEST_METRICS on and off)
+                      HUB_REQUEST_METRICS on and off, two servers, alternating 1 s slices,
+                      --duration-secs slices per side)
   --skip-dragonfly    leave out the PostgreSQL+Dragonfly mode of the heartbeat and limiter phases
   --event-secs N      length of the fixed-rate event latency phase (default 10)
   --event-rate N      registrations/s of the event latency phase (default 1000)

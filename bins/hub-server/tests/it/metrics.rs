@@ -510,3 +510,33 @@ async fn prometheus_reports_the_backends_the_monitor_checks() {
         "{instances:?}"
     );
 }
+
+#[tokio::test]
+async fn with_request_metrics_off_nothing_is_counted_but_changes_are() {
+    let app = spawn_app_with(Backend::Embedded, &[("HUB_REQUEST_METRICS", "off")], None)
+        .await
+        .unwrap();
+    app.register_ok("tenant1", "billing", "a").await;
+    assert_eq!(
+        app.get_service("tenant1", "billing").await.status(),
+        StatusCode::OK
+    );
+    let t1 = dashboard_for(&app, "tenant1").await;
+    assert_eq!(t1["requests"]["tracked"], false, "{t1}");
+    assert_eq!(t1["requests"]["total"], 0);
+    assert_eq!(t1["requests"]["latency"]["since_start"]["count"], 0);
+    assert!(t1["requests"]["latency"]["since_start"]["p50_ms"].is_null());
+    // The registry's change counters do not depend on the switch.
+    assert_eq!(t1["changes"]["registrations"], 1);
+    let scrape = scrape(&app).await;
+    assert!(
+        !scrape
+            .samples
+            .iter()
+            .any(|s| s.metric.starts_with("hub_http_")),
+        "{:?}",
+        scrape.samples
+    );
+    let changes = values(&scrape, "hub_registry_changes_total", &["tenant", "kind"]);
+    assert_eq!(changes[&key(&["tenant1", "registration"])], 1.0);
+}
