@@ -19,11 +19,13 @@ use utoipa::ToSchema;
     "metadata": {"region": "eu-west"}
 }))]
 pub struct RegisterRequest {
-    /// The service's name (`name` is accepted too): 1-100 of `[A-Za-z0-9._-]`, not `.` or `..`.
+    /// The service's name (`name` is accepted too): 1-128 of `[A-Za-z0-9._-]`, not `.` or `..`.
     #[serde(alias = "name")]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,128}$")]
     service_name: String,
     /// Tells instances of one service apart; default: the service name, so
-    /// registering a name again updates it. Same rule as the name.
+    /// registering a name again updates it. 1-128 of `[A-Za-z0-9._:-]`, not `.` or `..`.
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     instance_id: Option<String>,
     /// Host name or IP address callers use.
     host: String,
@@ -33,11 +35,16 @@ pub struct RegisterRequest {
     /// How callers reach the instance: `http` (default), `https`, `grpc`, `tcp`, `ws`, `wss`.
     #[schema(value_type = Option<crate::openapi::ProtocolDoc>)]
     protocol: Option<String>,
-    /// Path of the instance's own health check; default `/health`.
+    /// Path of the instance's own health check, starting with `/`, without
+    /// spaces, at most 255 bytes; default `/health`.
+    #[schema(pattern = "^/[^\\s]*$", max_length = 255)]
     health_endpoint: Option<String>,
-    /// The instance's version, free text without control characters.
+    /// The instance's version: 1-64 bytes without control or invisible characters.
+    #[schema(min_length = 1, max_length = 64)]
     version: Option<String>,
-    /// Labels to filter by (`?tag=`), without control characters.
+    /// Up to 64 labels to filter by (`?tag=`), each 1-128 bytes without
+    /// control or invisible characters.
+    #[schema(value_type = Option<Vec<crate::openapi::TagDoc>>, max_items = 64)]
     tags: Option<Vec<String>>,
     /// A JSON object up to 16 KiB and 32 levels deep, read back as sent.
     #[schema(value_type = Option<Object>)]
@@ -67,9 +74,17 @@ impl From<RegisterRequest> for RegistrationInput {
 /// Metrics a heartbeat may carry (each a finite number; hub-core checks ranges).
 #[derive(Debug, Deserialize, Default, ToSchema)]
 pub struct MetricsRequest {
+    /// Milliseconds, non-negative.
+    #[schema(minimum = 0.0)]
     pub(crate) response_time_ms: Option<f64>,
+    /// Percent, 0-100.
+    #[schema(minimum = 0.0, maximum = 100.0)]
     pub(crate) cpu_usage: Option<f64>,
+    /// Non-negative.
+    #[schema(minimum = 0.0)]
     pub(crate) memory_usage: Option<f64>,
+    /// A fraction, 0-1.
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub(crate) error_rate: Option<f64>,
 }
 
@@ -79,8 +94,10 @@ pub struct MetricsRequest {
 pub struct HeartbeatRequest {
     /// The registered service (`name` is accepted too).
     #[serde(alias = "name")]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,128}$")]
     pub(crate) service_name: String,
     /// The instance; default: the service name.
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     pub(crate) instance_id: Option<String>,
     /// The state the instance reports; default `passing`.
     #[schema(value_type = Option<crate::openapi::HealthStatusDoc>)]

@@ -427,6 +427,13 @@ pub fn configure_docs(cfg: &mut web::ServiceConfig) {
         );
 }
 
+/// A tag: 1-128 bytes without control or invisible characters (the schema
+/// states the length in characters; the server counts bytes).
+#[derive(Debug, ToSchema)]
+#[schema(as = Tag, value_type = String, min_length = 1, max_length = 128)]
+#[allow(dead_code)]
+pub struct TagDoc(String);
+
 /// Health of an instance (`hub_core::HealthStatus` on the wire).
 #[derive(Debug, ToSchema)]
 #[schema(as = HealthStatus)]

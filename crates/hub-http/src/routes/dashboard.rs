@@ -52,7 +52,7 @@ fn sink_body(status: &SinkStatus, all: bool) -> Value {
     tag = "dashboard",
     operation_id = "dashboard_metrics",
     summary = "Event delivery, outbox backlog, rate-limit rejections and leases, for the scope",
-    params(("tenant" = Option<String>, Query,
+    params(("tenant" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]{1,100}$",
         description = "Operator keys: one tenant instead of the totals across tenants. Bound keys: only their own tenant (403 otherwise).")),
     responses(
         (status = 200, description = "The figures for the scope.", body = crate::openapi::DashboardMetricsDoc),

@@ -71,8 +71,8 @@ pub(crate) async fn register(
     operation_id = "list_services",
     summary = "The tenant's instances",
     params(
-        ("service_name" = Option<String>, Query, description = "Only this service."),
-        ("tag" = Option<Vec<String>>, Query, explode = true, style = Form,
+        ("service_name" = Option<String>, Query, pattern = "^[A-Za-z0-9._-]{1,128}$", description = "Only this service."),
+        ("tag" = Option<Vec<crate::openapi::TagDoc>>, Query, explode = true, style = Form,
             description = "Only instances carrying every given tag (repeatable)."),
         ("status" = Option<crate::openapi::HealthStatusDoc>, Query, description = "Only instances in this state."),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 10000,
@@ -132,7 +132,7 @@ pub(crate) async fn list(
     tag = "discovery",
     operation_id = "get_service",
     summary = "The instances of one service",
-    params(("service_name" = String, Path, description = "The service's name.")),
+    params(("service_name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$", description = "The service's name.")),
     responses(
         (status = 200, description = "The service and its instances.", body = ServiceBody),
         (status = 404, description = "`not_found`: the tenant has no such service.", body = ErrorBody,
@@ -178,8 +178,8 @@ pub(crate) async fn get_service(
     operation_id = "deregister",
     summary = "Deregister a service's instances, or one",
     params(
-        ("service_name" = String, Path, description = "The service's name."),
-        ("instance_id" = Option<String>, Query, description = "Only this instance."),
+        ("service_name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$", description = "The service's name."),
+        ("instance_id" = Option<String>, Query, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "Only this instance."),
     ),
     responses(
         (status = 200, description = "How many instances were removed.", body = DeregisteredBody),
