@@ -104,7 +104,7 @@ pub fn document() -> OpenApi {
     );
     components.headers = common_headers();
     components.parameters = common_parameters();
-    components.responses = common_responses();
+    let responses = common_responses();
     for endpoint in routes::endpoints() {
         let Endpoint {
             path,
@@ -116,7 +116,7 @@ pub fn document() -> OpenApi {
         for (name, schema) in schemas {
             components.schemas.entry(name).or_insert(schema);
         }
-        describe_middleware(&mut operation, &path);
+        describe_middleware(&mut operation, &path, &responses);
         doc.paths
             .add_path_operation(&path, vec![http_method], operation);
     }
@@ -236,7 +236,7 @@ fn error_example(code: &str, message: &str) -> Value {
 
 /// A response with the error body; `headers` names components of
 /// [`common_headers`] besides `X-Request-ID` and `X-Tenant-ID`.
-fn error_response(description: &str, example: Value, headers: &[&str]) -> RefOr<Response> {
+fn error_response(description: &str, example: Value, headers: &[&str]) -> Response {
     let content = ContentBuilder::new()
         .schema(Some(Ref::from_schema_name("ErrorBody")))
         .example(Some(example))
@@ -247,11 +247,11 @@ fn error_response(description: &str, example: Value, headers: &[&str]) -> RefOr<
     for name in ["X-Request-ID", "X-Tenant-ID"].iter().chain(headers) {
         response = response.header_ref(*name, Ref::new(format!("#/components/headers/{name}")));
     }
-    RefOr::T(response.build())
+    response.build()
 }
 
 /// The answers the middleware and the body extractor give, by name.
-fn common_responses() -> BTreeMap<String, RefOr<Response>> {
+fn common_responses() -> BTreeMap<String, Response> {
     BTreeMap::from([
         (
             "BadRequest".to_owned(),
@@ -351,12 +351,15 @@ fn common_responses() -> BTreeMap<String, RefOr<Response>> {
     ])
 }
 
-fn response_ref(name: &str) -> RefOr<Response> {
-    RefOr::Ref(Ref::new(format!("#/components/responses/{name}")))
-}
-
-/// Adds what the middleware does on `path` to an operation annotated on its handler.
-fn describe_middleware(operation: &mut Operation, path: &str) {
+/// Adds what the middleware does on `path` to an operation annotated on its
+/// handler. The common answers are written into each operation rather than
+/// referenced, because whether they carry the rate-limit headers depends on
+/// the route.
+fn describe_middleware(
+    operation: &mut Operation,
+    path: &str,
+    responses: &BTreeMap<String, Response>,
+) {
     let parameters = operation.parameters.get_or_insert_with(Vec::new);
     for name in ["TenantId", "RequestId"] {
         parameters.push(RefOr::Ref(Ref::new(format!(
@@ -399,11 +402,25 @@ fn describe_middleware(operation: &mut Operation, path: &str) {
         ]);
     }
     for (status, name) in common {
+        let Some(response) = responses.get(name) else {
+            continue;
+        };
+        let mut response = response.clone();
+        // A 401 is answered before the rate limiter runs; a 400 or 403 may
+        // come from the tenant middleware (before it) or the handler (after).
+        if limited && status != "401" {
+            for name in ["RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"] {
+                response
+                    .headers
+                    .entry(name.to_owned())
+                    .or_insert_with(|| header_ref(name));
+            }
+        }
         operation
             .responses
             .responses
             .entry(status.to_owned())
-            .or_insert_with(|| response_ref(name));
+            .or_insert(RefOr::T(response));
     }
 }
 

@@ -11,6 +11,7 @@ mod dragonfly_leases;
 mod events;
 mod leases;
 mod limits;
+mod openapi;
 mod pg_bounds;
 mod pg_lifecycle;
 mod pg_support;
