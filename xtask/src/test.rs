@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 
-use crate::{cargo, kafka, run_step};
+use crate::{cargo, kafka, run_step, schemathesis};
 use anyhow::{Context, bail};
 
 /// Crates hub-core must never depend on, directly or not: it is the domain,
@@ -38,7 +38,8 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo test --workspace` with a Kafka-compatible broker (see [`kafka`]),
+/// `cargo test --workspace` with a Kafka-compatible broker (see [`kafka`])
+/// and schemathesis (see [`schemathesis`]; required under `CI=true`),
 /// its output passed through, ending with one summary line
 /// `tests: N passed, M failed` over all test binaries (the last binary cargo
 /// runs is often a doc-test run of zero tests, which would otherwise read as
@@ -47,11 +48,32 @@ fn tests(extra: &[String]) -> anyhow::Result<()> {
     // Held until this function returns: dropping it stops a broker that this
     // run started, whether the tests passed or not.
     let broker = kafka::ensure()?;
+    let schemathesis = match schemathesis::ensure().and_then(|dir| {
+        schemathesis::check(&dir)?;
+        Ok(dir)
+    }) {
+        Ok(dir) => {
+            eprintln!(
+                "schemathesis: {} in {}",
+                schemathesis::VERSION,
+                dir.display()
+            );
+            Some(dir)
+        }
+        Err(err) if std::env::var("CI").as_deref() == Ok("true") => {
+            return Err(err.context("schemathesis is required under CI=true"));
+        }
+        Err(err) => {
+            eprintln!("schemathesis: warning: {err:#}; its tests will say SKIPPED");
+            None
+        }
+    };
     let mut command = cargo();
     command
         .args(["test", "--workspace", "--locked"])
         .args(extra)
         .envs(broker.env())
+        .envs(schemathesis.map(|dir| (schemathesis::ENV, dir)))
         .stdout(Stdio::piped());
     eprintln!("\n==> tests: {command:?}");
     let mut child = command.spawn()?;

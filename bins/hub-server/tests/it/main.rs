@@ -16,6 +16,7 @@ mod pg_bounds;
 mod pg_lifecycle;
 mod pg_support;
 mod process;
+mod schemathesis;
 mod startup_guard;
 mod support;
 mod timeouts;
