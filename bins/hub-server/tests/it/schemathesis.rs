@@ -19,6 +19,7 @@ const SEED: &str = "20261201";
 
 /// The install folder of schemathesis (`HUB_TEST_SCHEMATHESIS`), or `None`
 /// after SKIPPED; panics under CI.
+#[allow(clippy::print_stderr)] // a skip is told on stderr, as the other tests do
 fn install(test: &str) -> Option<PathBuf> {
     match std::env::var_os("HUB_TEST_SCHEMATHESIS") {
         Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir)),
@@ -33,6 +34,7 @@ fn install(test: &str) -> Option<PathBuf> {
     }
 }
 
+#[allow(clippy::print_stderr)] // the run's duration, for the record
 async fn schemathesis_finds_no_server_error_and_no_schema_mismatch(backend: Backend) {
     let test = format!("schemathesis ({backend:?})");
     let Some(dir) = install(&test) else {
