@@ -13,7 +13,7 @@ use std::time::Instant;
 use crate::support::{Backend, OPERATOR_KEY, on_both_backends, spawn_app};
 
 /// Test cases per operation and phase.
-const MAX_EXAMPLES: &str = "40";
+const MAX_EXAMPLES: &str = "80";
 /// The seed: the same run every time.
 const SEED: &str = "20261201";
 
@@ -54,7 +54,7 @@ async fn schemathesis_finds_no_server_error_and_no_schema_mismatch(backend: Back
         .args(["--header", &format!("X-API-Key: {OPERATOR_KEY}")])
         .args(["--checks", "not_a_server_error,response_schema_conformance"])
         .args(["--max-examples", MAX_EXAMPLES, "--seed", SEED])
-        .args(["--workers", "2", "--request-timeout", "10", "--no-color"])
+        .args(["--workers", "1", "--request-timeout", "10", "--no-color"])
         .args(["--report", "junit", "--report-dir"])
         .arg(&report)
         .env("PYTHONPATH", &dir)
