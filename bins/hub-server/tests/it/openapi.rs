@@ -81,9 +81,22 @@ impl Contract {
     /// every documented header present matches its schema, and the headers
     /// every answer carries are there. Returns the body.
     async fn check(&self, method: &str, template: &str, response: Response) -> Value {
-        let status = response.status().as_u16().to_string();
+        let status = response.status().as_u16();
         let headers = response.headers().clone();
         let bytes = response.bytes().await.unwrap();
+        self.check_parts(method, template, status, &headers, &bytes)
+    }
+
+    /// [`Contract::check`] of an answer read some other way.
+    fn check_parts(
+        &self,
+        method: &str,
+        template: &str,
+        status: u16,
+        headers: &HeaderMap,
+        bytes: &[u8],
+    ) -> Value {
+        let status = status.to_string();
         let what = format!("{method} {template} -> {status}");
         let op_pointer = format!(
             "/paths/{}/{}",
@@ -122,7 +135,7 @@ impl Contract {
             &body,
             &what,
         );
-        self.check_headers(&what, declared, &headers);
+        self.check_headers(&what, declared, headers);
         body
     }
 
@@ -550,6 +563,46 @@ async fn rate_limited_answers_match_the_document(backend: Backend) {
         .unwrap();
     assert!(retry >= 1);
     c.check("GET", SERVICES, r).await;
+}
+
+/// A body that does not arrive in time: 408 as documented. Raw TCP, since
+/// no HTTP client sends half a body on purpose.
+#[tokio::test]
+async fn a_body_timeout_answer_matches_the_document() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (app, c) = start(Backend::Embedded, &[("HUB_BODY_TIMEOUT_SECS", "1")])
+        .await
+        .unwrap();
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let head = format!(
+        "POST {REGISTER} HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {OPERATOR_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"service_name\""
+    );
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(6),
+        stream.read_to_end(&mut raw),
+    )
+    .await
+    .expect("no answer within 6 s")
+    .unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status: u16 = lines.next().unwrap()[9..12].parse().unwrap();
+    assert_eq!(status, 408, "{text}");
+    let mut headers = HeaderMap::new();
+    for line in lines {
+        let (name, value) = line.split_once(':').unwrap();
+        headers.insert(
+            reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
+            value.trim().parse().unwrap(),
+        );
+    }
+    let body = c.check_parts("POST", REGISTER, status, &headers, body.as_bytes());
+    assert_eq!(body["error"]["code"], "request_timeout");
 }
 
 on_both_backends!(
