@@ -129,7 +129,7 @@ impl Contract {
             declared["content"]["application/json"]["schema"].is_object(),
             "{what}: no JSON schema documented"
         );
-        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        let body: Value = serde_json::from_slice(bytes).unwrap();
         self.validate(
             &format!("{response_pointer}/content/application~1json/schema"),
             &body,
