@@ -5,12 +5,18 @@
 //! `HUB_TEST_SCHEMATHESIS`. Without it the test fails under `CI=true` and
 //! says SKIPPED otherwise. The run is bounded (examples per operation, a
 //! fixed seed), so it is reproducible and takes seconds, not minutes.
+//!
+//! The two tests are `#[ignore]`d in the parallel run: schemathesis keeps a
+//! core busy for its whole run, and beside it the timing-bound tests of the
+//! suite (lease expiry within a deadline, many clients at once) failed on a
+//! 2-core machine. `cargo xtask test` runs them on their own right after
+//! (`cargo test -p hub-server --test it -- --ignored schemathesis::`).
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use crate::support::{Backend, OPERATOR_KEY, on_both_backends, spawn_app};
+use crate::support::{Backend, OPERATOR_KEY, spawn_app};
 
 /// Test cases per operation and phase.
 const MAX_EXAMPLES: &str = "80";
@@ -97,4 +103,24 @@ async fn schemathesis_finds_no_server_error_and_no_schema_mismatch(backend: Back
     let _ = std::fs::remove_dir_all(&report);
 }
 
-on_both_backends!(schemathesis_finds_no_server_error_and_no_schema_mismatch);
+mod embedded {
+    #[tokio::test]
+    #[ignore = "run on its own by `cargo xtask test` (see the module)"]
+    async fn schemathesis_finds_no_server_error_and_no_schema_mismatch() {
+        super::schemathesis_finds_no_server_error_and_no_schema_mismatch(
+            crate::support::Backend::Embedded,
+        )
+        .await
+    }
+}
+
+mod postgres {
+    #[tokio::test]
+    #[ignore = "run on its own by `cargo xtask test` (see the module)"]
+    async fn schemathesis_finds_no_server_error_and_no_schema_mismatch() {
+        super::schemathesis_finds_no_server_error_and_no_schema_mismatch(
+            crate::support::Backend::Postgres,
+        )
+        .await
+    }
+}
