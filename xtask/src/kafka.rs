@@ -99,7 +99,7 @@ fn accepts(addr: &SocketAddr) -> bool {
 
 /// The folder of cached downloads: `$XDG_CACHE_HOME` or `~/.cache`, then
 /// `central-hub`.
-fn cache_dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn cache_dir() -> anyhow::Result<PathBuf> {
     let non_empty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
     let base = match (non_empty("XDG_CACHE_HOME"), non_empty("HOME")) {
         (Some(xdg), _) => PathBuf::from(xdg),

@@ -14,6 +14,7 @@ mod bench_limiter;
 mod bench_metrics;
 mod kafka;
 mod migrate;
+mod schemathesis;
 mod seed;
 mod test;
 
@@ -26,7 +27,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   test     fmt check, clippy -D warnings, layering check, cargo test --workspace
-           (with a Kafka-compatible broker on 127.0.0.1:9092, started if none listens)
+           (with a Kafka-compatible broker on 127.0.0.1:9092, started if none listens,
+           and schemathesis installed once into ~/.cache/central-hub for the API contract)
   migrate  apply the SQL migrations to the database of POSTGRES_* (see --help of it)
   seed     load the demo data set (three tenants, a dozen services each)
   bench    start a release hub-server and drive it over loopback; prints medians of 3 runs";

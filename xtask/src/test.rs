@@ -1,9 +1,9 @@
 //! `cargo xtask test`: the one test command of the project (README and CI run exactly this).
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 
-use crate::{cargo, kafka, run_step};
+use crate::{cargo, kafka, run_step, schemathesis};
 use anyhow::{Context, bail};
 
 /// Crates hub-core must never depend on, directly or not: it is the domain,
@@ -38,22 +38,73 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo test --workspace` with a Kafka-compatible broker (see [`kafka`]),
-/// its output passed through, ending with one summary line
-/// `tests: N passed, M failed` over all test binaries (the last binary cargo
-/// runs is often a doc-test run of zero tests, which would otherwise read as
-/// if nothing ran).
+/// `cargo test --workspace` with a Kafka-compatible broker (see [`kafka`])
+/// and schemathesis (see [`schemathesis`]; required under `CI=true`), then
+/// the schemathesis tests on their own (they are `#[ignore]`d in the
+/// parallel run, where their load made timing-bound tests fail), the output
+/// passed through, ending with one summary line `tests: N passed, M failed`
+/// over all test binaries (the last binary cargo runs is often a doc-test
+/// run of zero tests, which would otherwise read as if nothing ran).
 fn tests(extra: &[String]) -> anyhow::Result<()> {
     // Held until this function returns: dropping it stops a broker that this
     // run started, whether the tests passed or not.
     let broker = kafka::ensure()?;
-    let mut command = cargo();
-    command
+    let schemathesis = match schemathesis::ensure().and_then(|dir| {
+        schemathesis::check(&dir)?;
+        Ok(dir)
+    }) {
+        Ok(dir) => {
+            eprintln!(
+                "schemathesis: {} in {}",
+                schemathesis::VERSION,
+                dir.display()
+            );
+            Some(dir)
+        }
+        Err(err) if std::env::var("CI").as_deref() == Ok("true") => {
+            return Err(err.context("schemathesis is required under CI=true"));
+        }
+        Err(err) => {
+            eprintln!("schemathesis: warning: {err:#}; its tests will say SKIPPED");
+            None
+        }
+    };
+    let mut env = broker.env();
+    if let Some(dir) = &schemathesis {
+        env.push((schemathesis::ENV, dir.display().to_string()));
+    }
+    let mut workspace = cargo();
+    workspace
         .args(["test", "--workspace", "--locked"])
         .args(extra)
-        .envs(broker.env())
-        .stdout(Stdio::piped());
-    eprintln!("\n==> tests: {command:?}");
+        .envs(env.iter().cloned());
+    let (mut passed, mut failed) = cargo_test("tests", &mut workspace)?;
+    if failed == 0 {
+        let mut contract = cargo();
+        contract
+            .args(["test", "--locked", "-p", "hub-server", "--test", "it"])
+            .args(["--", "--ignored", "schemathesis::"])
+            .envs(env);
+        let (p, f) = cargo_test("schemathesis", &mut contract)?;
+        passed += p;
+        failed += f;
+    }
+    writeln!(std::io::stdout(), "tests: {passed} passed, {failed} failed")?;
+    if failed > 0 {
+        bail!("{failed} tests failed");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+/// Runs a `cargo test` command, passing its output through, and returns
+/// `(passed, failed)` summed over its test binaries; an error if cargo
+/// failed with no failed test counted (a build error, say).
+fn cargo_test(name: &str, command: &mut Command) -> anyhow::Result<(u64, u64)> {
+    command.stdout(Stdio::piped());
+    eprintln!("\n==> {name}: {command:?}");
     let mut child = command.spawn()?;
     let stdout = child.stdout.take().context("no stdout from cargo test")?;
     let (mut passed, mut failed) = (0u64, 0u64);
@@ -67,14 +118,10 @@ fn tests(extra: &[String]) -> anyhow::Result<()> {
         writeln!(out, "{line}")?;
     }
     let status = child.wait()?;
-    writeln!(out, "tests: {passed} passed, {failed} failed")?;
-    if !status.success() {
-        bail!("tests failed ({status})");
+    if !status.success() && failed == 0 {
+        bail!("{name} failed ({status})");
     }
-    if passed == 0 {
-        bail!("no test ran");
-    }
-    Ok(())
+    Ok((passed, failed))
 }
 
 /// `(passed, failed)` of a line `test result: ok. 8 passed; 0 failed; ...`.

@@ -8,6 +8,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use hub_core::{RegistryError, ValidationError};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::context;
 
@@ -23,15 +24,26 @@ pub struct ApiError {
     message: String,
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// The body of every error answer: `{"error":{"code","message","request_id"}}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"error": {
+    "code": "not_found",
+    "message": "service 'api-gateway-tenant1' not found",
+    "request_id": "5b0f3c52-4c1e-4a0e-9a57-2f7e1c1d0b6e"
+}}))]
+pub struct ErrorBody<'a> {
     error: ErrorFields<'a>,
 }
 
-#[derive(Serialize)]
-struct ErrorFields<'a> {
+/// What went wrong, in [`ErrorBody`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorFields<'a> {
+    /// Stable snake_case code to act on (`not_found`, `validation_failed`, ...).
+    #[schema(pattern = "^[a-z][a-z0-9_]*$")]
     code: &'a str,
+    /// A sentence for humans; for 422, it starts with the field that broke a rule.
     message: &'a str,
+    /// The request's id, as in the `X-Request-ID` response header.
     request_id: &'a str,
 }
 

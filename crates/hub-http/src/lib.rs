@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod middleware;
+pub mod openapi;
 pub mod routes;
 
 use actix_web::body::MessageBody;
@@ -84,11 +85,8 @@ pub fn app(
         .app_data(web::Data::new(cache::ServiceBodyCache::default()))
         .app_data(extract::payload_config())
         .app_data(extract::BodyTimeout(deps.body_timeout))
-        .configure(routes::health::configure)
-        .configure(routes::discovery::configure)
-        .configure(routes::dashboard::configure)
-        .configure(routes::dashboard_health::configure)
-        .configure(routes::prometheus::configure)
+        .configure(routes::configure)
+        .configure(openapi::configure_docs)
         .default_service(web::to(no_route))
         // `wrap` puts each middleware outside the previous one: the last is outermost.
         .wrap(from_fn(middleware::rate_limit))

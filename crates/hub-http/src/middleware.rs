@@ -33,8 +33,13 @@ pub const PUBLIC_PATHS: [&str; 5] = [
     "/openapi.json",
 ];
 
-fn is_public(path: &str) -> bool {
-    PUBLIC_PATHS.contains(&path)
+/// Folders served without a key: the assets of Swagger UI (`/docs/...`) and
+/// ReDoc (`/redoc/...`).
+pub const PUBLIC_PREFIXES: [&str; 2] = ["/docs/", "/redoc/"];
+
+/// Whether `path` is served without a key (and never rate-limited).
+pub fn is_public(path: &str) -> bool {
+    PUBLIC_PATHS.contains(&path) || PUBLIC_PREFIXES.iter().any(|p| path.starts_with(p))
 }
 
 /// A client-sent request id is echoed only if it is short and plain, so it
@@ -303,7 +308,8 @@ pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset
 /// be able to starve it.
 pub const HEARTBEAT_PATH: &str = "/api/v1/discovery/heartbeat";
 
-fn is_unlimited(path: &str) -> bool {
+/// Whether requests to `path` skip the rate limits: public paths and heartbeats.
+pub fn is_unlimited(path: &str) -> bool {
     is_public(path) || path == HEARTBEAT_PATH
 }
 

@@ -9,18 +9,13 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::Scope;
 use crate::metrics::{RequestMetrics, RequestSummary};
 use crate::routes::dashboard_health::StatusCountsBody;
 
 /// The event-delivery state the dashboard reads (shared by every worker).
 pub type Events = Arc<dyn EventStatus>;
-
-/// Mounts `/api/v1/dashboard/metrics`.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/api/v1/dashboard/metrics").route(web::get().to(metrics)));
-}
 
 fn sink_body(status: &SinkStatus, all: bool) -> Value {
     let mut body = serde_json::Map::new();
@@ -54,7 +49,20 @@ fn sink_body(status: &SinkStatus, all: bool) -> Value {
 /// per configured bus, the outbox backlog and the events set aside as
 /// undeliverable (for the scope: see [`Scope`]) and, for totals across
 /// tenants, this replica's counters.
-async fn metrics(
+#[utoipa::path(
+    get,
+    path = "/api/v1/dashboard/metrics",
+    tag = "dashboard",
+    operation_id = "dashboard_metrics",
+    summary = "Event delivery, outbox backlog, rate-limit rejections and leases, for the scope",
+    params(("tenant" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]{1,100}$",
+        description = "Operator keys: one tenant instead of the totals across tenants. Bound keys: only their own tenant (403 otherwise).")),
+    responses(
+        (status = 200, description = "The figures for the scope.", body = crate::openapi::DashboardMetricsDoc),
+        (status = 422, description = "`validation_failed`: `tenant` is not a valid tenant id.", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn metrics(
     scope: Scope,
     events: web::Data<Events>,
     limits: web::Data<Limits>,

@@ -10,14 +10,8 @@ use hub_core::{HealthStatus, MetricSample, Registry, ServiceSummary, StatusCount
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::Scope;
-
-/// Mounts `/api/v1/dashboard/health` and `/api/v1/dashboard/services`.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/api/v1/dashboard/health").route(web::get().to(health)))
-        .service(web::resource("/api/v1/dashboard/services").route(web::get().to(services)));
-}
 
 /// The hub's health at a glance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -281,7 +275,20 @@ pub struct DashboardHealthBody {
 /// Overall status, backends and instances by status for the scope. Answers
 /// 200 whatever the backends' state: with PostgreSQL down it says
 /// `critical` (and cannot count instances), it does not fail.
-async fn health(
+#[utoipa::path(
+    get,
+    path = "/api/v1/dashboard/health",
+    tag = "dashboard",
+    operation_id = "dashboard_health",
+    summary = "Overall status, each backend as the monitor last saw it, and instances by status, for the scope",
+    params(("tenant" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]{1,100}$",
+        description = "Operator keys: one tenant instead of the totals across tenants. Bound keys: only their own tenant (403 otherwise).")),
+    responses(
+        (status = 200, description = "The health of the hub for the scope; 200 whatever the backends' state.", body = DashboardHealthBody),
+        (status = 422, description = "`validation_failed`: `tenant` is not a valid tenant id.", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn health(
     scope: Scope,
     registry: web::Data<Registry>,
     monitor: web::Data<Monitor>,
@@ -425,7 +432,23 @@ pub struct DashboardServicesBody {
 /// Per service of the scope's tenant (every tenant, one after the other,
 /// for an operator without `?tenant=`): instances by status, newest
 /// heartbeat and the latest metrics reported.
-async fn services(scope: Scope, registry: web::Data<Registry>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/api/v1/dashboard/services",
+    tag = "dashboard",
+    operation_id = "dashboard_services",
+    summary = "Per service of the scope: instances by status, newest heartbeat, latest reported metrics",
+    params(("tenant" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]{1,100}$",
+        description = "Operator keys: one tenant instead of the totals across tenants. Bound keys: only their own tenant (403 otherwise).")),
+    responses(
+        (status = 200, description = "The services of the scope, ordered by tenant, then name.", body = DashboardServicesBody),
+        (status = 422, description = "`validation_failed`: `tenant` is not a valid tenant id.", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn services(
+    scope: Scope,
+    registry: web::Data<Registry>,
+) -> Result<HttpResponse, ApiError> {
     let tenants = match scope.tenant() {
         Some(tenant) => vec![tenant.clone()],
         None => registry.tenant_ids().await?,

@@ -14,23 +14,8 @@ use crate::dto::{
     DeregisteredBody, HeartbeatBody, HeartbeatRequest, InstanceBody, ListBody, RegisterRequest,
     ServiceBody,
 };
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Change, JsonBody, Tenant};
-
-/// Mounts the discovery routes under `/api/v1/discovery`.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("/api/v1/discovery")
-            .service(web::resource("/register").route(web::post().to(register)))
-            .service(web::resource("/heartbeat").route(web::post().to(heartbeat)))
-            .service(web::resource("/services").route(web::get().to(list)))
-            .service(
-                web::resource("/services/{service_name}")
-                    .route(web::get().to(get_service))
-                    .route(web::delete().to(deregister)),
-            ),
-    );
-}
 
 /// Query-string pairs; repeated keys (such as `tag`) are kept.
 fn query_pairs(req: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
@@ -47,7 +32,22 @@ fn path_service(raw: &str) -> Result<ServiceName, ApiError> {
     Ok(ServiceName::parse(raw)?)
 }
 
-async fn register(
+/// Registers an instance (201) or updates the one with the same instance id (200).
+#[utoipa::path(
+    post,
+    path = "/api/v1/discovery/register",
+    tag = "discovery",
+    operation_id = "register",
+    summary = "Register (201) or update (200) an instance",
+    request_body(content = RegisterRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Registered: the stored instance.", body = InstanceBody),
+        (status = 200, description = "Updated an instance with this id: the stored instance.", body = InstanceBody),
+        (status = 422, description = "`validation_failed`: a field broke a rule; the message names it.", body = ErrorBody,
+            example = json!({"error": {"code": "validation_failed", "message": "host: missing field `host`", "request_id": "5b0f3c52-4c1e-4a0e-9a57-2f7e1c1d0b6e"}})),
+    ),
+)]
+pub(crate) async fn register(
     Tenant(tenant): Tenant,
     Change(change): Change,
     registry: web::Data<Registry>,
@@ -63,7 +63,29 @@ async fn register(
     Ok(HttpResponse::build(status).json(InstanceBody::from(&upserted.instance)))
 }
 
-async fn list(
+/// The tenant's instances, filtered and paged.
+#[utoipa::path(
+    get,
+    path = "/api/v1/discovery/services",
+    tag = "discovery",
+    operation_id = "list_services",
+    summary = "The tenant's instances",
+    params(
+        ("service_name" = Option<String>, Query, pattern = "^[A-Za-z0-9._-]{1,128}$", description = "Only this service."),
+        ("tag" = Option<Vec<crate::openapi::TagDoc>>, Query, explode = true, style = Form,
+            description = "Only instances carrying every given tag (repeatable)."),
+        ("status" = Option<crate::openapi::HealthStatusDoc>, Query, description = "Only instances in this state."),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 10000,
+            description = "Page size, 1-10000, default 1000 (a page also ends at 4 MiB)."),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page."),
+    ),
+    responses(
+        (status = 200, description = "One page of instances; `next_cursor` when another follows.", body = ListBody,
+            example = json!({"services": [], "count": 0, "revision": 0})),
+        (status = 422, description = "`validation_failed`: a query parameter broke a rule; the message names it.", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn list(
     Tenant(tenant): Tenant,
     registry: web::Data<Registry>,
     req: HttpRequest,
@@ -103,7 +125,22 @@ async fn list(
     }))
 }
 
-async fn get_service(
+/// The instances of one service.
+#[utoipa::path(
+    get,
+    path = "/api/v1/discovery/services/{service_name}",
+    tag = "discovery",
+    operation_id = "get_service",
+    summary = "The instances of one service",
+    params(("service_name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$", description = "The service's name.")),
+    responses(
+        (status = 200, description = "The service and its instances.", body = ServiceBody),
+        (status = 404, description = "`not_found`: the tenant has no such service.", body = ErrorBody,
+            example = json!({"error": {"code": "not_found", "message": "service 'api-gateway-tenant1' not found", "request_id": "5b0f3c52-4c1e-4a0e-9a57-2f7e1c1d0b6e"}})),
+        (status = 422, description = "`validation_failed`: the name broke a rule.", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn get_service(
     Tenant(tenant): Tenant,
     registry: web::Data<Registry>,
     cache: web::Data<ServiceBodyCache>,
@@ -133,7 +170,24 @@ async fn get_service(
         .body(body))
 }
 
-async fn deregister(
+/// Deregisters every instance of a service, or one with `?instance_id=`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/discovery/services/{service_name}",
+    tag = "discovery",
+    operation_id = "deregister",
+    summary = "Deregister a service's instances, or one",
+    params(
+        ("service_name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$", description = "The service's name."),
+        ("instance_id" = Option<String>, Query, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "Only this instance."),
+    ),
+    responses(
+        (status = 200, description = "How many instances were removed.", body = DeregisteredBody),
+        (status = 404, description = "`not_found`: nothing to deregister.", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: the name or instance id broke a rule.", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn deregister(
     Tenant(tenant): Tenant,
     Change(change): Change,
     registry: web::Data<Registry>,
@@ -153,7 +207,22 @@ async fn deregister(
     Ok(HttpResponse::Ok().json(DeregisteredBody { deregistered }))
 }
 
-async fn heartbeat(
+/// Renews an instance's lease and records its state and metrics.
+#[utoipa::path(
+    post,
+    path = "/api/v1/discovery/heartbeat",
+    tag = "discovery",
+    operation_id = "heartbeat",
+    summary = "Renew a lease (never rate-limited)",
+    request_body(content = HeartbeatRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The renewed lease.", body = HeartbeatBody),
+        (status = 404, description = "`not_found`: the instance is not registered; register it again.", body = ErrorBody),
+        (status = 409, description = "`conflict`: its stored row cannot be read; deregister and register again.", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a field broke a rule; the message names it.", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn heartbeat(
     Tenant(tenant): Tenant,
     Change(change): Change,
     registry: web::Data<Registry>,

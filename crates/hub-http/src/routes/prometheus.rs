@@ -31,17 +31,12 @@ use prometheus::{
 };
 
 use crate::auth::Principal;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::metrics::{BUCKETS_SECONDS, RequestMetrics};
 use crate::routes::dashboard::Events;
 
 /// The path of the Prometheus endpoint.
 pub const METRICS_PATH: &str = "/metrics";
-
-/// Mounts `GET /metrics`.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource(METRICS_PATH).route(web::get().to(scrape)));
-}
 
 fn internal(error: &prometheus::Error) -> ApiError {
     ApiError::internal(error)
@@ -60,7 +55,21 @@ fn require_operator(req: &HttpRequest) -> Result<(), ApiError> {
     }
 }
 
-async fn scrape(
+/// This replica's figures for Prometheus.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "monitoring",
+    operation_id = "prometheus_metrics",
+    summary = "This replica's figures in the Prometheus text exposition format (operator keys only)",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4: HTTP requests and latency by method, route template and status; instances by tenant and status; registry changes, lease expirations and rate-limit rejections by tenant; events published and failed and outbox backlog by bus; backend up/down and check latency.",
+            body = String, content_type = "text/plain; version=0.0.4",
+            example = "# TYPE hub_backend_up gauge\nhub_backend_up{backend=\"postgres\"} 1\n"),
+        (status = 403, description = "`operator_key_required`: a key bound to tenants may not scrape (the series cover every tenant).", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn scrape(
     req: HttpRequest,
     requests: web::Data<RequestMetrics>,
     registry: web::Data<Registry>,
