@@ -54,15 +54,19 @@ async fn schemathesis_finds_no_server_error_and_no_schema_mismatch(backend: Back
         "hub-schemathesis-{}-{backend:?}",
         std::process::id()
     ));
+    // schemathesis keeps a cache of the failures it found in `.schemathesis/`
+    // of its working folder and replays them on the next run: a fresh folder
+    // per run keeps runs independent (and the source tree clean).
+    std::fs::create_dir_all(&report).unwrap();
     let mut command = Command::new("python3");
     command
+        .current_dir(&report)
         .args(["-m", "schemathesis.cli", "run", &spec])
         .args(["--header", &format!("X-API-Key: {OPERATOR_KEY}")])
         .args(["--checks", "not_a_server_error,response_schema_conformance"])
         .args(["--max-examples", MAX_EXAMPLES, "--seed", SEED])
         .args(["--workers", "1", "--request-timeout", "10", "--no-color"])
-        .args(["--report", "junit", "--report-dir"])
-        .arg(&report)
+        .args(["--report", "junit", "--report-dir", "."])
         .env("PYTHONPATH", &dir)
         // No telemetry, no update check: the run talks to the server only.
         .env("SCHEMATHESIS_TELEMETRY", "false")
