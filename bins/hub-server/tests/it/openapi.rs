@@ -353,7 +353,51 @@ async fn success_answers_match_the_document(backend: Backend) {
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         c.check("GET", METRICS, r).await;
+        for path in ["/api/v1/dashboard/health", "/api/v1/dashboard/services"] {
+            let r = app
+                .client
+                .get(app.url(&format!("{path}{query}")))
+                .header("X-API-Key", key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "{path}{query}");
+            c.check("GET", path, r).await;
+        }
     }
+    // Prometheus: text for an operator, with the content type documented;
+    // the documented JSON error for a bound key.
+    let r = app
+        .client
+        .get(app.url("/metrics"))
+        .header("X-API-Key", OPERATOR_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let content_type = r.headers()["content-type"].to_str().unwrap().to_owned();
+    let documented = c.doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+        .as_object()
+        .unwrap_or_else(|| {
+            panic!(
+                "/metrics 200 has no content: {}",
+                c.doc["paths"]["/metrics"]
+            )
+        });
+    assert!(
+        documented.contains_key(&content_type),
+        "{content_type} not among {:?}",
+        documented.keys()
+    );
+    let r = app
+        .client
+        .get(app.url("/metrics"))
+        .header("X-API-Key", BOUND_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    c.check("GET", "/metrics", r).await;
 
     let r = app
         .deregister(tenant, "billing", "?instance_id=billing-2")
