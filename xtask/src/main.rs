@@ -14,6 +14,7 @@ mod bench_limiter;
 mod bench_metrics;
 mod kafka;
 mod migrate;
+mod pip;
 mod schemathesis;
 mod seed;
 mod test;

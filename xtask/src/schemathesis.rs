@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
-use crate::kafka::cache_dir;
+use crate::pip;
 
 /// The package and its pinned version (its CLI: `st run --help` of this version).
 const PACKAGE: &str = "schemathesis";
@@ -25,42 +25,16 @@ pub const ENV: &str = "HUB_TEST_SCHEMATHESIS";
 
 /// The install folder, installing first if needed.
 pub fn ensure() -> anyhow::Result<PathBuf> {
-    let cache = cache_dir()?;
-    let dir = cache.join(format!("{PACKAGE}-{VERSION}"));
-    if dir.join(MARKER).is_file() {
-        return Ok(dir);
-    }
-    std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
-    let tmp = cache.join(format!(".{PACKAGE}-{VERSION}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
-    }
-    eprintln!(
-        "schemathesis: installing {PACKAGE}=={VERSION} and its dependencies into {}",
-        dir.display()
-    );
-    let status = Command::new("python3")
-        .args(["-m", "pip", "install", "--no-input", "--quiet"])
-        .args(["--disable-pip-version-check", "--no-warn-script-location"])
-        .arg("--target")
-        .arg(&tmp)
-        .arg(format!("{PACKAGE}=={VERSION}"))
-        .env("PIP_ROOT_USER_ACTION", "ignore")
-        .stdin(Stdio::null())
-        .status()
-        .context("could not run `python3 -m pip` (schemathesis needs Python 3.9+ with pip)")?;
-    if !status.success() || !tmp.join(MARKER).is_file() {
-        let _ = std::fs::remove_dir_all(&tmp);
-        bail!("pip could not install {PACKAGE}=={VERSION} ({status})");
-    }
-    if let Err(err) = std::fs::rename(&tmp, &dir) {
-        // Another run may have finished the same install first.
-        let _ = std::fs::remove_dir_all(&tmp);
-        if !dir.join(MARKER).is_file() {
-            return Err(err).with_context(|| format!("moving the install to {}", dir.display()));
-        }
-    }
-    Ok(dir)
+    pip::install_once(
+        &pip::Package {
+            name: PACKAGE,
+            version: VERSION,
+            marker: MARKER,
+            with_deps: true,
+            what: "and its dependencies, for the API contract tests",
+        },
+        |_| Ok(()),
+    )
 }
 
 /// Checks that the installed version runs (`python3 -m schemathesis.cli --version`).

@@ -297,6 +297,18 @@ impl Scope {
     }
 }
 
+/// The query parameter [`Scope`] reads, as the OpenAPI document describes it
+/// (the extractor parses the query itself).
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ScopeQuery {
+    /// Operator keys: one tenant instead of the totals across tenants. Bound
+    /// keys: only their own tenant (403 otherwise).
+    #[param(pattern = "^[A-Za-z0-9_-]{1,100}$")]
+    tenant: Option<String>,
+}
+
 impl FromRequest for Scope {
     type Error = ApiError;
     type Future = Ready<Result<Self, ApiError>>;

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::Scope;
+use crate::extract::{Scope, ScopeQuery};
 use crate::metrics::{RequestMetrics, RequestSummary};
 use crate::routes::dashboard_health::StatusCountsBody;
 
@@ -55,8 +55,7 @@ fn sink_body(status: &SinkStatus, all: bool) -> Value {
     tag = "dashboard",
     operation_id = "dashboard_metrics",
     summary = "Event delivery, outbox backlog, rate-limit rejections and leases, for the scope",
-    params(("tenant" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]{1,100}$",
-        description = "Operator keys: one tenant instead of the totals across tenants. Bound keys: only their own tenant (403 otherwise).")),
+    params(ScopeQuery),
     responses(
         (status = 200, description = "The figures for the scope.", body = crate::openapi::DashboardMetricsDoc),
         (status = 422, description = "`validation_failed`: `tenant` is not a valid tenant id.", body = ErrorBody),

@@ -11,7 +11,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::Scope;
+use crate::extract::{Scope, ScopeQuery};
 
 /// The hub's health at a glance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -281,8 +281,7 @@ pub struct DashboardHealthBody {
     tag = "dashboard",
     operation_id = "dashboard_health",
     summary = "Overall status, each backend as the monitor last saw it, and instances by status, for the scope",
-    params(("tenant" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]{1,100}$",
-        description = "Operator keys: one tenant instead of the totals across tenants. Bound keys: only their own tenant (403 otherwise).")),
+    params(ScopeQuery),
     responses(
         (status = 200, description = "The health of the hub for the scope; 200 whatever the backends' state.", body = DashboardHealthBody),
         (status = 422, description = "`validation_failed`: `tenant` is not a valid tenant id.", body = ErrorBody),
@@ -438,8 +437,7 @@ pub struct DashboardServicesBody {
     tag = "dashboard",
     operation_id = "dashboard_services",
     summary = "Per service of the scope: instances by status, newest heartbeat, latest reported metrics",
-    params(("tenant" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]{1,100}$",
-        description = "Operator keys: one tenant instead of the totals across tenants. Bound keys: only their own tenant (403 otherwise).")),
+    params(ScopeQuery),
     responses(
         (status = 200, description = "The services of the scope, ordered by tenant, then name.", body = DashboardServicesBody),
         (status = 422, description = "`validation_failed`: `tenant` is not a valid tenant id.", body = ErrorBody),
