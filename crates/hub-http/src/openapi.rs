@@ -594,6 +594,38 @@ struct LeasesDoc {
 mod tests {
     use super::*;
 
+    /// The request schemas state hub-core's limits as literals (attributes
+    /// take no constants): this keeps them equal to the constants, so the
+    /// document cannot drift from what the server enforces.
+    #[test]
+    fn request_limits_in_the_document_are_hub_cores() {
+        use hub_core::domain::registration as reg;
+        use hub_core::{InstanceId, Protocol, ServiceName};
+        let doc = serde_json::to_value(document()).unwrap();
+        let register = &doc["components"]["schemas"]["RegisterRequest"]["properties"];
+        assert_eq!(
+            register["service_name"]["pattern"],
+            format!("^[A-Za-z0-9._-]{{1,{}}}$", ServiceName::MAX_LEN)
+        );
+        assert_eq!(
+            register["instance_id"]["pattern"],
+            format!("^[A-Za-z0-9._:-]{{1,{}}}$", InstanceId::MAX_LEN)
+        );
+        assert_eq!(register["ttl_seconds"]["minimum"], reg::TTL_MIN_SECONDS);
+        assert_eq!(register["ttl_seconds"]["maximum"], reg::TTL_MAX_SECONDS);
+        assert_eq!(
+            register["health_endpoint"]["maxLength"],
+            reg::MAX_HEALTH_ENDPOINT_LEN
+        );
+        assert_eq!(register["version"]["maxLength"], reg::MAX_VERSION_LEN);
+        assert_eq!(register["tags"]["maxItems"], reg::MAX_TAGS);
+        let protocols: Vec<&str> = Protocol::ALL.iter().map(|p| p.as_str()).collect();
+        assert_eq!(
+            doc["components"]["schemas"]["Protocol"]["enum"],
+            serde_json::json!(protocols)
+        );
+    }
+
     #[test]
     fn the_document_names_exactly_the_route_table() {
         let doc = document();
