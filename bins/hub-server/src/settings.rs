@@ -297,6 +297,14 @@ pub struct PostgresSettings {
     /// requests may hold at once (unset or 0: a quarter of the pool, at
     /// least 1). Past it the tenant's requests queue, then get 503.
     pub tenant_max_connections: usize,
+    /// `HUB_PG_WRITERS`: transactions of grouped registrations and lease
+    /// renewals in flight at once (group commit; each holds a pooled
+    /// connection while it runs; at most `HUB_PG_POOL_SIZE` - 1, so lookups
+    /// always find a connection). 0: every change commits on its own.
+    pub writers: usize,
+    /// `HUB_PG_WRITE_BATCH`: most changes one grouped transaction carries
+    /// (at most a quarter of them of one tenant). 1: no grouping.
+    pub write_batch: usize,
     /// `HUB_MIGRATE_ON_START=true` applies pending migrations at start (the
     /// server's role then needs to own the schema: development setups).
     pub migrate_on_start: bool,
@@ -439,6 +447,8 @@ const ENV_KEYS: &[(&str, &str)] = &[
         "HUB_PG_TENANT_MAX_CONNECTIONS",
         "postgres.tenant_max_connections",
     ),
+    ("HUB_PG_WRITERS", "postgres.writers"),
+    ("HUB_PG_WRITE_BATCH", "postgres.write_batch"),
     ("HUB_MIGRATE_ON_START", "postgres.migrate_on_start"),
     ("HUB_ALLOW_RLS_BYPASS", "postgres.allow_rls_bypass"),
     (
@@ -502,6 +512,8 @@ impl Settings {
             .set_default("postgres.pool_size", 16)?
             .set_default("postgres.statement_timeout_ms", 5000)?
             .set_default("postgres.tenant_max_connections", 0)?
+            .set_default("postgres.writers", 2)?
+            .set_default("postgres.write_batch", 256)?
             .set_default("postgres.migrate_on_start", false)?
             .set_default("postgres.allow_rls_bypass", false)?
             .set_default("postgres.startup_timeout_secs", 60)?
@@ -543,6 +555,11 @@ impl Settings {
         if settings.postgres.pool_size == 0 || settings.postgres.statement_timeout_ms == 0 {
             return Err(ConfigError::Message(
                 "HUB_PG_POOL_SIZE and HUB_PG_STATEMENT_TIMEOUT_MS must be at least 1".into(),
+            ));
+        }
+        if settings.postgres.write_batch == 0 {
+            return Err(ConfigError::Message(
+                "HUB_PG_WRITE_BATCH must be at least 1 (1 commits every change on its own)".into(),
             ));
         }
         let events = &settings.events;

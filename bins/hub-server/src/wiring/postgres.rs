@@ -9,7 +9,7 @@ use hub_core::error_chain;
 use hub_core::ports::Outbox;
 use hub_store::pg::diagnose::{ConnectProblem, diagnose};
 use hub_store::pg::migrate;
-use hub_store::{PgConfig, PgStore, RoleCheck};
+use hub_store::{GroupCommit, PgConfig, PgStore, RoleCheck};
 use secrecy::ExposeSecret;
 
 use crate::settings::PostgresSettings;
@@ -24,6 +24,11 @@ fn pg_config(host: &str, s: &PostgresSettings) -> PgConfig {
         pool_size: s.pool_size,
         statement_timeout: Duration::from_millis(s.statement_timeout_ms),
         tenant_max_connections: (s.tenant_max_connections > 0).then_some(s.tenant_max_connections),
+        group_commit: GroupCommit {
+            writers: s.writers.min(s.pool_size.saturating_sub(1)),
+            max_batch: s.write_batch,
+            per_tenant: (s.write_batch / 4).max(1),
+        },
         ..PgConfig::new(host)
     }
 }

@@ -7,6 +7,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, 
 use hub_core::RegistryError;
 use tokio_postgres::NoTls;
 
+use super::batch::GroupCommit;
+
 /// Idle time before the first keepalive probe, time between probes, and
 /// probes unanswered before the connection is dropped: a vanished peer of
 /// an idle connection is noticed within about 25 s.
@@ -38,6 +40,9 @@ pub struct PgConfig {
     /// Pooled connections one tenant's requests may hold at once; `None`:
     /// a quarter of the pool, at least one.
     pub tenant_max_connections: Option<usize>,
+    /// How registrations and lease renewals share transactions (group
+    /// commit; see `batch`).
+    pub group_commit: GroupCommit,
 }
 
 impl fmt::Debug for PgConfig {
@@ -51,6 +56,7 @@ impl fmt::Debug for PgConfig {
             .field("pool_size", &self.pool_size)
             .field("statement_timeout", &self.statement_timeout)
             .field("tenant_max_connections", &self.tenant_share())
+            .field("group_commit", &self.group_commit)
             .finish()
     }
 }
@@ -67,6 +73,7 @@ impl PgConfig {
             pool_size: 16,
             statement_timeout: Duration::from_secs(5),
             tenant_max_connections: None,
+            group_commit: GroupCommit::default(),
         }
     }
 

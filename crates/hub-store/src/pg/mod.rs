@@ -1,6 +1,7 @@
 //! The PostgreSQL store: connection pool, tenant-scoped transactions, registry queries, the event outbox, migrations.
 
 mod advisory;
+mod batch;
 mod config;
 mod dashboard;
 pub mod diagnose;
@@ -16,6 +17,7 @@ mod rows;
 mod scoped;
 mod store;
 
+pub use batch::{GroupCommit, WriteBatchStats};
 pub use config::PgConfig;
 pub use dashboard::PgProbe;
 pub use migrate::RoleCheck;

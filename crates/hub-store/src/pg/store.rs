@@ -1,6 +1,6 @@
 //! `PgStore`: hub-core's `RegistryStore` on PostgreSQL; every query runs in a tenant-scoped transaction.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
@@ -17,6 +17,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::advisory::{METRICS_LOCK, REAPER_LOCK, Releases, unlock};
+use super::batch::{Accept, Batcher, Outcome, Param, WriteBatchStats};
 use super::config::PgConfig;
 use super::error::DbError;
 use super::error::{chain, from_db, from_pg};
@@ -34,6 +35,8 @@ pub struct PgStore {
     pub(super) releases: Arc<Releases>,
     /// The mass-expiry rule of [`RegistryStore::expire_leases`].
     policy: MassExpiry,
+    /// Group commit of single-statement changes (see `batch`).
+    batch: Arc<Batcher>,
 }
 
 /// What every change writes to the outbox: nothing when no sink is
@@ -65,6 +68,82 @@ const LIST_CHUNK: usize = DEFAULT_LIST_LIMIT + 1;
 
 /// The tenant's current revision (no row: it never changed anything).
 const REVISION: &str = "SELECT revision FROM tenant_state WHERE tenant_id = $1";
+
+/// A registration, whole, in one statement and in lock order: it bumps (and
+/// so locks) the tenant's revision row first, enters a new tenant in
+/// hub_tenants, writes the instance, and writes the audit row and the
+/// outbox row (when sinks are configured), which read `created` from the
+/// upsert's RETURNING. It is what `bump_revision` does, inlined: it runs as
+/// one statement of a batch (group commit) or as a pipelined single-statement
+/// transaction, since registration is the hottest write.
+const UPSERT: &str = "WITH rev AS ( \
+                         INSERT INTO tenant_state AS s (tenant_id, revision) VALUES ($1, 1) \
+                         ON CONFLICT (tenant_id) DO UPDATE SET revision = s.revision + 1 \
+                         RETURNING revision, (xmax = 0) AS created \
+                     ), known AS ( \
+                         INSERT INTO hub_tenants (tenant_id) SELECT $1 FROM rev WHERE rev.created \
+                         ON CONFLICT DO NOTHING \
+                     ), up AS ( \
+                         INSERT INTO service_registry (tenant_id, service_name, instance_id, host, port, \
+                             protocol, health_endpoint, version, tags, metadata, ttl_seconds, status, \
+                             registered_at, last_heartbeat, lease_expires_at, revision) \
+                         SELECT $1, $2::varchar, $3::varchar, $4::varchar, $5::int, $6::varchar, \
+                             $7::varchar, $8::varchar, $9::text[], $10::jsonb, $11::int, 'passing', \
+                             $12::timestamptz, $12::timestamptz, $13::timestamptz, rev.revision \
+                         FROM rev \
+                         ON CONFLICT (tenant_id, service_name, instance_id) DO UPDATE SET \
+                             host = EXCLUDED.host, port = EXCLUDED.port, protocol = EXCLUDED.protocol, \
+                             health_endpoint = EXCLUDED.health_endpoint, version = EXCLUDED.version, \
+                             tags = EXCLUDED.tags, metadata = EXCLUDED.metadata, \
+                             ttl_seconds = EXCLUDED.ttl_seconds, status = 'passing', \
+                             last_heartbeat = EXCLUDED.last_heartbeat, \
+                             lease_expires_at = EXCLUDED.lease_expires_at, revision = EXCLUDED.revision \
+                         RETURNING registered_at, (xmax = 0) AS created, revision \
+                     ), audit AS ( \
+                         INSERT INTO coordination_history (tenant_id, revision, event_type, service_name, \
+                             instance_id, actor, request_id, occurred_at, payload) \
+                         SELECT $1, up.revision, CASE WHEN up.created THEN 'service.registered' \
+                                              ELSE 'service.updated' END, \
+                                $2, $3, $14::varchar, $15::varchar, $12, $16::jsonb \
+                         FROM up \
+                     ), event AS ( \
+                         SELECT nextval('hub_outbox_id_seq') AS id, up.revision, up.created, \
+                                up.registered_at \
+                         FROM up WHERE cardinality($18::smallint[]) > 0 \
+                     ), outbox AS ( \
+                         INSERT INTO hub_outbox (id, tenant_id, revision, event_type, service_name, \
+                             instance_id, occurred_at, previous_status, payload, registered_at, \
+                             last_heartbeat, origin) \
+                         SELECT e.id, $1, e.revision, CASE WHEN e.created THEN 'service.registered' \
+                                              ELSE 'service.updated' END, \
+                                $2, $3, $12, NULL, $16::jsonb, e.registered_at, $12, $17::varchar \
+                         FROM event e \
+                     ), due AS ( \
+                         INSERT INTO hub_outbox_due (sink, id, tenant_id) \
+                         SELECT s, event.id, $1 FROM event CROSS JOIN unnest($18::smallint[]) AS s \
+                     ) \
+                     SELECT registered_at, created, revision FROM up";
+
+/// A heartbeat that keeps the instance's status, as one statement of a batch:
+/// the lease renewal and, when the heartbeat carries metrics ($10), their
+/// row. No row when the instance is missing or its status differs (the
+/// caller then takes the transaction that records a status change).
+static RENEW: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH up AS ( \
+             UPDATE service_registry \
+             SET last_heartbeat = $4, \
+                 lease_expires_at = $4::timestamptz + make_interval(secs => ttl_seconds) \
+             WHERE tenant_id = $1 AND service_name = $2 AND instance_id = $3 AND status = $5 \
+             RETURNING {COLUMNS} \
+         ), metrics AS ( \
+             INSERT INTO health_metrics (tenant_id, service_name, instance_id, status, \
+                 response_time_ms, cpu_usage, memory_usage, error_rate, recorded_at) \
+             SELECT $1, $2, $3, $5, $6, $7, $8, $9, $4 FROM up WHERE $10 \
+         ) \
+         SELECT {COLUMNS} FROM up"
+    )
+});
 
 /// One change as recorded: its audit row and, when sinks are configured, its
 /// outbox row (the event). `instance` is the record after the change (before
@@ -100,12 +179,101 @@ impl Audit<'_> {
 impl PgStore {
     /// A store over a new pool (connections open on first use).
     pub fn new(config: &PgConfig) -> Result<Self, RegistryError> {
+        let pool = Gate::new(config)?;
+        // A change may wait for a connection, for the batches ahead of it
+        // and for its own batch and commit, each within its deadline.
+        let patience = config.statement_timeout + config.call_deadline() * 3;
         Ok(Self {
-            pool: Gate::new(config)?,
+            batch: Arc::new(Batcher::new(pool.clone(), config.group_commit, patience)),
+            pool,
             outbox: Arc::new(OutboxWrites::default()),
             releases: Arc::default(),
             policy: MassExpiry::default(),
         })
+    }
+
+    /// A heartbeat that keeps the instance's status, in the next batch.
+    /// `None`: it renewed nothing (the instance is missing, its status
+    /// differs, or its row cannot be read, in which case nothing was
+    /// committed), and the caller's own transaction decides.
+    async fn renew_in_batch(
+        &self,
+        tenant: &TenantId,
+        service: &ServiceName,
+        instance: &InstanceId,
+        heartbeat: &Heartbeat,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Renewed>, RegistryError> {
+        let metrics = heartbeat.metrics();
+        let params: Vec<Param> = vec![
+            Box::new(tenant.as_str().to_owned()),
+            Box::new(service.as_str().to_owned()),
+            Box::new(instance.as_str().to_owned()),
+            Box::new(now),
+            Box::new(heartbeat.status().as_str().to_owned()),
+            Box::new(metrics.and_then(|m| m.response_time_ms())),
+            Box::new(metrics.and_then(|m| m.cpu_usage())),
+            Box::new(metrics.and_then(|m| m.memory_usage())),
+            Box::new(metrics.and_then(|m| m.error_rate())),
+            Box::new(metrics.is_some()),
+        ];
+        let owner = tenant.clone();
+        let accept: Accept =
+            Box::new(move |rows| rows.iter().all(|row| rows::instance(&owner, row).is_ok()));
+        let Some(rows) = self
+            .single_change(tenant, RENEW.as_str(), params, Some(accept))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let instance = rows::instance(tenant, row)?;
+        Ok(Some(Renewed {
+            instance,
+            previous_status: heartbeat.status(),
+        }))
+    }
+
+    /// What group commit has done since this store was built (batches and
+    /// the changes they carried).
+    pub fn write_batches(&self) -> WriteBatchStats {
+        self.batch.stats()
+    }
+
+    /// Runs a change that is one statement: in the next batch (group
+    /// commit), or as a pipelined transaction of its own when group commit
+    /// is off or the tenant's changes bypass the batches (see `batch`).
+    /// `None`: its `accept` check refused the rows and the change was rolled
+    /// back, or it was not run and its caller must run it in a transaction
+    /// of its own (only changes with an `accept` check, which is consulted
+    /// in batches only).
+    async fn single_change(
+        &self,
+        tenant: &TenantId,
+        sql: &'static str,
+        params: Vec<Param>,
+        accept: Option<Accept>,
+    ) -> Result<Option<Vec<Row>>, RegistryError> {
+        let mut params = params;
+        if self.batch.enabled() {
+            let checked = accept.is_some();
+            match self.batch.submit(tenant, sql, params, accept).await? {
+                Outcome::Rows(rows) => return Ok(Some(rows)),
+                Outcome::Rejected => return Ok(None),
+                // The caller's own transaction takes a checked change.
+                Outcome::Bypass(_) if checked => return Ok(None),
+                Outcome::Bypass(given_back) => params = given_back,
+            }
+        }
+        let refs: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        single_statement(&self.pool, tenant, sql, &refs)
+            .await
+            .map(Some)
     }
 
     /// The same store, holding removals in its own lease expiry
@@ -433,100 +601,35 @@ impl RegistryStore for PgStore {
         let lease = now + Duration::seconds(i64::from(registration.ttl_seconds()));
         let metadata = Value::Object(registration.metadata().clone());
         let registration = &registration;
-        let t = tenant.as_str();
-        let service = registration.service_name().as_str();
-        let instance = registration.instance_id().as_str();
-        let host = registration.host().as_str();
-        let port = i32::from(registration.port());
-        let protocol = registration.protocol().as_str();
-        let health = registration.health_endpoint();
-        let version = registration.version();
-        let tags = registration.tags();
         let ttl = i32::try_from(registration.ttl_seconds()).unwrap_or(i32::MAX);
         let payload = rows::registration_payload(registration, HealthStatus::Passing, lease);
-        let actor = context.actor();
-        let request_id = context.request_id();
         let outbox = &*self.outbox;
-        let params: [&(dyn ToSql + Sync); 18] = [
-            &t,
-            &service,
-            &instance,
-            &host,
-            &port,
-            &protocol,
-            &health,
-            &version,
-            &tags,
-            &metadata,
-            &ttl,
-            &now,
-            &lease,
-            &actor,
-            &request_id,
-            &payload,
-            &outbox.origin,
-            &outbox.sinks,
+        let params: Vec<Param> = vec![
+            Box::new(tenant.as_str().to_owned()),
+            Box::new(registration.service_name().as_str().to_owned()),
+            Box::new(registration.instance_id().as_str().to_owned()),
+            Box::new(registration.host().as_str().to_owned()),
+            Box::new(i32::from(registration.port())),
+            Box::new(registration.protocol().as_str().to_owned()),
+            Box::new(registration.health_endpoint().to_owned()),
+            Box::new(registration.version().map(str::to_owned)),
+            Box::new(registration.tags().to_vec()),
+            Box::new(metadata),
+            Box::new(ttl),
+            Box::new(now),
+            Box::new(lease),
+            Box::new(context.actor().map(str::to_owned)),
+            Box::new(context.request_id().map(str::to_owned)),
+            Box::new(payload),
+            Box::new(outbox.origin.clone()),
+            Box::new(outbox.sinks.clone()),
         ];
-        // One statement does the whole change, in lock order: it bumps (and
-        // so locks) the tenant's revision row first, enters a new tenant in
-        // hub_tenants, writes the instance, and writes the audit row and the
-        // outbox row (when sinks are configured), which read `created` from
-        // the upsert's RETURNING. It is what
-        // `bump_revision` does, inlined, and it runs as a pipelined
-        // single-statement transaction: registration is the hottest write.
-        let rows = single_statement(
-            &self.pool,
-            tenant,
-            "WITH rev AS ( \
-                         INSERT INTO tenant_state AS s (tenant_id, revision) VALUES ($1, 1) \
-                         ON CONFLICT (tenant_id) DO UPDATE SET revision = s.revision + 1 \
-                         RETURNING revision, (xmax = 0) AS created \
-                     ), known AS ( \
-                         INSERT INTO hub_tenants (tenant_id) SELECT $1 FROM rev WHERE rev.created \
-                         ON CONFLICT DO NOTHING \
-                     ), up AS ( \
-                         INSERT INTO service_registry (tenant_id, service_name, instance_id, host, port, \
-                             protocol, health_endpoint, version, tags, metadata, ttl_seconds, status, \
-                             registered_at, last_heartbeat, lease_expires_at, revision) \
-                         SELECT $1, $2::varchar, $3::varchar, $4::varchar, $5::int, $6::varchar, \
-                             $7::varchar, $8::varchar, $9::text[], $10::jsonb, $11::int, 'passing', \
-                             $12::timestamptz, $12::timestamptz, $13::timestamptz, rev.revision \
-                         FROM rev \
-                         ON CONFLICT (tenant_id, service_name, instance_id) DO UPDATE SET \
-                             host = EXCLUDED.host, port = EXCLUDED.port, protocol = EXCLUDED.protocol, \
-                             health_endpoint = EXCLUDED.health_endpoint, version = EXCLUDED.version, \
-                             tags = EXCLUDED.tags, metadata = EXCLUDED.metadata, \
-                             ttl_seconds = EXCLUDED.ttl_seconds, status = 'passing', \
-                             last_heartbeat = EXCLUDED.last_heartbeat, \
-                             lease_expires_at = EXCLUDED.lease_expires_at, revision = EXCLUDED.revision \
-                         RETURNING registered_at, (xmax = 0) AS created, revision \
-                     ), audit AS ( \
-                         INSERT INTO coordination_history (tenant_id, revision, event_type, service_name, \
-                             instance_id, actor, request_id, occurred_at, payload) \
-                         SELECT $1, up.revision, CASE WHEN up.created THEN 'service.registered' \
-                                              ELSE 'service.updated' END, \
-                                $2, $3, $14::varchar, $15::varchar, $12, $16::jsonb \
-                         FROM up \
-                     ), event AS ( \
-                         SELECT nextval('hub_outbox_id_seq') AS id, up.revision, up.created, \
-                                up.registered_at \
-                         FROM up WHERE cardinality($18::smallint[]) > 0 \
-                     ), outbox AS ( \
-                         INSERT INTO hub_outbox (id, tenant_id, revision, event_type, service_name, \
-                             instance_id, occurred_at, previous_status, payload, registered_at, \
-                             last_heartbeat, origin) \
-                         SELECT e.id, $1, e.revision, CASE WHEN e.created THEN 'service.registered' \
-                                              ELSE 'service.updated' END, \
-                                $2, $3, $12, NULL, $16::jsonb, e.registered_at, $12, $17::varchar \
-                         FROM event e \
-                     ), due AS ( \
-                         INSERT INTO hub_outbox_due (sink, id, tenant_id) \
-                         SELECT s, event.id, $1 FROM event CROSS JOIN unnest($18::smallint[]) AS s \
-                     ) \
-                     SELECT registered_at, created, revision FROM up",
-            &params,
-        )
-        .await?;
+        let rows = self
+            .single_change(tenant, UPSERT, params, None)
+            .await?
+            .ok_or_else(|| {
+                RegistryError::Unexpected("a registration without a check was refused".into())
+            })?;
         let row = rows.first().ok_or_else(|| {
             RegistryError::Unexpected("the registration statement returned no row".into())
         })?;
@@ -766,6 +869,13 @@ impl RegistryStore for PgStore {
         now: DateTime<Utc>,
         context: &ChangeContext,
     ) -> Result<Renewed, RegistryError> {
+        if self.batch.enabled()
+            && let Some(renewed) = self
+                .renew_in_batch(tenant, service, instance, heartbeat, now)
+                .await?
+        {
+            return Ok(renewed);
+        }
         let status = heartbeat.status().as_str();
         let renew_sql = format!(
             "UPDATE service_registry \

@@ -4,6 +4,7 @@
 mod containment;
 mod dragonfly;
 mod dragonfly_tls;
+mod group_commit;
 mod leases_contract;
 mod outbox;
 mod pg_leases;
