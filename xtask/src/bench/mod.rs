@@ -24,6 +24,7 @@ mod dragonfly;
 mod load;
 mod names;
 mod options;
+mod peers;
 mod pg;
 mod phases;
 mod report;
@@ -42,7 +43,7 @@ use crate::bench::options::{Options, USAGE};
 use crate::bench::pg::postgres_admin;
 use crate::bench::phases::core::{one_run, pg_run};
 use crate::bench::phases::heartbeats::{self, HeartbeatResult};
-use crate::bench::phases::{events, fairness, limiter, metrics};
+use crate::bench::phases::{events, fairness, large, limiter, metrics};
 use crate::bench::servers::Server;
 use crate::bench::summary::{RunResult, run_table, summary};
 
@@ -110,6 +111,10 @@ async fn bench(options: &Options, binary: &Path, log_dir: &Path) -> anyhow::Resu
         }
     };
     let dragonfly = dragonfly::endpoint(options, admin.is_some()).await;
+    let peers = peers::find(options);
+    if !options.large_registry {
+        report("large registry: skipped (--skip-large-registry)\n");
+    }
     let mut runs = Vec::with_capacity(options.runs);
     for run in 1..=options.runs {
         let log_path = log_dir.join(format!("server-run{run}.log"));
@@ -171,6 +176,23 @@ async fn bench(options: &Options, binary: &Path, log_dir: &Path) -> anyhow::Resu
                 }
             }
         }
+        let large = if options.large_registry {
+            let result = large::run(options, admin.as_ref(), binary, log_dir, run)
+                .await
+                .with_context(|| format!("run {run}, lookups over the larger registry"))?;
+            Some(result)
+        } else {
+            None
+        };
+        let peers = match &peers {
+            Some(peers) => {
+                let result = peers::run(options, peers, log_dir, run)
+                    .await
+                    .with_context(|| format!("run {run}, peers"))?;
+                Some(result)
+            }
+            None => None,
+        };
         let fairness = match &admin {
             Some(admin) if options.fairness => {
                 let log_path = log_dir.join(format!("server-pg-fairness-run{run}.log"));
@@ -235,6 +257,8 @@ async fn bench(options: &Options, binary: &Path, log_dir: &Path) -> anyhow::Resu
             heartbeats,
             limiter,
             request_metrics,
+            large,
+            peers,
         };
         report(&run_table(run, &result, options.pg_pool));
         runs.push(result);

@@ -23,6 +23,15 @@ options:
                       HUB_REQUEST_METRICS on and off, two servers, alternating 1 s slices,
                       --duration-secs slices per side)
   --skip-dragonfly    leave out the PostgreSQL+Dragonfly mode of the heartbeat and limiter phases
+  --skip-large-registry  skip the lookups over the larger registry (10,000 services: 100 tenants x
+                      100 services, 100,000 instances), embedded and PostgreSQL mode; it costs two
+                      more servers per run, 100,000 unmeasured registrations each (about 30 s in
+                      PostgreSQL mode here) and two more --duration-secs lookup phases
+  --peers             also measure etcd (and r-nacos, if `rnacos` is on PATH) with the same load
+                      generator in the same run: etcd from PATH (`apt-get install -y etcd-server`)
+                      on a temporary data folder and free ports, fsync as shipped, through its
+                      HTTP/JSON gateway (put, put with a lease, range); a missing peer is reported
+                      and skipped
   --event-secs N      length of the fixed-rate event latency phase (default 10)
   --event-rate N      registrations/s of the event latency phase (default 1000)
   --quick             smoke test: 2 s phases (heartbeats and limiter too), 1 run, 2000 registrations,
@@ -79,6 +88,10 @@ pub(crate) struct Options {
     pub(crate) request_metrics: bool,
     /// Whether the PostgreSQL+Dragonfly mode may run (not `--skip-dragonfly`).
     pub(crate) dragonfly: bool,
+    /// Whether the lookups over the larger registry run (not `--skip-large-registry`).
+    pub(crate) large_registry: bool,
+    /// Whether the peers (etcd, r-nacos) are measured (`--peers`).
+    pub(crate) peers: bool,
     /// Length of the fixed-rate event latency phase.
     pub(crate) event_duration: Duration,
     /// Registrations per second of the event latency phase.
@@ -113,6 +126,8 @@ impl Options {
         let mut skip_limiter = false;
         let mut skip_request_metrics = false;
         let mut skip_dragonfly = false;
+        let mut skip_large_registry = false;
+        let mut peers = false;
         let mut event_secs = None;
         let mut event_rate = None;
         // Both `--flag value` and `--flag=value` are accepted.
@@ -133,6 +148,8 @@ impl Options {
                 "--skip-limiter" => skip_limiter = true,
                 "--skip-request-metrics" => skip_request_metrics = true,
                 "--skip-dragonfly" => skip_dragonfly = true,
+                "--skip-large-registry" => skip_large_registry = true,
+                "--peers" => peers = true,
                 "--event-secs" => event_secs = Some(positive(flag, &value()?)?),
                 "--event-rate" => event_rate = Some(positive(flag, &value()?)?),
                 "--quick" => quick = true,
@@ -171,6 +188,8 @@ impl Options {
             limiter: !skip_limiter,
             request_metrics: !skip_request_metrics,
             dragonfly: !skip_dragonfly,
+            large_registry: !skip_large_registry,
+            peers,
             event_duration: Duration::from_secs(u64::try_from(event_secs)?),
             event_rate: event_rate.unwrap_or(EVENT_RATE),
         }))

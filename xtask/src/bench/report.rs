@@ -120,3 +120,29 @@ pub(crate) fn target(out: &mut String, name: &str, value: f64, bound: Bound) {
         "{name:<27} {value:.2} (target {relation} {bound:.2}) {verdict}"
     );
 }
+
+/// CPU time of every PostgreSQL process (the cluster's own included) per
+/// 1,000 registrations, the median over the runs: what a registration costs
+/// the database, comparable across write paths. The bench backends' share is
+/// in brackets.
+pub(crate) fn pg_cpu_per_registration_line(
+    out: &mut String,
+    name: &str,
+    runs: &[(&CpuUsage, &Figures)],
+) {
+    let per_1k = |seconds: f64, requests: u64| seconds * 1000.0 / (requests as f64 / 1000.0);
+    let all = median(
+        runs.iter()
+            .map(|(cpu, figures)| per_1k(cpu.postgres_s, figures.requests))
+            .collect(),
+    );
+    let bench = median(
+        runs.iter()
+            .map(|(cpu, figures)| per_1k(cpu.postgres_bench_s, figures.requests))
+            .collect(),
+    );
+    let _ = writeln!(
+        out,
+        "{name} postgres CPU-ms per 1,000 registrations: {all:.0} (bench backends {bench:.0})"
+    );
+}

@@ -5,13 +5,18 @@ use std::fmt::Write as _;
 use crate::bench::console::load_average;
 use crate::bench::cpu::CpuUsage;
 use crate::bench::load::Figures;
+use crate::bench::peers::{self, PeersResult};
 use crate::bench::phases::core::PgResult;
 use crate::bench::phases::events::{self, EventsResult};
 use crate::bench::phases::fairness::{self, FairnessResult};
 use crate::bench::phases::heartbeats::{self, HeartbeatResult};
+use crate::bench::phases::large::{self, LargeResult};
 use crate::bench::phases::limiter::{self, LimiterResult};
 use crate::bench::phases::metrics::{self, MetricsResult};
-use crate::bench::report::{Bound, HEADER, cpu_line, median_cpu, median_figures, mib, row, target};
+use crate::bench::report::{
+    Bound, HEADER, cpu_line, median_cpu, median_figures, mib, pg_cpu_per_registration_line, row,
+    target,
+};
 use crate::bench::workload::{HEALTH, Phase};
 
 /// Targets of the issue, as ratios of the medians.
@@ -34,6 +39,10 @@ pub(crate) struct RunResult {
     pub(crate) heartbeats: Option<HeartbeatResult>,
     pub(crate) limiter: Option<LimiterResult>,
     pub(crate) request_metrics: Option<MetricsResult>,
+    /// The lookups over 10,000 services, unless `--skip-large-registry`.
+    pub(crate) large: Option<LargeResult>,
+    /// The peers, with `--peers`.
+    pub(crate) peers: Option<PeersResult>,
 }
 
 pub(crate) fn run_table(run: usize, result: &RunResult, pg_pool: usize) -> String {
@@ -56,6 +65,12 @@ pub(crate) fn run_table(run: usize, result: &RunResult, pg_pool: usize) -> Strin
             &events.register,
         );
     }
+    if let Some(large) = &result.large {
+        large::run_rows(&mut out, large);
+    }
+    if let Some(peers) = &result.peers {
+        peers::run_rows(&mut out, peers);
+    }
     let _ = writeln!(out, "peak RSS: {:.1} MiB", mib(result.peak_rss_kib));
     if let Some(pg) = &result.pg {
         let _ = writeln!(
@@ -65,9 +80,18 @@ pub(crate) fn run_table(run: usize, result: &RunResult, pg_pool: usize) -> Strin
         );
         cpu_line(&mut out, "pg register", &pg.register_cpu);
         cpu_line(&mut out, "pg lookup", &pg.lookup_cpu);
+        pg_cpu_per_registration_line(&mut out, "pg register", &[(&pg.register_cpu, &pg.register)]);
     }
     if let Some(events) = &result.events {
         events::run_lines(&mut out, events);
+        pg_cpu_per_registration_line(
+            &mut out,
+            events::REGISTER_ROW,
+            &[(&events.register_cpu, &events.register)],
+        );
+    }
+    if let Some(large) = &result.large {
+        large::run_lines(&mut out, large);
     }
     if let Some(fairness) = &result.fairness {
         fairness::run_lines(&mut out, fairness);
@@ -116,6 +140,10 @@ pub(crate) fn summary(runs: &[RunResult], pg_pool: usize) -> String {
         row(&mut out, events::REGISTER_ROW, requests, &register);
         register
     });
+    let large_runs: Vec<&LargeResult> = runs.iter().filter_map(|r| r.large.as_ref()).collect();
+    let large = large::summary_rows(&mut out, &large_runs);
+    let peer_runs: Vec<&PeersResult> = runs.iter().filter_map(|r| r.peers.as_ref()).collect();
+    let peer_medians = peers::summary_rows(&mut out, &peer_runs);
     let peak = runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0);
     let _ = writeln!(
         out,
@@ -133,10 +161,21 @@ pub(crate) fn summary(runs: &[RunResult], pg_pool: usize) -> String {
         cpu_line(&mut out, "pg register", &median_cpu(&register));
         let lookup: Vec<&CpuUsage> = pg_runs.iter().map(|pg| &pg.lookup_cpu).collect();
         cpu_line(&mut out, "pg lookup", &median_cpu(&lookup));
+        let register: Vec<_> = pg_runs
+            .iter()
+            .map(|pg| (&pg.register_cpu, &pg.register))
+            .collect();
+        pg_cpu_per_registration_line(&mut out, "pg register", &register);
     }
     if events_register.is_some() {
         events::summary_lines(&mut out, &events_runs);
+        let register: Vec<_> = events_runs
+            .iter()
+            .map(|e| (&e.register_cpu, &e.register))
+            .collect();
+        pg_cpu_per_registration_line(&mut out, events::REGISTER_ROW, &register);
     }
+    large::summary_lines(&mut out, &large_runs);
     out.push('\n');
     let get = |wanted: Phase| {
         medians
@@ -193,6 +232,37 @@ pub(crate) fn summary(runs: &[RunResult], pg_pool: usize) -> String {
         pg.map(|(register, _)| register),
         events_register,
         &events_runs,
+    );
+    let pg_lookup = pg.map(|(_, lookup)| lookup);
+    large::targets(
+        &mut out,
+        "1k svc",
+        match (get(Phase::Lookup), pg_lookup) {
+            (Some(embedded), Some(pg)) => Ok((embedded, pg)),
+            _ => Err("PostgreSQL skipped"),
+        },
+    );
+    large::targets(
+        &mut out,
+        "10k svc",
+        match large {
+            Some((embedded, Some(pg))) => Ok((embedded, pg)),
+            Some((_, None)) => Err("PostgreSQL skipped"),
+            None => Err("--skip-large-registry"),
+        },
+    );
+    let ours = [
+        ("pg register", pg.map(|(register, _)| register), true),
+        (events::REGISTER_ROW, events_register, true),
+        ("register", get(Phase::Register), true),
+        ("pg lookup", pg_lookup, false),
+        ("lookup", get(Phase::Lookup), false),
+    ];
+    peers::side_by_side(
+        &mut out,
+        &ours,
+        &peer_medians,
+        pg.map(|(register, _)| register),
     );
     let fairness: Vec<&FairnessResult> = runs.iter().filter_map(|r| r.fairness.as_ref()).collect();
     fairness::summary_lines(&mut out, &fairness);

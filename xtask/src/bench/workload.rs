@@ -37,12 +37,17 @@ impl Phase {
     }
 }
 
+/// The content type of the hub's request bodies.
+pub(crate) const JSON: &str = "application/json";
+
 /// Everything a phase sends, built before the clock starts so that the load
 /// generator spends its share of the cores on sending, not formatting.
 #[derive(Debug)]
 pub(crate) struct Workload {
     pub(crate) method: Method,
     pub(crate) host: HeaderValue,
+    /// The content type of the requests that have a body.
+    pub(crate) content_type: HeaderValue,
     /// Request `i` uses `targets[i % targets.len()]`.
     pub(crate) targets: Vec<Target>,
 }
@@ -77,6 +82,7 @@ impl Workload {
             }
         };
         Ok(Self {
+            content_type: HeaderValue::from_static(JSON),
             method,
             host,
             targets,
@@ -86,8 +92,18 @@ impl Workload {
     /// Lookups of every service of every tenant named `{tenants}NNN`, round
     /// robin over tenants first, then services.
     pub(crate) fn lookups(addr: SocketAddr, tenants: &str) -> anyhow::Result<Self> {
+        Self::lookups_over(addr, tenants, SERVICES_PER_TENANT)
+    }
+
+    /// [`Workload::lookups`] over `services` services per tenant (the larger
+    /// registry has 100).
+    pub(crate) fn lookups_over(
+        addr: SocketAddr,
+        tenants: &str,
+        services: usize,
+    ) -> anyhow::Result<Self> {
         let host = HeaderValue::from_str(&addr.to_string())?;
-        let targets = (0..TENANTS * SERVICES_PER_TENANT)
+        let targets = (0..TENANTS * services)
             .map(|i| {
                 let path = format!("/api/v1/discovery/services/{}", service_name(i / TENANTS));
                 Ok(Target {
@@ -98,6 +114,7 @@ impl Workload {
             })
             .collect::<anyhow::Result<_>>()?;
         Ok(Self {
+            content_type: HeaderValue::from_static(JSON),
             method: Method::GET,
             host,
             targets,
@@ -106,14 +123,11 @@ impl Workload {
 
     /// Where registration `i` of [`Workload::registrations`] goes: its
     /// tenant, service and instance number within the service.
-    pub(crate) fn placement(i: usize) -> (usize, usize, usize) {
+    /// `services` is the number of services per tenant.
+    pub(crate) fn placement(i: usize, services: usize) -> (usize, usize, usize) {
         let tenant = i % TENANTS;
         let rest = i / TENANTS;
-        (
-            tenant,
-            rest % SERVICES_PER_TENANT,
-            rest / SERVICES_PER_TENANT,
-        )
+        (tenant, rest % services, rest / services)
     }
 
     /// `count` registrations of distinct instances, instance `i` named
@@ -126,24 +140,25 @@ impl Workload {
         prefix: &str,
         tenants: &str,
     ) -> anyhow::Result<Self> {
+        Self::registrations_over(addr, count, prefix, tenants, SERVICES_PER_TENANT)
+    }
+
+    /// [`Workload::registrations`] spread over `services` services per
+    /// tenant.
+    pub(crate) fn registrations_over(
+        addr: SocketAddr,
+        count: usize,
+        prefix: &str,
+        tenants: &str,
+        services: usize,
+    ) -> anyhow::Result<Self> {
         Self::per_instance(
             addr,
             "/api/v1/discovery/register",
             count,
             tenants,
-            |i, (tenant, service, instance)| {
-                // TTL is the maximum so no lease expires, and no instance
-                // turns critical, while the run is going.
-                serde_json::json!({
-                    "service_name": service_name(service),
-                    "instance_id": instance_id(prefix, i),
-                    "host": format!("10.{tenant}.{service}.{instance}"),
-                    "port": 8080,
-                    "tags": ["bench"],
-                    "metadata": { "zone": "a" },
-                    "ttl_seconds": 3600,
-                })
-            },
+            services,
+            |i, placement| registration_body(prefix, i, placement),
         )
     }
 
@@ -162,6 +177,7 @@ impl Workload {
             "/api/v1/discovery/heartbeat",
             count,
             tenants,
+            SERVICES_PER_TENANT,
             |i, (_, service, _)| {
                 serde_json::json!({
                     "service_name": service_name(service),
@@ -172,19 +188,20 @@ impl Workload {
     }
 
     /// One POST to `path` per instance `i < count`, as the tenant of its
-    /// [`Workload::placement`], with the body `body(i, placement)`.
+    /// [`Workload::placement`] over `services` services per tenant, with the body `body(i, placement)`.
     pub(crate) fn per_instance(
         addr: SocketAddr,
         path: &'static str,
         count: usize,
         tenants: &str,
+        services: usize,
         body: impl Fn(usize, (usize, usize, usize)) -> serde_json::Value,
     ) -> anyhow::Result<Self> {
         let host = HeaderValue::from_str(&addr.to_string())?;
         let uri = Uri::from_static(path);
         let targets = (0..count)
             .map(|i| {
-                let placement = Self::placement(i);
+                let placement = Self::placement(i, services);
                 Ok(Target {
                     uri: uri.clone(),
                     tenant: Some(HeaderValue::from_str(&tenant_name(tenants, placement.0))?),
@@ -193,6 +210,7 @@ impl Workload {
             })
             .collect::<anyhow::Result<_>>()?;
         Ok(Self {
+            content_type: HeaderValue::from_static(JSON),
             method: Method::POST,
             host,
             targets,
@@ -214,10 +232,31 @@ impl Workload {
                 .header("x-tenant-id", tenant.clone());
         }
         if !target.body.is_empty() {
-            request = request.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            request = request.header(CONTENT_TYPE, self.content_type.clone());
         }
         Ok(request.body(Full::new(target.body.clone()))?)
     }
+}
+
+/// The body of registration `i` of instances named `{prefix}-NNNNN` at
+/// `(tenant, service, instance)`: what the hub gets, and what the peers store
+/// as the value of their key.
+pub(crate) fn registration_body(
+    prefix: &str,
+    i: usize,
+    (tenant, service, instance): (usize, usize, usize),
+) -> serde_json::Value {
+    // TTL is the maximum so no lease expires, and no instance turns
+    // critical, while the run is going.
+    serde_json::json!({
+        "service_name": service_name(service),
+        "instance_id": instance_id(prefix, i),
+        "host": format!("10.{tenant}.{service}.{instance}"),
+        "port": 8080,
+        "tags": ["bench"],
+        "metadata": { "zone": "a" },
+        "ttl_seconds": 3600,
+    })
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ pub(crate) mod core;
 pub(crate) mod events;
 pub(crate) mod fairness;
 pub(crate) mod heartbeats;
+pub(crate) mod large;
 pub(crate) mod limiter;
 pub(crate) mod metrics;
 pub(crate) mod prepare;

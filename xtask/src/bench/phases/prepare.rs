@@ -36,6 +36,31 @@ pub(crate) async fn register_unmeasured(
     verify_registrations(addr, options.registrations, tenants).await
 }
 
+/// Registers `count` instances over `services` services of each of the 100
+/// tenants named `{tenants}NNN`, outside any measurement (the set-up of the
+/// larger registry), and checks that they can be found.
+pub(crate) async fn register_unmeasured_over(
+    options: &Options,
+    server: &mut Server,
+    tenants: &str,
+    count: usize,
+    services: usize,
+) -> anyhow::Result<()> {
+    let addr = server.addr;
+    let workload = Workload::registrations_over(addr, count, REGISTER_PREFIX, tenants, services)?;
+    drive(
+        addr,
+        options.connections,
+        Arc::new(workload),
+        Stop::After(count),
+        OnError::Fail,
+    )
+    .await
+    .context("registering the instances of the larger registry (outside the measurement)")?;
+    server.check_alive()?;
+    verify_registrations_over(addr, count, tenants, services).await
+}
+
 /// After the registration phase, the first and the last tenant must list
 /// every instance of a service, or the lookup phase would measure 404s or
 /// short answers.
@@ -44,7 +69,17 @@ pub(crate) async fn verify_registrations(
     registrations: usize,
     tenants: &str,
 ) -> anyhow::Result<()> {
-    let expected = registrations / (TENANTS * SERVICES_PER_TENANT);
+    verify_registrations_over(addr, registrations, tenants, SERVICES_PER_TENANT).await
+}
+
+/// [`verify_registrations`] of a registry of `services` services per tenant.
+pub(crate) async fn verify_registrations_over(
+    addr: SocketAddr,
+    registrations: usize,
+    tenants: &str,
+    services: usize,
+) -> anyhow::Result<()> {
+    let expected = registrations / (TENANTS * services);
     for tenant in [0, TENANTS - 1] {
         let tenant = tenant_name(tenants, tenant);
         let path = format!("/api/v1/discovery/services/{}", service_name(0));

@@ -65,7 +65,7 @@ pub(super) struct Latency {
 #[derive(Debug)]
 pub(crate) struct EventsResult {
     pub(crate) register: Figures,
-    pub(super) register_cpu: CpuUsage,
+    pub(crate) register_cpu: CpuUsage,
     pub(super) drains: [Drain; 2],
     pub(super) latency: Latency,
     pub(super) listeners: [ListenerCounts; 2],
