@@ -10,13 +10,20 @@
 //! process and of the load generator, so that the report can say which of
 //! them bounds the figures. Unless `--skip-events` is given or the brokers
 //! are missing, each run also starts a PostgreSQL-mode server with NATS and
-//! Kafka configured (see `bench_events`); the two PostgreSQL-mode servers
-//! take turns at going first. Unless skipped, each run also measures
-//! heartbeats in every mode (see `bench_heartbeats`; the PostgreSQL+Dragonfly
-//! mode needs a Dragonfly, see `bench_dragonfly`) and the rate limiter's cost
-//! (see `bench_limiter`) and the request metrics' cost (see
-//! `bench_metrics`). The medians over the runs are compared with the
-//! targets of the issue.
+//! Kafka configured (`phases::events`); the two PostgreSQL-mode servers take
+//! turns at going first. Unless skipped, each run also measures lookups over
+//! a larger registry (`phases::large`), heartbeats in every mode
+//! (`phases::heartbeats`; the PostgreSQL+Dragonfly mode needs a Dragonfly,
+//! see `dragonfly`), the rate limiter's cost (`phases::limiter`) and the
+//! request metrics' cost (`phases::metrics`); with `--peers`, etcd and
+//! r-nacos are measured with the same load generator (`peers`). The medians
+//! over the runs are compared with the targets of the issues (`summary`).
+//!
+//! The modules form layers, each using only the ones below it: `console`,
+//! `names`, `options` and `cpu` at the bottom; `workload` and `load` (the
+//! load generator) above them; `servers`, `pg` and `dragonfly` (the processes
+//! and backends); `report` (rows, CPU lines, medians, target lines); then
+//! `phases` and `peers`; `summary` (the tables) and this module on top.
 
 mod console;
 mod cpu;
