@@ -21,12 +21,12 @@ pub(crate) fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-pub(crate) const HEADER: &str = "phase          requests        rps   p50 ms   p99 ms   errors";
+pub(crate) const HEADER: &str = "phase            requests        rps   p50 ms   p99 ms   errors";
 
 pub(crate) fn row(out: &mut String, name: &str, requests: u64, figures: &Figures) {
     let _ = writeln!(
         out,
-        "{name:<12} {requests:>10} {:>10.1} {:>8.3} {:>8.3} {:>8}",
+        "{name:<14} {requests:>10} {:>10.1} {:>8.3} {:>8.3} {:>8}",
         figures.rps, figures.p50_ms, figures.p99_ms, figures.errors
     );
 }

@@ -187,7 +187,7 @@ pub(crate) fn side_by_side(
     let _ = writeln!(
         out,
         "\nside by side (medians; x = ours / the peer's)\n\
-         ours                rps   p99 ms  peer                  rps   p99 ms   rps x   p99 x"
+         ours                rps   p99 ms  peer                 rps   p99 ms   rps x   p99 x"
     );
     for (name, figures, registration) in ours {
         let Some(figures) = figures else {
