@@ -93,6 +93,9 @@ pub(crate) fn run_table(run: usize, result: &RunResult, pg_pool: usize) -> Strin
     if let Some(large) = &result.large {
         large::run_lines(&mut out, large);
     }
+    if let Some(peers) = &result.peers {
+        peers::cpu_lines(&mut out, &[peers]);
+    }
     if let Some(fairness) = &result.fairness {
         fairness::run_lines(&mut out, fairness);
     }
@@ -176,6 +179,7 @@ pub(crate) fn summary(runs: &[RunResult], pg_pool: usize) -> String {
         pg_cpu_per_registration_line(&mut out, events::REGISTER_ROW, &register);
     }
     large::summary_lines(&mut out, &large_runs);
+    peers::cpu_lines(&mut out, &peer_runs);
     out.push('\n');
     let get = |wanted: Phase| {
         medians

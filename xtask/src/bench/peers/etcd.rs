@@ -43,6 +43,8 @@ const LEASED_ROOT: &str = "/hub-leased";
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct EtcdResult {
     pub(crate) put: Figures,
+    /// CPU time of the etcd process during the put phase, in seconds.
+    pub(crate) put_cpu_s: f64,
     pub(crate) lease_put: Figures,
     pub(crate) range: Figures,
 }
@@ -93,7 +95,9 @@ pub(crate) async fn measure(
     let puts = (0..options.registrations)
         .map(|i| put_body(ROOT, i, None))
         .collect();
+    let before = etcd.cpu_seconds()?;
     let put = run(options, client, "/v3/kv/put", puts).await?;
+    let put_cpu_s = etcd.cpu_seconds()? - before;
     etcd.check_alive()?;
     verify(client, options.registrations).await?;
 
@@ -127,6 +131,7 @@ pub(crate) async fn measure(
     drop(dir);
     Ok(EtcdResult {
         put,
+        put_cpu_s,
         lease_put,
         range,
     })

@@ -21,7 +21,7 @@ pub(crate) use rnacos::NacosResult;
 use crate::bench::console::report;
 use crate::bench::load::Figures;
 use crate::bench::options::Options;
-use crate::bench::report::{Bound, median_figures, row, target};
+use crate::bench::report::{Bound, median, median_figures, row, target};
 
 /// Target of issue 11: PostgreSQL-mode registrations against etcd's puts
 /// through its HTTP/JSON gateway.
@@ -123,6 +123,22 @@ pub(crate) fn run_rows(out: &mut String, result: &PeersResult) {
             &nacos.register,
         );
         row(out, NACOS_LIST, nacos.list.requests, &nacos.list);
+    }
+}
+
+/// The CPU etcd spent per put, beside the PostgreSQL CPU per registration.
+pub(crate) fn cpu_lines(out: &mut String, runs: &[&PeersResult]) {
+    let per_1k: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.etcd.as_ref())
+        .map(|etcd| etcd.put_cpu_s * 1000.0 / (etcd.put.requests as f64 / 1000.0))
+        .collect();
+    if !per_1k.is_empty() {
+        let _ = writeln!(
+            out,
+            "etcd put CPU-ms per 1,000 puts (the etcd process): {:.0}",
+            median(per_1k)
+        );
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::bench::console::progress;
+use crate::bench::cpu::{USER_HZ, process_ticks};
 use crate::bench::names::random_hex;
 
 /// How long a peer may take to answer after it started.
@@ -79,6 +80,13 @@ impl PeerProcess {
             name,
             log_path: log_path.to_owned(),
         })
+    }
+
+    /// CPU time the peer has used so far, in seconds (utime + stime).
+    pub(crate) fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let ticks = process_ticks(&self.child.id().to_string())
+            .with_context(|| format!("reading the CPU time of {}", self.name))?;
+        Ok(ticks as f64 / USER_HZ)
     }
 
     /// Fails if the peer has exited.
