@@ -6,12 +6,6 @@
 
 mod args;
 mod bench;
-mod bench_dragonfly;
-mod bench_events;
-mod bench_fairness;
-mod bench_heartbeats;
-mod bench_limiter;
-mod bench_metrics;
 mod kafka;
 mod migrate;
 mod pip;

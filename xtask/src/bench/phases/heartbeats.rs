@@ -23,11 +23,16 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::bench::{
-    Bound, Figures, OnError, Options, PgAdmin, PgServer, REGISTER_PREFIX, Server, Stop, Workload,
-    drive, fresh_tenant_prefix, median_figures, progress, register_unmeasured, row, target,
-};
-use crate::bench_dragonfly::{Endpoint, RunKeys};
+use crate::bench::console::progress;
+use crate::bench::dragonfly::{Endpoint, RunKeys};
+use crate::bench::load::{Figures, OnError, Stop, drive};
+use crate::bench::names::{REGISTER_PREFIX, TENANT_PREFIX, fresh_tenant_prefix};
+use crate::bench::options::Options;
+use crate::bench::pg::{PgAdmin, PgServer};
+use crate::bench::phases::prepare::register_unmeasured;
+use crate::bench::report::{Bound, median_figures, row, target};
+use crate::bench::servers::Server;
+use crate::bench::workload::Workload;
 
 /// The targets for the embedded and the PostgreSQL+Dragonfly modes:
 /// heartbeats at least this share of the `/health` rate...
@@ -57,7 +62,7 @@ pub(crate) async fn measure(
     server: &mut Server,
     on_error: OnError,
 ) -> anyhow::Result<Figures> {
-    measure_tenants(options, server, crate::bench::TENANT_PREFIX, on_error).await
+    measure_tenants(options, server, TENANT_PREFIX, on_error).await
 }
 
 async fn measure_tenants(

@@ -21,12 +21,16 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use http_body_util::BodyExt as _;
 
-use crate::bench::{
-    Bound, Figures, OnError, Options, PgAdmin, PgServer, Server, Stop, TENANT_PREFIX, Workload,
-    connect, drive, fresh_tenant_prefix, median_figures, progress, register_unmeasured, row,
-    target,
-};
-use crate::bench_dragonfly::{Endpoint, RunKeys};
+use crate::bench::console::progress;
+use crate::bench::dragonfly::{Endpoint, RunKeys};
+use crate::bench::load::{Figures, OnError, Stop, connect, drive};
+use crate::bench::names::{TENANT_PREFIX, fresh_tenant_prefix};
+use crate::bench::options::Options;
+use crate::bench::pg::{PgAdmin, PgServer};
+use crate::bench::phases::prepare::register_unmeasured;
+use crate::bench::report::{Bound, median_figures, row, target};
+use crate::bench::servers::Server;
+use crate::bench::workload::Workload;
 
 /// The rate and the burst of "limits on": one request per microsecond, the
 /// finest interval the shared script resolves, and far above what the load

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::bench::{Options, progress, report};
+use crate::bench::console::{progress, report};
+use crate::bench::options::Options;
 
 const ENDPOINT_ENV: &str = "HUB_BENCH_DRAGONFLY";
 const ENDPOINT_DEFAULT: &str = "127.0.0.1:6379";
@@ -339,7 +340,7 @@ impl Resp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::random_hex;
+    use crate::bench::names::random_hex;
 
     /// The endpoint of the machine's Redis, or `None` (said on stderr) when
     /// it does not answer outside CI; with `CI=true` that fails.

@@ -22,10 +22,12 @@ use hyper::body::Bytes;
 use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request};
 
-use crate::bench::{
-    API_KEY, Bound, Figures, Options, PgAdmin, PgServer, connect, median_figures, new_histogram,
-    progress, row, send, target,
-};
+use crate::bench::console::progress;
+use crate::bench::load::{Figures, connect, new_histogram, send};
+use crate::bench::names::API_KEY;
+use crate::bench::options::Options;
+use crate::bench::pg::{PgAdmin, PgServer};
+use crate::bench::report::{Bound, median_figures, row, target};
 
 const FLOOD_TENANT: &str = "flood";
 const TIMED_TENANT: &str = "timed";

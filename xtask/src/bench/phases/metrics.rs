@@ -21,10 +21,14 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::bench::{
-    Bound, Figures, OnError, Options, Server, Stop, TENANT_PREFIX, Workload, drive, get_once,
-    median, median_figures, progress, register_unmeasured, row, target,
-};
+use crate::bench::console::progress;
+use crate::bench::load::{Figures, OnError, Stop, drive, get_once};
+use crate::bench::names::TENANT_PREFIX;
+use crate::bench::options::Options;
+use crate::bench::phases::prepare::register_unmeasured;
+use crate::bench::report::{Bound, median, median_figures, row, target};
+use crate::bench::servers::Server;
+use crate::bench::workload::Workload;
 
 /// The target: lookups with the request metrics on at least this
 /// share of lookups with them off.

@@ -1,0 +1,10 @@
+//! The phases of a run beyond the load generator: each module starts the servers it needs, measures, and writes its own lines of the report.
+
+pub(crate) mod core;
+pub(crate) mod events;
+pub(crate) mod fairness;
+pub(crate) mod heartbeats;
+pub(crate) mod large;
+pub(crate) mod limiter;
+pub(crate) mod metrics;
+pub(crate) mod prepare;
