@@ -26,7 +26,15 @@ pub(crate) struct PgResult {
     pub(crate) register_cpu: CpuUsage,
     pub(crate) lookup_cpu: CpuUsage,
     pub(crate) peak_rss_kib: u64,
+    /// The same registrations on a second fresh server with group commit
+    /// off (`HUB_PG_WRITERS=0`: one transaction per registration), the
+    /// figure group commit is measured against in the same run.
+    pub(crate) register_alone: Figures,
+    pub(crate) register_alone_cpu: CpuUsage,
 }
+
+/// The row name of registrations with group commit off.
+pub(crate) const REGISTER_ALONE_ROW: &str = "pg reg 1/tx";
 
 /// Registration, then lookups of what was registered, then the health ceiling
 /// against the same server (so both time-bound phases see the same state).
@@ -117,7 +125,29 @@ pub(crate) async fn pg_run(
     // The server first: the database goes away only once nothing uses it.
     drop(server);
     drop(scratch);
+
+    progress("  pg register, one transaction per registration (HUB_PG_WRITERS=0)...");
+    let alone_log = log_path.with_extension("alone.log");
+    let PgServer {
+        mut server,
+        scratch,
+    } = PgServer::start(
+        options,
+        admin,
+        binary,
+        &alone_log,
+        &[("HUB_PG_WRITERS", "0".to_owned())],
+    )
+    .await?;
+    let pid = server.pid();
+    let before = CpuSample::take(pid, &scratch.database)?;
+    let register_alone = measure(options, &mut server, Phase::Register, OnError::Fail).await?;
+    let register_alone_cpu = CpuSample::take(pid, &scratch.database)?.since(&before);
+    drop(server);
+    drop(scratch);
     Ok(PgResult {
+        register_alone,
+        register_alone_cpu,
         register,
         lookup,
         heartbeat,
