@@ -176,7 +176,7 @@ pub(crate) async fn open(
         );
     } else if !check.schema_ready {
         anyhow::bail!(
-            "the database {} is not migrated to this version (no hub_outbox_undeliverable table, migration V3): run `cargo xtask migrate` or set HUB_MIGRATE_ON_START=true",
+            "the database {} is not migrated to this version (migration V3, V4 or V5 is missing): run `cargo xtask migrate` or set HUB_MIGRATE_ON_START=true",
             config.dbname
         );
     }
