@@ -125,6 +125,9 @@ async fn first_connection(
 pub(crate) struct Opened {
     pub(crate) store: Arc<PgStore>,
     pub(crate) outbox: Option<Arc<dyn Outbox>>,
+    /// How the store connects: the change listener opens its own
+    /// connection from it.
+    pub(crate) config: PgConfig,
 }
 
 /// Opens the PostgreSQL store at `host`. An unreachable database is retried
@@ -201,7 +204,11 @@ pub(crate) async fn open(
         check_relay_login(&relay).await?;
         Some(Arc::new(pg.relay_outbox(&relay)?))
     };
-    Ok(Opened { store: pg, outbox })
+    Ok(Opened {
+        store: pg,
+        outbox,
+        config,
+    })
 }
 
 /// Refuses to start a relay whose login could not do its job: it would
