@@ -5,6 +5,7 @@ mod containment;
 mod dragonfly;
 mod dragonfly_tls;
 mod leases_contract;
+mod notify;
 mod outbox;
 mod pg_leases;
 mod rls;
