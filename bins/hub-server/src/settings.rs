@@ -315,9 +315,19 @@ pub struct PostgresSettings {
     /// unreachable database before giving up.
     pub startup_timeout_secs: u64,
     /// `HUB_LOOKUP_CACHE_MS`: how long a service lookup may be answered from
-    /// memory (changes made through this replica show at once; through
-    /// another, within this time). 0 turns the cache off.
+    /// memory while the change listener is not connected (changes made
+    /// through this replica show at once; through another, within this
+    /// time). 0 turns the cache off.
     pub lookup_cache_ms: u64,
+    /// `HUB_LOOKUP_CACHE_LISTEN_MS`: how long a service lookup may be
+    /// answered from memory while the change listener is connected (every
+    /// change of every replica then drops the answer as it commits): a
+    /// safety bound (60000). 0 runs no listener (`HUB_LOOKUP_CACHE_MS`
+    /// always applies). At least `HUB_LOOKUP_CACHE_MS`, at most 3600000.
+    pub lookup_cache_listen_ms: u64,
+    /// `HUB_LOOKUP_CACHE_ENTRIES`: services whose lookups are cached at
+    /// most (50000); past it a sixteenth is evicted. At least 1.
+    pub lookup_cache_entries: usize,
     /// `HUB_METRICS_RETENTION_DAYS`: days of heartbeat metrics
     /// (`health_metrics`) kept; older rows are pruned in batches (7). 0
     /// keeps them forever.
@@ -428,6 +438,11 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("HUB_WORKERS", "server.workers"),
     ("HUB_LOOKUP_CACHE_MS", "postgres.lookup_cache_ms"),
     (
+        "HUB_LOOKUP_CACHE_LISTEN_MS",
+        "postgres.lookup_cache_listen_ms",
+    ),
+    ("HUB_LOOKUP_CACHE_ENTRIES", "postgres.lookup_cache_entries"),
+    (
         "HUB_METRICS_RETENTION_DAYS",
         "postgres.metrics_retention_days",
     ),
@@ -518,6 +533,8 @@ impl Settings {
             .set_default("postgres.allow_rls_bypass", false)?
             .set_default("postgres.startup_timeout_secs", 60)?
             .set_default("postgres.lookup_cache_ms", 500)?
+            .set_default("postgres.lookup_cache_listen_ms", 60_000)?
+            .set_default("postgres.lookup_cache_entries", 50_000)?
             .set_default("postgres.metrics_retention_days", 7)?
             .set_default("events.nats_subject_prefix", "hub")?
             .set_default("events.nats_stream", "HUB_REGISTRY")?
@@ -549,6 +566,19 @@ impl Settings {
         if settings.postgres.lookup_cache_ms > 1000 {
             return Err(ConfigError::Message(
                 "HUB_LOOKUP_CACHE_MS must be at most 1000: a change must reach every replica within 1 s"
+                    .into(),
+            ));
+        }
+        let listen_ms = settings.postgres.lookup_cache_listen_ms;
+        if listen_ms != 0 && !(settings.postgres.lookup_cache_ms..=3_600_000).contains(&listen_ms) {
+            return Err(ConfigError::Message(
+                "HUB_LOOKUP_CACHE_LISTEN_MS must be 0 (no change listener) or between HUB_LOOKUP_CACHE_MS and 3600000"
+                    .into(),
+            ));
+        }
+        if settings.postgres.lookup_cache_entries == 0 {
+            return Err(ConfigError::Message(
+                "HUB_LOOKUP_CACHE_ENTRIES must be at least 1 (HUB_LOOKUP_CACHE_MS=0 turns the cache off)"
                     .into(),
             ));
         }
@@ -979,6 +1009,45 @@ mod tests {
         assert_eq!(s.postgres.lookup_cache_ms, 500);
         assert!(Settings::load(&env(&[("HUB_LOOKUP_CACHE_MS", "1001")])).is_err());
         assert!(Settings::load(&env(&[("HUB_LOOKUP_CACHE_MS", "0")])).is_ok());
+        assert_eq!(s.postgres.lookup_cache_listen_ms, 60_000);
+        assert_eq!(s.postgres.lookup_cache_entries, 50_000);
+        let s = Settings::load(&env(&[
+            ("HUB_LOOKUP_CACHE_LISTEN_MS", "5000"),
+            ("HUB_LOOKUP_CACHE_ENTRIES", "200000"),
+        ]))
+        .unwrap();
+        assert_eq!(s.postgres.lookup_cache_listen_ms, 5000);
+        assert_eq!(s.postgres.lookup_cache_entries, 200_000);
+        let s = Settings::load(&env(&[("HUB_LOOKUP_CACHE_LISTEN_MS", "0")])).unwrap();
+        assert_eq!(s.postgres.lookup_cache_listen_ms, 0, "0: no listener");
+        for bad in [
+            // Shorter than the fallback TTL, longer than an hour, not a number.
+            [
+                ("HUB_LOOKUP_CACHE_LISTEN_MS", "499"),
+                ("HUB_LOOKUP_CACHE_MS", "500"),
+            ],
+            [
+                ("HUB_LOOKUP_CACHE_LISTEN_MS", "3600001"),
+                ("HUB_LOOKUP_CACHE_MS", "500"),
+            ],
+            [
+                ("HUB_LOOKUP_CACHE_LISTEN_MS", "-1"),
+                ("HUB_LOOKUP_CACHE_MS", "500"),
+            ],
+            [
+                ("HUB_LOOKUP_CACHE_ENTRIES", "0"),
+                ("HUB_LOOKUP_CACHE_MS", "500"),
+            ],
+        ] {
+            assert!(Settings::load(&env(&bad)).is_err(), "{bad:?}");
+        }
+        assert!(
+            Settings::load(&env(&[
+                ("HUB_LOOKUP_CACHE_LISTEN_MS", "1000"),
+                ("HUB_LOOKUP_CACHE_MS", "1000")
+            ]))
+            .is_ok()
+        );
         assert_eq!(s.postgres.relay_user, None);
         let s = Settings::load(&env(&[
             ("HUB_RELAY_PG_USER", "hub_relay"),

@@ -85,6 +85,9 @@ impl Application {
             &bus,
             &mut tasks,
         );
+        // Every replica's changes reach this one's lookup cache from
+        // PostgreSQL itself, with or without NATS.
+        store::listen(&stores, &settings.postgres, &replica_id, &mut tasks);
         // Replicas follow each other: another replica's changes drop this
         // one's cached lookups and reach its in-process watchers.
         if stores.outbox.is_some()

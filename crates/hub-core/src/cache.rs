@@ -1,18 +1,38 @@
-//! `CachedStore`: a `RegistryStore` decorator that answers repeated service lookups from memory for a short time.
+//! `CachedStore`: a `RegistryStore` decorator that answers repeated service lookups from memory, until the service changes or for a short time.
 //!
 //! Lookups of one service are by far the most frequent request of a registry
 //! and, on PostgreSQL, each costs a transaction. This decorator keeps the
-//! answer of [`RegistryStore::service`] for at most `ttl` (DESIGN.md allows a
-//! change to take up to 1 s to reach every replica). Every change made through
-//! this process drops the entries it affects at once, so a client reads its
-//! own writes; changes made through another replica show within `ttl`.
+//! answer of [`RegistryStore::service`] in one of two modes:
 //!
-//! A lookup that was already reading from the store when a change dropped its
-//! entry must not put its older answer back: every change bumps an epoch, and
-//! an answer is only kept if no change happened while it was being read.
+//! - **Listening** (the replica's change listener is connected, see
+//!   [`CachedStore::set_listening`]): every change of any replica reaches this
+//!   process as a notification and drops its entry ([`CachedStore::forget`]),
+//!   so an answer is kept until its service changes, bounded only by a long
+//!   safety TTL (`listen_ttl`).
+//! - **Not listening**: changes of other replicas may go unnoticed, so an
+//!   answer is kept at most `ttl` (DESIGN.md allows a change to take up to
+//!   1 s to reach every replica).
+//!
+//! Every change made through this process drops the entries it affects at
+//! once, in both modes, so a client reads its own writes. Switching mode (the
+//! listener connects, or loses its connection) drops every entry: while no
+//! one listened, changes may have been missed.
+//!
+//! **Invariant:** a lookup that was reading from the store when its entry was
+//! dropped does not put its older answer back. Before reading, a miss leaves a
+//! `Reading` marker with a token of its own in the entry's place; dropping the
+//! entry (or everything) removes the marker, and the answer is kept only if
+//! the lookup's own marker is still there when it arrives. This is per
+//! service: a stream of changes to other services (heartbeats of a large
+//! registry) does not keep misses from being cached, as one global epoch
+//! would.
+//!
+//! Entries are held per tenant, then per service, so that the hit path looks
+//! up borrowed ids without building a key. When `capacity` entries are held,
+//! a sixteenth of them is evicted (expired ones first), never all at once.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use async_trait::async_trait;
@@ -28,50 +48,248 @@ use crate::ports::{
     Clock, LeaseChange, ListPage, RegistryStore, Removed, Renewed, ServiceSnapshot, Upserted,
 };
 
-/// Entries kept before the cache is emptied and refilled; bounds memory to a
-/// few thousand service answers.
-const CAPACITY: usize = 10_000;
+/// How long answers are kept, and how many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheLimits {
+    /// How long an answer is kept while no change listener is connected
+    /// (`HUB_LOOKUP_CACHE_MS`).
+    pub ttl: Duration,
+    /// How long an answer is kept while the change listener is connected
+    /// (`HUB_LOOKUP_CACHE_LISTEN_MS`): a safety bound, should a notification
+    /// ever be lost without the connection being lost.
+    pub listen_ttl: Duration,
+    /// Services whose answers are held at most (`HUB_LOOKUP_CACHE_ENTRIES`).
+    pub capacity: usize,
+}
 
-type Key = (TenantId, ServiceName);
+/// What the cache has done since it was built, and what it holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheStats {
+    /// Lookups answered from memory.
+    pub hits: u64,
+    /// Lookups that went to the store.
+    pub misses: u64,
+    /// Entries dropped one by one because their service changed (here or,
+    /// by notification, elsewhere), counted whether or not one was held.
+    pub invalidations: u64,
+    /// Times every entry was dropped (the listener connected or was lost,
+    /// an undecodable notification, a failed lease pass).
+    pub flushes: u64,
+    /// Entries evicted to stay within the capacity.
+    pub evictions: u64,
+    /// Entries held now (answers and lookups in flight).
+    pub entries: usize,
+    /// Whether the change listener is connected.
+    pub listening: bool,
+}
 
-/// A store whose service lookups are cached for a short time.
+/// One service's place in the cache.
+enum Slot {
+    /// A lookup with this token is reading from the store.
+    Reading(u64),
+    /// The answer read at `at`.
+    Ready {
+        at: DateTime<Utc>,
+        snapshot: ServiceSnapshot,
+    },
+}
+
+/// The entries, per tenant then per service, and how many there are.
+#[derive(Default)]
+struct Entries {
+    tenants: HashMap<TenantId, HashMap<ServiceName, Slot>>,
+    len: usize,
+}
+
+impl Entries {
+    fn get(&self, tenant: &TenantId, service: &ServiceName) -> Option<&Slot> {
+        self.tenants.get(tenant)?.get(service)
+    }
+
+    fn remove(&mut self, tenant: &TenantId, service: &ServiceName) {
+        if let Some(services) = self.tenants.get_mut(tenant)
+            && services.remove(service).is_some()
+        {
+            self.len -= 1;
+            if services.is_empty() {
+                self.tenants.remove(tenant);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.tenants.clear();
+        self.len = 0;
+    }
+
+    /// Puts `slot` in the service's place; a new place is made room for
+    /// first when `capacity` are taken. Returns how many were evicted.
+    fn put(
+        &mut self,
+        tenant: &TenantId,
+        service: &ServiceName,
+        slot: Slot,
+        capacity: usize,
+        expired: impl Fn(&DateTime<Utc>) -> bool,
+    ) -> usize {
+        let is_new = self.get(tenant, service).is_none();
+        let evicted = if is_new && self.len >= capacity {
+            self.evict((capacity / 16).max(1), expired)
+        } else {
+            0
+        };
+        let services = match self.tenants.get_mut(tenant) {
+            Some(services) => services,
+            None => self.tenants.entry(tenant.clone()).or_default(),
+        };
+        if services.insert(service.clone(), slot).is_none() {
+            self.len += 1;
+        }
+        evicted
+    }
+
+    /// Removes `count` entries: expired answers first, then any (lookups in
+    /// flight then simply do not keep their answer).
+    fn evict(&mut self, count: usize, expired: impl Fn(&DateTime<Utc>) -> bool) -> usize {
+        let mut left = count;
+        for pass in [true, false] {
+            for services in self.tenants.values_mut() {
+                if left == 0 {
+                    break;
+                }
+                services.retain(|_, slot| {
+                    let doomed = left > 0
+                        && (!pass || matches!(slot, Slot::Ready { at, .. } if expired(at)));
+                    if doomed {
+                        left -= 1;
+                    }
+                    !doomed
+                });
+            }
+        }
+        self.tenants.retain(|_, services| !services.is_empty());
+        let evicted = count - left;
+        self.len -= evicted;
+        evicted
+    }
+}
+
+/// A store whose service lookups are cached (see the module documentation).
 pub struct CachedStore {
     inner: Arc<dyn RegistryStore>,
     clock: Arc<dyn Clock>,
-    ttl: Duration,
-    entries: RwLock<HashMap<Key, (DateTime<Utc>, ServiceSnapshot)>>,
-    epoch: AtomicU64,
+    limits: CacheLimits,
+    listening: AtomicBool,
+    // A read-write lock: hits (nearly every lookup) only read, and share it.
+    entries: RwLock<Entries>,
+    tokens: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    invalidations: AtomicU64,
+    flushes: AtomicU64,
+    evictions: AtomicU64,
 }
 
 impl std::fmt::Debug for CachedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CachedStore")
-            .field("ttl", &self.ttl)
+            .field("limits", &self.limits)
+            .field("listening", &self.is_listening())
             .finish_non_exhaustive()
     }
 }
 
 impl CachedStore {
-    /// Caches `inner`'s service lookups for `ttl`, timed by `clock`.
-    pub fn new(inner: Arc<dyn RegistryStore>, clock: Arc<dyn Clock>, ttl: Duration) -> Self {
+    /// Caches `inner`'s service lookups within `limits`, timed by `clock`;
+    /// not listening until told otherwise.
+    pub fn new(inner: Arc<dyn RegistryStore>, clock: Arc<dyn Clock>, limits: CacheLimits) -> Self {
         Self {
             inner,
             clock,
-            ttl,
-            entries: RwLock::new(HashMap::new()),
-            epoch: AtomicU64::new(0),
+            limits,
+            listening: AtomicBool::new(false),
+            entries: RwLock::new(Entries::default()),
+            tokens: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            invalidations: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
         }
     }
 
     /// Drops the cached answer for one service: for changes this process
-    /// learns of from elsewhere (another replica, through the bus).
+    /// learns of from elsewhere (a notification, another replica's event).
     pub fn forget(&self, tenant: &TenantId, service: &ServiceName) {
-        // Bump first: a lookup in flight must see the change and not store.
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.invalidations.fetch_add(1, Ordering::Relaxed);
+        // Most notifications are of services not held here (heartbeats of
+        // a large registry): those need no write lock. A lookup that leaves
+        // its marker after this check reads the store after the change.
+        if self
+            .entries
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tenant, service)
+            .is_none()
+        {
+            return;
+        }
         self.entries
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&(tenant.clone(), service.clone()));
+            .remove(tenant, service);
+    }
+
+    /// Drops every cached answer, and every lookup in flight keeps its
+    /// answer to itself: for when changes may have been missed.
+    pub fn forget_all(&self) {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.entries
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// Says whether every change now reaches [`Self::forget`] (the change
+    /// listener connected: `true`; lost: `false`), and drops everything
+    /// either way: changes made while no one listened may have been missed,
+    /// and answers kept under the long TTL must not outlive the listener.
+    /// Call it with `true` only once the listener listens, so that every
+    /// change committed after the call is notified.
+    pub fn set_listening(&self, listening: bool) {
+        self.listening.store(listening, Ordering::SeqCst);
+        self.forget_all();
+    }
+
+    /// Whether answers are currently kept until their service changes.
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Relaxed)
+    }
+
+    /// The counters and the current state.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            invalidations: self.invalidations.load(Ordering::Relaxed),
+            flushes: self.flushes.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            entries: self
+                .entries
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len,
+            listening: self.is_listening(),
+        }
+    }
+
+    /// How long an answer is kept in the current mode.
+    fn ttl(&self) -> Duration {
+        if self.listening.load(Ordering::Relaxed) {
+            self.limits.listen_ttl
+        } else {
+            self.limits.ttl
+        }
     }
 }
 
@@ -102,24 +320,55 @@ impl RegistryStore for CachedStore {
         service: &ServiceName,
     ) -> Result<ServiceSnapshot, RegistryError> {
         let now = self.clock.now();
-        let key = (tenant.clone(), service.clone());
-        if let Some((at, snapshot)) = self
+        let ttl = self.ttl();
+        if let Some(Slot::Ready { at, snapshot }) = self
             .entries
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-            && now < *at + self.ttl
+            .get(tenant, service)
+            && now < *at + ttl
         {
+            self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(snapshot.clone());
         }
-        let epoch = self.epoch.load(Ordering::SeqCst);
-        let snapshot = self.inner.service(tenant, service).await?;
-        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
-        if self.epoch.load(Ordering::SeqCst) == epoch {
-            if entries.len() >= CAPACITY {
-                entries.clear();
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let token = self.tokens.fetch_add(1, Ordering::Relaxed);
+        let expired = |at: &DateTime<Utc>| now >= *at + ttl;
+        let evicted = self
+            .entries
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .put(
+                tenant,
+                service,
+                Slot::Reading(token),
+                self.limits.capacity,
+                expired,
+            );
+        if evicted > 0 {
+            self.evictions.fetch_add(evicted as u64, Ordering::Relaxed);
+        }
+        let snapshot = match self.inner.service(tenant, service).await {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+                if matches!(entries.get(tenant, service), Some(Slot::Reading(t)) if *t == token) {
+                    entries.remove(tenant, service);
+                }
+                return Err(error);
             }
-            entries.insert(key, (now, snapshot.clone()));
+        };
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = entries
+            .tenants
+            .get_mut(tenant)
+            .and_then(|services| services.get_mut(service))
+            && matches!(slot, Slot::Reading(t) if *t == token)
+        {
+            *slot = Slot::Ready {
+                at: now,
+                snapshot: snapshot.clone(),
+            };
         }
         Ok(snapshot)
     }
@@ -172,13 +421,7 @@ impl RegistryStore for CachedStore {
                 }
             }
             // What a failed pass changed is unknown: forget everything.
-            Err(_) => {
-                self.epoch.fetch_add(1, Ordering::SeqCst);
-                self.entries
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clear();
-            }
+            Err(_) => self.forget_all(),
         }
         result
     }
@@ -229,10 +472,22 @@ mod tests {
         clock: Arc<ManualClock>,
     }
 
+    fn limits(capacity: usize) -> CacheLimits {
+        CacheLimits {
+            ttl: Duration::milliseconds(500),
+            listen_ttl: Duration::seconds(60),
+            capacity,
+        }
+    }
+
     fn world() -> World {
+        world_of(10_000)
+    }
+
+    fn world_of(capacity: usize) -> World {
         let backing = Arc::new(MemoryStore::new());
         let clock = Arc::new(ManualClock::default());
-        let cached = CachedStore::new(backing.clone(), clock.clone(), Duration::milliseconds(500));
+        let cached = CachedStore::new(backing.clone(), clock.clone(), limits(capacity));
         World {
             backing,
             cached,
@@ -413,11 +668,7 @@ mod tests {
             inner: MemoryStore::new(),
             gate: tokio::sync::Semaphore::new(0),
         });
-        let cached = Arc::new(CachedStore::new(
-            gated.clone(),
-            clock.clone(),
-            Duration::seconds(60),
-        ));
+        let cached = Arc::new(CachedStore::new(gated.clone(), clock.clone(), limits(100)));
         let t = TenantId::parse("t1").unwrap();
         let svc = ServiceName::parse("svc").unwrap();
         let ctx = ChangeContext::default();
@@ -443,5 +694,215 @@ mod tests {
         assert_eq!(port_of(&slow.await.unwrap().unwrap()), 1);
         // The overtaken answer was not kept: the next lookup sees the change.
         assert_eq!(port_of(&cached.service(&t, &svc).await.unwrap()), 2);
+    }
+
+    /// Registers `svc` (port `port`) for tenant `t1` behind the cache's back.
+    async fn behind_its_back(w: &World, service: &str, port: i64) {
+        let t = TenantId::parse("t1").unwrap();
+        w.backing
+            .upsert(
+                &t,
+                registration(service, "a", port),
+                w.clock.now(),
+                &ChangeContext::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn port_seen(w: &World, service: &str) -> u16 {
+        let t = TenantId::parse("t1").unwrap();
+        let svc = ServiceName::parse(service).unwrap();
+        port_of(&w.cached.service(&t, &svc).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn while_listening_an_answer_is_kept_until_its_service_is_notified() {
+        let w = world();
+        w.cached.set_listening(true);
+        assert!(w.cached.is_listening());
+        behind_its_back(&w, "svc", 1).await;
+        assert_eq!(port_seen(&w, "svc").await, 1);
+        behind_its_back(&w, "svc", 2).await;
+        // Far past the short TTL, the answer is still the cached one...
+        w.clock.advance(Duration::seconds(30));
+        assert_eq!(port_seen(&w, "svc").await, 1);
+        // ...until the notification of the change arrives.
+        let t = TenantId::parse("t1").unwrap();
+        w.cached.forget(&t, &ServiceName::parse("svc").unwrap());
+        assert_eq!(port_seen(&w, "svc").await, 2);
+        // The long TTL still bounds it, should a notification be lost.
+        behind_its_back(&w, "svc", 3).await;
+        w.clock.advance(Duration::seconds(59));
+        assert_eq!(port_seen(&w, "svc").await, 2);
+        w.clock.advance(Duration::seconds(1));
+        assert_eq!(port_seen(&w, "svc").await, 3);
+        let stats = w.cached.stats();
+        assert_eq!((stats.hits, stats.misses), (2, 3));
+        assert_eq!(stats.invalidations, 1);
+        assert!(stats.listening);
+    }
+
+    #[tokio::test]
+    async fn connecting_and_losing_the_listener_each_drop_every_entry() {
+        let w = world();
+        behind_its_back(&w, "svc", 1).await;
+        behind_its_back(&w, "other", 1).await;
+        assert_eq!(port_seen(&w, "svc").await, 1);
+        assert_eq!(port_seen(&w, "other").await, 1);
+        // Changes made before the listener connected were never notified.
+        behind_its_back(&w, "svc", 2).await;
+        behind_its_back(&w, "other", 2).await;
+        w.cached.set_listening(true);
+        assert_eq!(w.cached.stats().entries, 0);
+        assert_eq!(port_seen(&w, "svc").await, 2);
+        assert_eq!(port_seen(&w, "other").await, 2);
+        // Lost: what changed meanwhile may never be notified; the short TTL
+        // applies again.
+        behind_its_back(&w, "svc", 3).await;
+        w.cached.set_listening(false);
+        assert!(!w.cached.is_listening());
+        assert_eq!(port_seen(&w, "svc").await, 3);
+        behind_its_back(&w, "svc", 4).await;
+        w.clock.advance(Duration::milliseconds(499));
+        assert_eq!(port_seen(&w, "svc").await, 3);
+        w.clock.advance(Duration::milliseconds(1));
+        assert_eq!(port_seen(&w, "svc").await, 4);
+        assert_eq!(w.cached.stats().flushes, 2);
+    }
+
+    /// Starts a lookup of tenant `t1`'s `svc` through `cached` that reads
+    /// `gated`, and waits until it holds its answer at the gate.
+    async fn held_lookup(
+        cached: &Arc<CachedStore>,
+    ) -> tokio::task::JoinHandle<Result<ServiceSnapshot, RegistryError>> {
+        let t = TenantId::parse("t1").unwrap();
+        let svc = ServiceName::parse("svc").unwrap();
+        let slow = tokio::spawn({
+            let cached = cached.clone();
+            async move { cached.service(&t, &svc).await }
+        });
+        // The lookup counts its miss before reading: wait for that.
+        while cached.stats().misses == 0 {
+            tokio::task::yield_now().await;
+        }
+        tokio::task::yield_now().await;
+        slow
+    }
+
+    fn gated_world() -> (Arc<Gated>, Arc<CachedStore>, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::default());
+        let gated = Arc::new(Gated {
+            inner: MemoryStore::new(),
+            gate: tokio::sync::Semaphore::new(0),
+        });
+        let cached = Arc::new(CachedStore::new(gated.clone(), clock.clone(), limits(100)));
+        (gated, cached, clock)
+    }
+
+    async fn gated_register(gated: &Gated, clock: &ManualClock, port: i64) {
+        let t = TenantId::parse("t1").unwrap();
+        gated
+            .inner
+            .upsert(
+                &t,
+                registration("svc", "a", port),
+                clock.now(),
+                &ChangeContext::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_lookup_in_flight_when_the_listener_is_lost_does_not_keep_its_answer() {
+        let (gated, cached, clock) = gated_world();
+        cached.set_listening(true);
+        gated_register(&gated, &clock, 1).await;
+        let slow = held_lookup(&cached).await;
+        // The listener is lost while the lookup is out: the change made
+        // meanwhile is never notified.
+        cached.set_listening(false);
+        gated_register(&gated, &clock, 2).await;
+        gated.gate.add_permits(10);
+        assert_eq!(port_of(&slow.await.unwrap().unwrap()), 1);
+        let t = TenantId::parse("t1").unwrap();
+        let svc = ServiceName::parse("svc").unwrap();
+        assert_eq!(port_of(&cached.service(&t, &svc).await.unwrap()), 2);
+    }
+
+    #[tokio::test]
+    async fn a_lookup_in_flight_keeps_its_answer_when_another_service_changes() {
+        let (gated, cached, clock) = gated_world();
+        cached.set_listening(true);
+        gated_register(&gated, &clock, 1).await;
+        let slow = held_lookup(&cached).await;
+        let t = TenantId::parse("t1").unwrap();
+        cached.forget(&t, &ServiceName::parse("other").unwrap());
+        gated.gate.add_permits(10);
+        assert_eq!(port_of(&slow.await.unwrap().unwrap()), 1);
+        let svc = ServiceName::parse("svc").unwrap();
+        assert_eq!(port_of(&cached.service(&t, &svc).await.unwrap()), 1);
+        assert_eq!(cached.stats().hits, 1, "the answer was kept");
+    }
+
+    #[tokio::test]
+    async fn a_full_cache_evicts_a_sixteenth_and_keeps_the_rest() {
+        const CAPACITY: usize = 64;
+        let w = world_of(CAPACITY);
+        w.cached.set_listening(true);
+        let t = TenantId::parse("t1").unwrap();
+        let services: Vec<String> = (0..CAPACITY + 1).map(|i| format!("svc-{i}")).collect();
+        for service in &services {
+            behind_its_back(&w, service, 1).await;
+        }
+        for service in &services[..CAPACITY] {
+            port_seen(&w, service).await;
+        }
+        assert_eq!(w.cached.stats().entries, CAPACITY);
+        // One more: room is made by evicting a sixteenth, not everything.
+        port_seen(&w, &services[CAPACITY]).await;
+        let stats = w.cached.stats();
+        assert_eq!(stats.evictions, (CAPACITY / 16) as u64);
+        assert_eq!(stats.entries, CAPACITY - CAPACITY / 16 + 1);
+        // The kept answers are still held (and so served from memory).
+        let entries = w.cached.entries.read().unwrap();
+        let held = services
+            .iter()
+            .filter(|s| {
+                entries
+                    .get(&t, &ServiceName::parse(s.as_str()).unwrap())
+                    .is_some()
+            })
+            .count();
+        assert_eq!(held, CAPACITY - CAPACITY / 16 + 1);
+        let newest = ServiceName::parse(services[CAPACITY].as_str()).unwrap();
+        assert!(entries.get(&t, &newest).is_some());
+    }
+
+    #[tokio::test]
+    async fn eviction_takes_expired_answers_first() {
+        const CAPACITY: usize = 32;
+        let w = world_of(CAPACITY);
+        let t = TenantId::parse("t1").unwrap();
+        let services: Vec<String> = (0..CAPACITY + 1).map(|i| format!("svc-{i}")).collect();
+        for service in &services {
+            behind_its_back(&w, service, 1).await;
+        }
+        // Two answers expire (short TTL), the others are fresh.
+        port_seen(&w, &services[0]).await;
+        port_seen(&w, &services[1]).await;
+        w.clock.advance(Duration::milliseconds(500));
+        for service in &services[2..CAPACITY] {
+            port_seen(&w, service).await;
+        }
+        port_seen(&w, &services[CAPACITY]).await;
+        assert_eq!(w.cached.stats().evictions, 2);
+        let misses = w.cached.stats().misses;
+        for service in &services[2..] {
+            let svc = ServiceName::parse(service.as_str()).unwrap();
+            w.cached.service(&t, &svc).await.unwrap();
+        }
+        assert_eq!(w.cached.stats().misses, misses, "every fresh answer kept");
     }
 }

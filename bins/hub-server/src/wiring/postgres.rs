@@ -130,6 +130,9 @@ async fn first_connection(
 pub(crate) struct Opened {
     pub(crate) store: Arc<PgStore>,
     pub(crate) outbox: Option<Arc<dyn Outbox>>,
+    /// How the store connects: the change listener opens its own
+    /// connection from it.
+    pub(crate) config: PgConfig,
 }
 
 /// Opens the PostgreSQL store at `host`. An unreachable database is retried
@@ -181,7 +184,7 @@ pub(crate) async fn open(
         );
     } else if !check.schema_ready {
         anyhow::bail!(
-            "the database {} is not migrated to this version (no hub_outbox_undeliverable table, migration V3): run `cargo xtask migrate` or set HUB_MIGRATE_ON_START=true",
+            "the database {} is not migrated to this version (migration V3, V4 or V5 is missing): run `cargo xtask migrate` or set HUB_MIGRATE_ON_START=true",
             config.dbname
         );
     }
@@ -206,7 +209,11 @@ pub(crate) async fn open(
         check_relay_login(&relay).await?;
         Some(Arc::new(pg.relay_outbox(&relay)?))
     };
-    Ok(Opened { store: pg, outbox })
+    Ok(Opened {
+        store: pg,
+        outbox,
+        config,
+    })
 }
 
 /// Refuses to start a relay whose login could not do its job: it would

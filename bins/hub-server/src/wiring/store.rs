@@ -1,15 +1,16 @@
-//! The registry store: in memory (embedded mode) or PostgreSQL, with the PostgreSQL outbox and lookup cache.
+//! The registry store: in memory (embedded mode) or PostgreSQL, with the PostgreSQL outbox, lookup cache and change listener.
 
 use std::sync::Arc;
 
-use hub_core::cache::CachedStore;
+use hub_core::cache::{CacheLimits, CachedStore};
 use hub_core::memory::MemoryStore;
 use hub_core::ports::{Clock, Outbox, RegistryStore};
 use hub_core::{MassExpiry, Sinks};
-use hub_store::PgStore;
+use hub_store::{PgConfig, PgStore};
 
 use super::postgres;
 use crate::settings::PostgresSettings;
+use crate::tasks::{Tasks, listener};
 
 /// The store and, in PostgreSQL mode, its outbox and lookup cache.
 pub(crate) struct Stores {
@@ -18,11 +19,15 @@ pub(crate) struct Stores {
     pub(crate) cache: Option<Arc<CachedStore>>,
     /// The PostgreSQL store itself, for its maintenance (metrics pruning).
     pub(crate) pg: Option<Arc<PgStore>>,
+    /// How the PostgreSQL store connects, for the change listener.
+    pub(crate) pg_config: Option<PgConfig>,
 }
 
 /// The registry store: PostgreSQL when `POSTGRES_HOST` is set (opened and
 /// checked by [`postgres::open`]), memory otherwise. In PostgreSQL mode,
-/// lookups go through a cache for `HUB_LOOKUP_CACHE_MS` unless it is 0.
+/// lookups go through a cache unless `HUB_LOOKUP_CACHE_MS` is 0: kept for
+/// `HUB_LOOKUP_CACHE_MS`, or `HUB_LOOKUP_CACHE_LISTEN_MS` while the change
+/// listener ([`listen`]) is connected.
 pub(crate) async fn build(
     settings: &PostgresSettings,
     clock: &Arc<dyn Clock>,
@@ -39,27 +44,68 @@ pub(crate) async fn build(
             outbox: None,
             cache: None,
             pg: None,
+            pg_config: None,
         });
     };
-    let postgres::Opened { store: pg, outbox } =
-        postgres::open(host, settings, sinks, replica_id, mass_expiry).await?;
+    let postgres::Opened {
+        store: pg,
+        outbox,
+        config,
+    } = postgres::open(host, settings, sinks, replica_id, mass_expiry).await?;
     if settings.lookup_cache_ms == 0 {
         return Ok(Stores {
             registry: pg.clone(),
             outbox,
             cache: None,
             pg: Some(pg),
+            pg_config: Some(config),
         });
     }
+    let millis = |ms: u64| chrono::Duration::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX));
     let cache = Arc::new(CachedStore::new(
         pg.clone(),
         clock.clone(),
-        chrono::Duration::milliseconds(i64::try_from(settings.lookup_cache_ms).unwrap_or(1000)),
+        CacheLimits {
+            ttl: millis(settings.lookup_cache_ms),
+            listen_ttl: millis(settings.lookup_cache_listen_ms),
+            capacity: settings.lookup_cache_entries,
+        },
     ));
     Ok(Stores {
         registry: cache.clone(),
         outbox,
         cache: Some(cache),
         pg: Some(pg),
+        pg_config: Some(config),
     })
+}
+
+/// Starts the change listener of a PostgreSQL-mode cache, unless
+/// `HUB_LOOKUP_CACHE_LISTEN_MS` is 0 (then the cache keeps answers for
+/// `HUB_LOOKUP_CACHE_MS` only). Until it first connects, and after every
+/// loss until it reconnects, that short time applies too.
+pub(crate) fn listen(
+    stores: &Stores,
+    settings: &PostgresSettings,
+    replica_id: &str,
+    tasks: &mut Tasks,
+) {
+    let (Some(cache), Some(config)) = (&stores.cache, &stores.pg_config) else {
+        return;
+    };
+    if settings.lookup_cache_listen_ms == 0 {
+        tracing::info!(
+            "HUB_LOOKUP_CACHE_LISTEN_MS=0: no change listener; cached lookups last HUB_LOOKUP_CACHE_MS"
+        );
+        return;
+    }
+    tasks.spawn(
+        "change listener",
+        listener::run(
+            config.clone(),
+            replica_id.to_owned(),
+            cache.clone(),
+            tasks.stop_signal(),
+        ),
+    );
 }

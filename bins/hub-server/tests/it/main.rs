@@ -16,6 +16,7 @@ mod monitor;
 mod openapi;
 mod pg_bounds;
 mod pg_lifecycle;
+mod pg_listen;
 mod pg_support;
 mod process;
 mod schemathesis;

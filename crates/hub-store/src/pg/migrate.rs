@@ -34,7 +34,9 @@ pub struct RoleCheck {
     /// So do roles with BYPASSRLS.
     pub bypass_rls: bool,
     /// Whether the schema is migrated to this version. Checked on the newest
-    /// objects: `hub_outbox_undeliverable` (V3) and `hub_metrics_prune` (V4).
+    /// objects: `hub_outbox_undeliverable` (V3), `hub_metrics_prune` (V4)
+    /// and `hub_registry_notify` (V5, without which no replica would learn
+    /// of another's changes and cached lookups would stay stale).
     /// A database that stopped at V1 or V2 (whose outbox functions any
     /// application session could misuse) or at V3 (whose metrics pruner would
     /// fail every pass), or the original single-tenant schema (which also has
@@ -316,6 +318,7 @@ pub async fn role_check(config: &PgConfig) -> Result<RoleCheck, RegistryError> {
             "SELECT current_user::text, rolsuper, rolbypassrls, \
                     to_regclass('public.hub_outbox_undeliverable') IS NOT NULL \
                     AND to_regprocedure('public.hub_metrics_prune(integer, integer)') IS NOT NULL \
+                    AND to_regprocedure('public.hub_registry_notify()') IS NOT NULL \
              FROM pg_roles WHERE rolname = current_user",
             &[],
         )

@@ -1,4 +1,4 @@
-//! The PostgreSQL store: connection pool, tenant-scoped transactions, registry queries, the event outbox, migrations.
+//! The PostgreSQL store: connection pool, tenant-scoped transactions, registry queries, the event outbox, migrations, the change listener.
 
 mod advisory;
 mod batch;
@@ -11,6 +11,7 @@ mod gate;
 mod hygiene_tests;
 mod leases;
 pub mod legacy;
+pub mod listen;
 pub mod migrate;
 pub mod outbox;
 mod rows;

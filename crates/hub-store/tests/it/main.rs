@@ -6,6 +6,7 @@ mod dragonfly;
 mod dragonfly_tls;
 mod group_commit;
 mod leases_contract;
+mod notify;
 mod outbox;
 mod pg_leases;
 mod rls;
