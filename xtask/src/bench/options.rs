@@ -12,6 +12,8 @@ options:
   --connections N     concurrent keep-alive connections (default 64)
   --log-level LEVEL   RUST_LOG of the server (default info: the access log is measured)
   --pg-pool N         HUB_PG_POOL_SIZE of the PostgreSQL-mode server (default 16)
+  --pg-writers N      HUB_PG_WRITERS (group commit) of the PostgreSQL-mode servers (default:
+                      the server's, 2); the `pg reg 1/tx` server always has 0
   --postgres          fail if PostgreSQL cannot be reached (default: skip its phases)
   --skip-postgres     measure the embedded mode only
   --skip-events       skip the event phases (PostgreSQL mode with NATS and Kafka)
@@ -75,6 +77,8 @@ pub(crate) struct Options {
     pub(crate) log_level: String,
     pub(crate) postgres: PgMode,
     pub(crate) pg_pool: usize,
+    /// `--pg-writers`: HUB_PG_WRITERS of the PostgreSQL-mode servers.
+    pub(crate) pg_writers: Option<usize>,
     /// The libpq string of `HUB_BENCH_PG_ADMIN`, or the default.
     pub(crate) pg_admin: String,
     /// Whether the event phases run (not `--skip-events`).
@@ -119,6 +123,7 @@ impl Options {
         let mut connections = None;
         let mut log_level = None;
         let mut pg_pool = None;
+        let mut pg_writers = None;
         let mut require_postgres = false;
         let mut skip_postgres = false;
         let mut skip_events = false;
@@ -141,6 +146,7 @@ impl Options {
                 "--connections" => connections = Some(positive(flag, &value()?)?),
                 "--log-level" => log_level = Some(value()?),
                 "--pg-pool" => pg_pool = Some(positive(flag, &value()?)?),
+                "--pg-writers" => pg_writers = Some(positive(flag, &value()?)?),
                 "--postgres" => require_postgres = true,
                 "--skip-postgres" => skip_postgres = true,
                 "--skip-events" => skip_events = true,
@@ -182,6 +188,7 @@ impl Options {
             log_level: log_level.unwrap_or_else(|| "info".to_owned()),
             postgres,
             pg_pool: pg_pool.unwrap_or(PG_POOL_DEFAULT),
+            pg_writers,
             pg_admin,
             events: !skip_events,
             fairness: !skip_fairness,

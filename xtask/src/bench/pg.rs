@@ -99,6 +99,10 @@ impl PgServer {
             ("POSTGRES_PASSWORD", scratch.password.clone()),
             ("HUB_PG_POOL_SIZE", options.pg_pool.to_string()),
         ];
+        if let Some(writers) = options.pg_writers {
+            env.push(("HUB_PG_WRITERS", writers.to_string()));
+        }
+        // Later entries win: a phase's own settings override the options.
         env.extend(extra.iter().cloned());
         let mut server = Server::start(binary, log_path, &options.log_level, &env)?;
         server.wait_ready("/health/ready").await?;
