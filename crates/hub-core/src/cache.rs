@@ -45,7 +45,8 @@ use crate::domain::registration::Registration;
 use crate::domain::summary::{ServiceSummary, StatusCounts};
 use crate::error::RegistryError;
 use crate::ports::{
-    Clock, LeaseChange, ListPage, RegistryStore, Removed, Renewed, ServiceSnapshot, Upserted,
+    Clock, LeaseChange, ListPage, RegistryStore, Removed, Renewed, ServiceSnapshot, StoreFigures,
+    Upserted,
 };
 
 /// How long answers are kept, and how many.
@@ -295,6 +296,13 @@ impl CachedStore {
 
 #[async_trait]
 impl RegistryStore for CachedStore {
+    fn figures(&self) -> StoreFigures {
+        StoreFigures {
+            lookup_cache: Some(self.stats()),
+            ..self.inner.figures()
+        }
+    }
+
     fn changed_elsewhere(&self, tenant: &TenantId, service: &ServiceName) {
         self.forget(tenant, service);
         self.inner.changed_elsewhere(tenant, service);

@@ -188,6 +188,34 @@ pub trait RegistryStore: Send + Sync + 'static {
     /// lease cache). Stores that keep nothing derived ignore it; a caching
     /// decorator drops what it holds for the service.
     fn changed_elsewhere(&self, _tenant: &TenantId, _service: &ServiceName) {}
+
+    /// What the store's own machinery has done, for operators (`/metrics`):
+    /// nothing for stores without any.
+    fn figures(&self) -> StoreFigures {
+        StoreFigures::default()
+    }
+}
+
+/// What a store reports of its machinery: the lookup cache (when lookups
+/// are cached) and group commit (when writes are grouped).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreFigures {
+    /// The lookup cache's counts and state.
+    pub lookup_cache: Option<crate::cache::CacheStats>,
+    /// Group commit's counts.
+    pub write_batches: Option<WriteBatchStats>,
+}
+
+/// What group commit has done since the store was built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteBatchStats {
+    /// Grouped transactions committed.
+    pub batches: u64,
+    /// Changes they committed.
+    pub changes: u64,
+    /// Changes that left their batch because a lock they needed was held
+    /// elsewhere (their tenant then commits alone for a while).
+    pub bypassed: u64,
 }
 
 /// Where registry events go after a change is stored (in-process watchers,

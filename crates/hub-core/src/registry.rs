@@ -113,6 +113,12 @@ impl Registry {
         self
     }
 
+    /// What the store's machinery (lookup cache, group commit) has done,
+    /// for `/metrics`.
+    pub fn store_figures(&self) -> crate::ports::StoreFigures {
+        self.store.figures()
+    }
+
     /// Where leases live, and how the cache is doing.
     pub fn lease_status(&self) -> LeaseStatus {
         match &self.leases {

@@ -392,6 +392,10 @@ async fn prometheus_metrics_need_an_operator_key_and_count_the_traffic() {
     );
     // Embedded mode without buses: no bus series, but the families parse.
     assert!(scrape.docs.contains_key("hub_http_requests_total"));
+    // No lookup cache and no group commit in embedded mode: no families.
+    for family in ["hub_lookup_cache_listening", "hub_pg_write_batches_total"] {
+        assert!(!scrape.docs.contains_key(family), "{family}");
+    }
 }
 
 #[tokio::test]
@@ -497,18 +501,45 @@ async fn prometheus_reports_the_backends_the_monitor_checks() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let scrape = last.expect("the monitor never reported postgres up within 5 s");
-    let up = values(&scrape, "hub_backend_up", &["backend"]);
+    let scraped = last.expect("the monitor never reported postgres up within 5 s");
+    let up = values(&scraped, "hub_backend_up", &["backend"]);
     assert_eq!(up.len(), 1, "only configured backends have series: {up:?}");
-    let latency = values(&scrape, "hub_backend_check_latency_seconds", &["backend"]);
+    let latency = values(&scraped, "hub_backend_check_latency_seconds", &["backend"]);
     let pg = latency[&key(&["postgres"])];
     assert!(pg > 0.0 && pg < 2.0, "{latency:?}");
-    let instances = values(&scrape, "hub_instances", &["tenant", "status"]);
+    let instances = values(&scraped, "hub_instances", &["tenant", "status"]);
     assert_eq!(
         instances[&key(&["tenant1", "passing"])],
         1.0,
         "{instances:?}"
     );
+
+    // The store's machinery: the change listener is connected (it says
+    // so within a few seconds of start), the second of two lookups is a
+    // cache hit, and the registration went through group commit.
+    let one = |scrape: &Scrape, metric: &str| values(scrape, metric, &[]).get(&key(&[])).copied();
+    let mut listening = None;
+    for _ in 0..50 {
+        listening = one(&scrape(&app).await, "hub_lookup_cache_listening");
+        if listening == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(listening, Some(1.0), "the change listener never connected");
+    for _ in 0..2 {
+        assert_eq!(
+            app.get_service("tenant1", "billing").await.status(),
+            StatusCode::OK
+        );
+    }
+    let scraped = scrape(&app).await;
+    assert!(one(&scraped, "hub_lookup_cache_hits_total") >= Some(1.0));
+    assert!(one(&scraped, "hub_lookup_cache_misses_total") >= Some(1.0));
+    assert!(one(&scraped, "hub_lookup_cache_entries") >= Some(1.0));
+    assert!(one(&scraped, "hub_pg_write_batch_changes_total") >= Some(1.0));
+    assert!(one(&scraped, "hub_pg_write_batches_total") >= Some(1.0));
+    assert_eq!(one(&scraped, "hub_pg_write_bypassed_total"), Some(0.0));
 }
 
 #[tokio::test]

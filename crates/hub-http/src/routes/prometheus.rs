@@ -192,6 +192,7 @@ pub fn gather(
     ))?;
     fallbacks.inc_by(registry.lease_status().fallbacks);
     out.register(Box::new(fallbacks))?;
+    store_figures(&out, registry)?;
 
     let published = IntCounterVec::new(
         Opts::new(
@@ -378,4 +379,76 @@ fn request_histogram(requests: &RequestMetrics) -> Result<Prebuilt, prometheus::
     family.set_field_type(MetricType::HISTOGRAM);
     family.set_metric(metrics);
     Ok(Prebuilt { desc, family })
+}
+
+/// The store's machinery, when it has any: the PostgreSQL-mode lookup cache
+/// (whether its change listener is connected, and what it did) and group
+/// commit. Families appear only in the modes that have them.
+fn store_figures(out: &prometheus::Registry, registry: &Registry) -> prometheus::Result<()> {
+    let figures = registry.store_figures();
+    let counter = |name: &str, help: &str, value: u64| -> prometheus::Result<()> {
+        let counter = IntCounter::with_opts(Opts::new(name, help))?;
+        counter.inc_by(value);
+        out.register(Box::new(counter))
+    };
+    let gauge = |name: &str, help: &str, value: u64| -> prometheus::Result<()> {
+        let gauge = IntGauge::with_opts(Opts::new(name, help))?;
+        gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+        out.register(Box::new(gauge))
+    };
+    if let Some(cache) = figures.lookup_cache {
+        gauge(
+            "hub_lookup_cache_listening",
+            "1 while this replica's change listener (LISTEN on PostgreSQL) is connected, so cached lookups last until their service changes; 0 while cached lookups fall back to HUB_LOOKUP_CACHE_MS",
+            u64::from(cache.listening),
+        )?;
+        gauge(
+            "hub_lookup_cache_entries",
+            "Services whose lookups this replica holds in memory now",
+            u64::try_from(cache.entries).unwrap_or(u64::MAX),
+        )?;
+        counter(
+            "hub_lookup_cache_hits_total",
+            "Service lookups this replica answered from memory since it started",
+            cache.hits,
+        )?;
+        counter(
+            "hub_lookup_cache_misses_total",
+            "Service lookups this replica read from PostgreSQL since it started",
+            cache.misses,
+        )?;
+        counter(
+            "hub_lookup_cache_invalidations_total",
+            "Cached lookups dropped because their service changed (here or, by notification, on another replica) since this replica started",
+            cache.invalidations,
+        )?;
+        counter(
+            "hub_lookup_cache_flushes_total",
+            "Times this replica dropped every cached lookup (its change listener connected or was lost) since it started",
+            cache.flushes,
+        )?;
+        counter(
+            "hub_lookup_cache_evictions_total",
+            "Cached lookups evicted to stay within HUB_LOOKUP_CACHE_ENTRIES since this replica started",
+            cache.evictions,
+        )?;
+    }
+    if let Some(batches) = figures.write_batches {
+        counter(
+            "hub_pg_write_batches_total",
+            "Grouped transactions (group commit) this replica committed since it started",
+            batches.batches,
+        )?;
+        counter(
+            "hub_pg_write_batch_changes_total",
+            "Registrations and lease renewals committed in grouped transactions since this replica started",
+            batches.changes,
+        )?;
+        counter(
+            "hub_pg_write_bypassed_total",
+            "Changes that left their batch because a row they needed was locked elsewhere (their tenant then commits alone for 2 s) since this replica started",
+            batches.bypassed,
+        )?;
+    }
+    Ok(())
 }

@@ -52,6 +52,7 @@ use std::sync::{Arc, OnceLock, PoisonError};
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use hub_core::ports::WriteBatchStats;
 use hub_core::{RegistryError, TenantId};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::time::Instant;
@@ -84,18 +85,6 @@ pub(crate) type Param = Box<dyn ToSql + Send + Sync>;
 /// A check of a change's rows, made before its batch commits: `false` rolls
 /// the change back (and only it) and answers [`Outcome::Rejected`].
 pub(crate) type Accept = Box<dyn Fn(&[Row]) -> bool + Send + Sync>;
-
-/// What group commit has done since the store was built.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WriteBatchStats {
-    /// Grouped transactions committed.
-    pub batches: u64,
-    /// Changes they committed.
-    pub changes: u64,
-    /// Changes that left their batch because a lock they needed was held
-    /// elsewhere (their tenant then commits alone for a while).
-    pub bypassed: u64,
-}
 
 /// How group commit runs (`HUB_PG_WRITERS`, `HUB_PG_WRITE_BATCH`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,7 +18,7 @@ mod rows;
 mod scoped;
 mod store;
 
-pub use batch::{GroupCommit, WriteBatchStats};
+pub use batch::GroupCommit;
 pub use config::PgConfig;
 pub use dashboard::PgProbe;
 pub use migrate::RoleCheck;

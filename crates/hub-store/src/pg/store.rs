@@ -5,7 +5,8 @@ use std::sync::{Arc, LazyLock};
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use hub_core::ports::{
-    LeaseChange, ListPage, RegistryStore, Removed, Renewed, ServiceSnapshot, Upserted,
+    LeaseChange, ListPage, RegistryStore, Removed, Renewed, ServiceSnapshot, StoreFigures,
+    Upserted, WriteBatchStats,
 };
 use hub_core::{
     ChangeContext, DEFAULT_LIST_LIMIT, EventKind, HealthStatus, Heartbeat, Instance, InstanceId,
@@ -17,7 +18,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::advisory::{METRICS_LOCK, REAPER_LOCK, Releases, unlock};
-use super::batch::{Accept, Batcher, Outcome, Param, WriteBatchStats};
+use super::batch::{Accept, Batcher, Outcome, Param};
 use super::config::PgConfig;
 use super::error::DbError;
 use super::error::{chain, from_db, from_pg};
@@ -591,6 +592,13 @@ pub(super) async fn record(
 
 #[async_trait]
 impl RegistryStore for PgStore {
+    fn figures(&self) -> StoreFigures {
+        StoreFigures {
+            lookup_cache: None,
+            write_batches: self.batch.enabled().then(|| self.write_batches()),
+        }
+    }
+
     async fn upsert(
         &self,
         tenant: &TenantId,
