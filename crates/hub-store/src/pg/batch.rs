@@ -150,6 +150,10 @@ pub(crate) struct Batcher {
     /// commit, and then some (past it: `store_unavailable`).
     patience: Duration,
     stats: Arc<Stats>,
+    /// The runtime the store was built on, where the writers run: not the
+    /// runtime of whichever request comes first (with actix-web, one of the
+    /// HTTP workers' own, which may be restarted).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 #[derive(Default)]
@@ -211,6 +215,7 @@ impl Batcher {
             sender: OnceLock::new(),
             patience,
             stats: Arc::default(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -277,12 +282,16 @@ impl Batcher {
                 waiting: VecDeque::new(),
             }));
             for _ in 0..self.config.writers.max(1) {
-                tokio::spawn(writer(
+                let writer = writer(
                     queue.clone(),
                     self.gate.clone(),
                     self.config,
                     self.stats.clone(),
-                ));
+                );
+                match &self.runtime {
+                    Some(runtime) => drop(runtime.spawn(writer)),
+                    None => drop(tokio::spawn(writer)),
+                }
             }
             sender
         })
