@@ -137,6 +137,9 @@ struct Pending {
     params: Vec<Param>,
     accept: Option<Accept>,
     reply: oneshot::Sender<Result<Outcome, RegistryError>>,
+    /// When it was queued: a change that found no writer within the wait
+    /// for a connection is answered 503 instead of being run.
+    queued_at: Instant,
 }
 
 /// The queue and the writers that empty it. Writers start on the first
@@ -146,8 +149,13 @@ pub(crate) struct Batcher {
     config: GroupCommit,
     gate: Gate,
     sender: OnceLock<mpsc::Sender<Pending>>,
-    /// How long a caller waits for its answer: a connection, the batch, its
-    /// commit, and then some (past it: `store_unavailable`).
+    /// How long a change may wait for a writer (the wait for a connection,
+    /// `HUB_PG_STATEMENT_TIMEOUT_MS`), as a lone transaction waits for a
+    /// pooled connection.
+    wait: Duration,
+    /// How long a caller waits for its answer: the wait for a writer and
+    /// the deadline of a call, the bound a lone transaction has (past it:
+    /// `store_unavailable`).
     patience: Duration,
     stats: Arc<Stats>,
     /// The runtime the store was built on, where the writers run: not the
@@ -208,12 +216,13 @@ struct Queue {
 }
 
 impl Batcher {
-    pub(crate) fn new(gate: Gate, config: GroupCommit, patience: Duration) -> Self {
+    pub(crate) fn new(gate: Gate, config: GroupCommit, wait: Duration, deadline: Duration) -> Self {
         Self {
             config,
             gate,
             sender: OnceLock::new(),
-            patience,
+            wait,
+            patience: wait + deadline,
             stats: Arc::default(),
             runtime: tokio::runtime::Handle::try_current().ok(),
         }
@@ -252,6 +261,7 @@ impl Batcher {
             params,
             accept,
             reply,
+            queued_at: Instant::now(),
         };
         self.sender().try_send(pending).map_err(|error| match error {
             mpsc::error::TrySendError::Full(_) => unavailable(format!(
@@ -285,7 +295,7 @@ impl Batcher {
                 let writer = writer(
                     queue.clone(),
                     self.gate.clone(),
-                    self.config,
+                    (self.config, self.wait),
                     self.stats.clone(),
                 );
                 match &self.runtime {
@@ -306,7 +316,12 @@ fn unavailable(message: String) -> RegistryError {
 }
 
 /// One writer: takes a batch, runs it, and again, until the queue closes.
-async fn writer(queue: Arc<Mutex<Queue>>, gate: Gate, config: GroupCommit, stats: Arc<Stats>) {
+async fn writer(
+    queue: Arc<Mutex<Queue>>,
+    gate: Gate,
+    (config, wait): (GroupCommit, Duration),
+    stats: Arc<Stats>,
+) {
     loop {
         let batch = {
             let mut queue = queue.lock().await;
@@ -322,7 +337,7 @@ async fn writer(queue: Arc<Mutex<Queue>>, gate: Gate, config: GroupCommit, stats
                     Err(_) => break,
                 }
             }
-            take(&mut queue.waiting, config)
+            take(&mut queue.waiting, config, wait)
         };
         if !batch.is_empty() {
             let committed = run(&gate, &stats, batch).await;
@@ -335,15 +350,22 @@ async fn writer(queue: Arc<Mutex<Queue>>, gate: Gate, config: GroupCommit, stats
 }
 
 /// Takes up to `max_batch` changes off the front, at most `per_tenant` of
-/// one tenant (the rest keep their places), and skips changes whose caller
-/// has gone. Returns them grouped by tenant (in id order), each tenant's in
-/// arrival order.
-fn take(waiting: &mut VecDeque<Pending>, config: GroupCommit) -> Vec<Pending> {
+/// one tenant (the rest keep their places), skips changes whose caller has
+/// gone, and answers 503 to changes that waited longer than `wait` for a
+/// writer (the writers are stuck: PostgreSQL does not answer). Returns them
+/// grouped by tenant (in id order), each tenant's in arrival order.
+fn take(waiting: &mut VecDeque<Pending>, config: GroupCommit, wait: Duration) -> Vec<Pending> {
     let mut taken: Vec<Pending> = Vec::new();
     let mut per_tenant: HashMap<TenantId, usize> = HashMap::new();
     let mut left = VecDeque::with_capacity(waiting.len());
     while let Some(pending) = waiting.pop_front() {
         if pending.reply.is_closed() {
+            continue;
+        }
+        if pending.queued_at.elapsed() > wait {
+            let _ = pending.reply.send(Err(unavailable(format!(
+                "no writer was free within {wait:?} (HUB_PG_STATEMENT_TIMEOUT_MS, HUB_PG_WRITERS); the change was not run"
+            ))));
             continue;
         }
         if taken.len() >= config.max_batch.max(1) {
@@ -623,6 +645,7 @@ mod tests {
             params,
             accept,
             reply,
+            queued_at: Instant::now(),
         };
         (pending, answer)
     }
@@ -838,8 +861,9 @@ mod tests {
 
     /// A batch takes at most `per_tenant` changes of one tenant and
     /// `max_batch` in all; the rest keep their places for the next batch;
-    /// changes whose caller has gone are dropped; the batch is grouped by
-    /// tenant, each tenant's changes in arrival order.
+    /// changes whose caller has gone are dropped, and those that waited past
+    /// the wait are answered 503; the batch is grouped by tenant, each
+    /// tenant's changes in arrival order.
     #[test]
     fn a_batch_caps_each_tenant_and_keeps_arrival_order() {
         let config = GroupCommit {
@@ -857,13 +881,22 @@ mod tests {
         let (gone, answer) = insert("g", "g", 1);
         drop(answer);
         waiting.push_front(gone);
+        let (mut stale, mut stale_answer) = insert("s", "s", 1);
+        stale.queued_at = Instant::now() - Duration::from_secs(6);
+        waiting.push_front(stale);
         let order = |batch: &[Pending]| -> Vec<String> {
             batch.iter().map(|p| p.tenant.as_str().to_owned()).collect()
         };
-        let first = take(&mut waiting, config);
+        let first = take(&mut waiting, config, Duration::from_secs(5));
         assert_eq!(order(&first), ["k", "m", "n", "n"]);
+        // A change that found no writer within the wait is answered, not run.
+        let refused = stale_answer.try_recv().unwrap().err().unwrap();
+        assert!(
+            matches!(refused, RegistryError::Unavailable { .. }),
+            "{refused:?}"
+        );
         assert_eq!(waiting.len(), 2, "n's third and fourth wait");
-        let second = take(&mut waiting, config);
+        let second = take(&mut waiting, config, Duration::from_secs(5));
         assert_eq!(order(&second), ["n", "n"]);
         assert!(waiting.is_empty());
         // n's changes went out in the order they came.

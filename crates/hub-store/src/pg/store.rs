@@ -181,11 +181,13 @@ impl PgStore {
     /// A store over a new pool (connections open on first use).
     pub fn new(config: &PgConfig) -> Result<Self, RegistryError> {
         let pool = Gate::new(config)?;
-        // A change may wait for a connection, for the batches ahead of it
-        // and for its own batch and commit, each within its deadline.
-        let patience = config.statement_timeout + config.call_deadline() * 3;
         Ok(Self {
-            batch: Arc::new(Batcher::new(pool.clone(), config.group_commit, patience)),
+            batch: Arc::new(Batcher::new(
+                pool.clone(),
+                config.group_commit,
+                config.statement_timeout,
+                config.call_deadline(),
+            )),
             pool,
             outbox: Arc::new(OutboxWrites::default()),
             releases: Arc::default(),
