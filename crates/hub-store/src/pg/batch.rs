@@ -4,9 +4,11 @@
 //! Run alone it costs a transaction: `BEGIN`, the tenant setting, the
 //! statement, `COMMIT`, and a WAL flush that PostgreSQL must wait for before
 //! it answers. Under a registration storm the flushes, not the statements,
-//! are the bound. So changes go through a queue to a few writer tasks
-//! ([`GroupCommit::writers`]); a writer takes everything queued (up to
-//! [`GroupCommit::max_batch`], at most [`GroupCommit::per_tenant`] of one
+//! are the bound. So changes go through queues to a few writer tasks
+//! ([`GroupCommit::writers`]), each tenant always to the same writer (a hash
+//! of its id), so two writers never touch the same tenant's rows and never
+//! wait for each other's locks. A writer takes everything queued for it (up
+//! to [`GroupCommit::max_batch`], at most [`GroupCommit::per_tenant`] of one
 //! tenant, so one noisy tenant cannot crowd the others out of a batch) and
 //! runs it as one transaction, pipelined in one round trip:
 //!
@@ -29,10 +31,11 @@
 //! - Every statement runs after the `set_config` of its own tenant, set
 //!   transaction-locally, so row-level security checks each row against the
 //!   tenant the change was made for; no statement writes two tenants' rows.
-//! - Tenants are taken in id order within a batch, and each tenant's changes
-//!   in arrival order: every transaction locks tenants' revision rows in the
-//!   same order (two writers cannot deadlock each other), and a tenant's
-//!   revisions follow the order its changes arrived in.
+//! - One writer per tenant, tenants in id order within a batch, and each
+//!   tenant's changes in arrival order: a tenant's revisions follow the
+//!   order its changes arrived in, and every transaction locks revision rows
+//!   in the same order (a batch and a tenant's own transaction, say a
+//!   removal, cannot deadlock each other).
 //! - One failing change fails alone. PostgreSQL aborts the whole
 //!   transaction at the first error, so the writer rolls it back, answers
 //!   the change that failed with its error, and runs the others again in a
@@ -54,7 +57,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use hub_core::ports::WriteBatchStats;
 use hub_core::{RegistryError, TenantId};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -110,10 +113,10 @@ impl Default for GroupCommit {
 }
 
 impl GroupCommit {
-    /// Changes that may wait in the queue before a new one is refused with
-    /// `store_unavailable` (a few full batches per writer).
+    /// Changes that may wait in one writer's queue before a new one is
+    /// refused with `store_unavailable` (a few full batches).
     fn queue_capacity(&self) -> usize {
-        self.max_batch.max(1) * self.writers.max(1) * 8
+        self.max_batch.max(1) * 8
     }
 }
 
@@ -148,7 +151,8 @@ struct Pending {
 pub(crate) struct Batcher {
     config: GroupCommit,
     gate: Gate,
-    sender: OnceLock<mpsc::Sender<Pending>>,
+    /// One queue per writer; a tenant's changes always go to the same one.
+    senders: OnceLock<Vec<mpsc::Sender<Pending>>>,
     /// How long a change may wait for a writer (the wait for a connection,
     /// `HUB_PG_STATEMENT_TIMEOUT_MS`), as a lone transaction waits for a
     /// pooled connection.
@@ -208,8 +212,8 @@ impl std::fmt::Debug for Batcher {
     }
 }
 
-/// The queue as writers share it: the channel, and what was taken off it
-/// but did not fit in a batch (kept in arrival order).
+/// A writer's queue: the channel, and what was taken off it but did not
+/// fit in a batch (kept in arrival order).
 struct Queue {
     receiver: mpsc::Receiver<Pending>,
     waiting: VecDeque<Pending>,
@@ -220,7 +224,7 @@ impl Batcher {
         Self {
             config,
             gate,
-            sender: OnceLock::new(),
+            senders: OnceLock::new(),
             wait,
             patience: wait + deadline,
             stats: Arc::default(),
@@ -263,7 +267,7 @@ impl Batcher {
             reply,
             queued_at: Instant::now(),
         };
-        self.sender().try_send(pending).map_err(|error| match error {
+        self.sender(tenant)?.try_send(pending).map_err(|error| match error {
             mpsc::error::TrySendError::Full(_) => unavailable(format!(
                 "{} changes are already waiting for PostgreSQL (HUB_PG_WRITERS, HUB_PG_WRITE_BATCH)",
                 self.config.queue_capacity()
@@ -284,27 +288,41 @@ impl Batcher {
         }
     }
 
-    fn sender(&self) -> &mpsc::Sender<Pending> {
-        self.sender.get_or_init(|| {
-            let (sender, receiver) = mpsc::channel(self.config.queue_capacity());
-            let queue = Arc::new(Mutex::new(Queue {
-                receiver,
-                waiting: VecDeque::new(),
-            }));
-            for _ in 0..self.config.writers.max(1) {
-                let writer = writer(
-                    queue.clone(),
-                    self.gate.clone(),
-                    (self.config, self.wait),
-                    self.stats.clone(),
-                );
-                match &self.runtime {
-                    Some(runtime) => drop(runtime.spawn(writer)),
-                    None => drop(tokio::spawn(writer)),
-                }
-            }
-            sender
-        })
+    /// The queue of `tenant`'s writer. Tenants are spread over the writers
+    /// by a hash of their id, so two writers never hold the same tenant's
+    /// rows: their transactions never wait for each other's locks (with one
+    /// shared queue they did, at almost every tenant two batches shared),
+    /// and each tenant's changes commit strictly in arrival order.
+    fn sender(&self, tenant: &TenantId) -> Result<&mpsc::Sender<Pending>, RegistryError> {
+        let senders = self.senders.get_or_init(|| {
+            (0..self.config.writers.max(1))
+                .map(|_| {
+                    let (sender, receiver) = mpsc::channel(self.config.queue_capacity());
+                    let queue = Queue {
+                        receiver,
+                        waiting: VecDeque::new(),
+                    };
+                    let writer = writer(
+                        queue,
+                        self.gate.clone(),
+                        (self.config, self.wait),
+                        self.stats.clone(),
+                    );
+                    match &self.runtime {
+                        Some(runtime) => drop(runtime.spawn(writer)),
+                        None => drop(tokio::spawn(writer)),
+                    }
+                    sender
+                })
+                .collect()
+        });
+        let mut hasher = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(tenant.as_str(), &mut hasher);
+        let shard = std::hash::Hasher::finish(&hasher) % (senders.len().max(1) as u64);
+        usize::try_from(shard)
+            .ok()
+            .and_then(|shard| senders.get(shard))
+            .ok_or_else(|| unavailable("the store has no writer".to_owned()))
     }
 }
 
@@ -315,16 +333,16 @@ fn unavailable(message: String) -> RegistryError {
     }
 }
 
-/// One writer: takes a batch, runs it, and again, until the queue closes.
+/// One writer: takes a batch off its queue, runs it, and again, until the
+/// queue closes.
 async fn writer(
-    queue: Arc<Mutex<Queue>>,
+    mut queue: Queue,
     gate: Gate,
     (config, wait): (GroupCommit, Duration),
     stats: Arc<Stats>,
 ) {
     loop {
         let batch = {
-            let mut queue = queue.lock().await;
             if queue.waiting.is_empty() {
                 match queue.receiver.recv().await {
                     Some(pending) => queue.waiting.push_back(pending),
