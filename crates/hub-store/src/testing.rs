@@ -196,6 +196,35 @@ impl TestDb {
         tx.commit().await.unwrap_or_else(|e| panic!("commit: {e}"));
     }
 
+    /// Runs `sql` as the application role in a transaction scoped to
+    /// `tenant` (row-level security applies, as for the server), and
+    /// returns its rows.
+    pub async fn as_tenant(
+        &self,
+        tenant: &str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Vec<tokio_postgres::Row> {
+        let client = Self::connect(&self.app).await;
+        client
+            .batch_execute("BEGIN")
+            .await
+            .unwrap_or_else(|e| panic!("begin: {e}"));
+        client
+            .execute("SELECT set_config('app.tenant_id', $1, true)", &[&tenant])
+            .await
+            .unwrap_or_else(|e| panic!("setting the tenant: {e}"));
+        let rows = client
+            .query(sql, params)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        client
+            .batch_execute("COMMIT")
+            .await
+            .unwrap_or_else(|e| panic!("commit: {e}"));
+        rows
+    }
+
     /// A raw connection as `config`'s role, for SQL-level tests.
     pub async fn connect(config: &PgConfig) -> tokio_postgres::Client {
         let (client, connection) = config

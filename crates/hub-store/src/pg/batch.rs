@@ -689,21 +689,14 @@ mod tests {
     /// The revision stored for `tenant`, read as the application in a
     /// transaction scoped to that tenant.
     async fn stored(db: &TestDb, tenant: &str) -> Option<i64> {
-        let client = TestDb::connect(&db.app).await;
-        client.batch_execute("BEGIN").await.unwrap();
-        client
-            .execute("SELECT set_config('app.tenant_id', $1, true)", &[&tenant])
-            .await
-            .unwrap();
-        let row = client
-            .query_opt(
-                "SELECT revision FROM tenant_state WHERE tenant_id = $1",
-                &[&tenant],
-            )
-            .await
-            .unwrap();
-        client.batch_execute("COMMIT").await.unwrap();
-        row.map(|r| r.get(0))
+        db.as_tenant(
+            tenant,
+            "SELECT revision FROM tenant_state WHERE tenant_id = $1",
+            &[&tenant],
+        )
+        .await
+        .first()
+        .map(|r| r.get(0))
     }
 
     fn rows(answer: Result<Outcome, RegistryError>) -> Vec<Row> {

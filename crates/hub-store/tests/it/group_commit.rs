@@ -19,32 +19,26 @@ const INSTANCES: usize = 15;
 /// What one tenant's audit holds and its revision, read as the application
 /// in a transaction scoped to that tenant, and its outbox events.
 async fn records(db: &TestDb, tenant: &str) -> (Vec<(i64, String, String, String)>, Vec<i64>, i64) {
-    let client = TestDb::connect(&db.app).await;
-    client.batch_execute("BEGIN").await.unwrap();
-    client
-        .execute("SELECT set_config('app.tenant_id', $1, true)", &[&tenant])
-        .await
-        .unwrap();
-    let audit = client
-        .query(
+    let audit = db
+        .as_tenant(
+            tenant,
             "SELECT revision, event_type, instance_id, tenant_id FROM coordination_history \
              ORDER BY revision",
             &[],
         )
         .await
-        .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect();
-    let revision = client
-        .query_one(
+    let revision = db
+        .as_tenant(
+            tenant,
             "SELECT coalesce((SELECT revision FROM tenant_state), 0)",
             &[],
         )
         .await
-        .unwrap()
-        .get(0);
-    client.batch_execute("COMMIT").await.unwrap();
+        .first()
+        .map_or(0, |r| r.get(0));
     // The outbox has no tenant policy; its owner reads it.
     let owner = TestDb::connect(&db.owner).await;
     let outbox = owner
