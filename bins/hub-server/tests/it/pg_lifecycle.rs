@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use hub_store::testing::TestDb;
 use reqwest::StatusCode;
-use serde_json::Value;
 
 use crate::pg_support::{Hub, blocking, blocking_create};
 use crate::support::{assert_error, eventually};
@@ -170,13 +169,13 @@ async fn a_change_through_one_replica_is_seen_through_another_within_a_second() 
     let b = Hub::start(&db.app, &[("HUB_LOOKUP_CACHE_MS", "500")]).await;
     a.register_created("tenant1", "svc", "i1", "10.0.0.1").await;
     // Replica B looks the service up, so it is cached and kept busy there.
-    assert_eq!(hosts(&b).await, ["10.0.0.1"]);
+    assert_eq!(b.hosts().await, ["10.0.0.1"]);
     // Replica A changes it; B shows the change within 1 s.
     let changed_at = Instant::now();
     let r = a.register("tenant1", "svc", "i1", "10.9.9.9").await;
     assert_eq!(r.status(), StatusCode::OK);
     loop {
-        if hosts(&b).await == ["10.9.9.9"] {
+        if b.hosts().await == ["10.9.9.9"] {
             break;
         }
         assert!(
@@ -187,17 +186,4 @@ async fn a_change_through_one_replica_is_seen_through_another_within_a_second() 
     }
     a.shut_down().await;
     b.shut_down().await;
-}
-
-/// The hosts of `tenant1`'s `svc` instances, as `hub` answers.
-async fn hosts(hub: &Hub) -> Vec<String> {
-    let r = hub.get_service("tenant1", "svc").await;
-    assert_eq!(r.status(), StatusCode::OK);
-    let body: Value = r.json().await.unwrap();
-    body["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["host"].as_str().unwrap().to_owned())
-        .collect()
 }

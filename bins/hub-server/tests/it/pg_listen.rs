@@ -4,7 +4,6 @@ use std::time::{Duration, Instant};
 
 use hub_store::testing::TestDb;
 use reqwest::StatusCode;
-use serde_json::Value;
 
 use crate::pg_support::Hub;
 use crate::support::eventually;
@@ -81,25 +80,12 @@ async fn change_in_sql(db: &TestDb, host: &str, notify: bool) {
     tx.commit().await.unwrap();
 }
 
-/// The hosts of `tenant1`'s `svc` instances, as `hub` answers.
-async fn hosts(hub: &Hub) -> Vec<String> {
-    let r = hub.get_service("tenant1", "svc").await;
-    assert_eq!(r.status(), StatusCode::OK);
-    let body: Value = r.json().await.unwrap();
-    body["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["host"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// `hub` keeps answering `host` for longer than the short TTL: it serves
 /// from its cache, under the listening TTL.
 async fn keeps_answering(hub: &Hub, host: &str) {
     let until = Instant::now() + Duration::from_millis(1300);
     while Instant::now() < until {
-        assert_eq!(hosts(hub).await, [host], "the cached answer was dropped");
+        assert_eq!(hub.hosts().await, [host], "the cached answer was dropped");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -107,7 +93,7 @@ async fn keeps_answering(hub: &Hub, host: &str) {
 /// Polls `hub` until it answers `host`; returns how long that took.
 async fn seen_within(hub: &Hub, host: &str, bound: Duration, since: Instant) -> Duration {
     loop {
-        if hosts(hub).await == [host] {
+        if hub.hosts().await == [host] {
             return since.elapsed();
         }
         assert!(
@@ -130,13 +116,13 @@ async fn without_nats_a_change_through_one_replica_drops_the_others_cached_looku
     a.register_created("tenant1", "svc", "i1", "10.0.0.1").await;
     let b = Hub::start(&db.app, &cache_env("replica-b")).await;
     listening_pid(&db, "replica-b", None).await;
-    assert_eq!(hosts(&b).await, ["10.0.0.1"]);
+    assert_eq!(b.hosts().await, ["10.0.0.1"]);
 
     // B serves from its cache: a change it cannot learn of stays unseen
     // past the short TTL, while A, which has no answer cached, reads it.
     change_in_sql(&db, "10.5.5.5", false).await;
     keeps_answering(&b, "10.0.0.1").await;
-    assert_eq!(hosts(&a).await, ["10.5.5.5"]);
+    assert_eq!(a.hosts().await, ["10.5.5.5"]);
 
     // A change through A reaches B within 1 s, by notification alone.
     let changed_at = Instant::now();
@@ -167,9 +153,9 @@ async fn a_lost_listen_connection_drops_the_cache_falls_back_to_the_ttl_and_list
     // from reconnecting below, requests use these.
     futures_util::future::join_all((0..8).map(|_| hub.list("tenant1"))).await;
     let cached_at = Instant::now();
-    assert_eq!(hosts(&hub).await, ["10.0.0.1"]);
+    assert_eq!(hub.hosts().await, ["10.0.0.1"]);
     change_in_sql(&db, "10.1.1.1", false).await;
-    assert_eq!(hosts(&hub).await, ["10.0.0.1"], "served from the cache");
+    assert_eq!(hub.hosts().await, ["10.0.0.1"], "served from the cache");
 
     // The listening connection is cut, and the hub's login may open no new
     // connection for now. The whole cache is dropped at once: the change
@@ -201,7 +187,7 @@ async fn a_lost_listen_connection_drops_the_cache_falls_back_to_the_ttl_and_list
         .await
         .unwrap();
     listening_pid(&db, "replica-l", Some(first)).await;
-    assert_eq!(hosts(&hub).await, ["10.2.2.2"]);
+    assert_eq!(hub.hosts().await, ["10.2.2.2"]);
     change_in_sql(&db, "10.3.3.3", false).await;
     keeps_answering(&hub, "10.2.2.2").await;
     let changed_at = Instant::now();

@@ -130,6 +130,19 @@ impl Hub {
         .unwrap()
     }
 
+    /// The hosts of `tenant1`'s `svc` instances, as this hub answers.
+    pub async fn hosts(&self) -> Vec<String> {
+        let r = self.get_service("tenant1", "svc").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.unwrap();
+        body["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["host"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     pub async fn get_service(&self, tenant: &str, service: &str) -> Response {
         self.request(
             Method::GET,
