@@ -58,6 +58,16 @@ pub enum RegistryError {
     #[error("conflict: {0}")]
     Conflict(String),
 
+    /// The change would take the tenant past one of its limits (`limit`
+    /// names it, e.g. `max_instances`, and `max` is its value).
+    #[error("quota exceeded: {limit} is {max}")]
+    QuotaExceeded {
+        /// The limit's name.
+        limit: &'static str,
+        /// Its value.
+        max: u64,
+    },
+
     /// A backend the operation needs is unreachable or timed out. The outcome
     /// of a write that fails this way is unknown to the caller.
     #[error("{component} unavailable")]

@@ -43,6 +43,7 @@ pub mod monitor;
 pub mod ports;
 pub mod ratelimit;
 pub mod registry;
+pub mod tenancy;
 
 pub use counters::{ChangeCounters, ChangeCounts, ChangeKind};
 pub use domain::context::ChangeContext;

@@ -215,6 +215,11 @@ impl From<RegistryError> for ApiError {
                 format!("{what} not found"),
             ),
             RegistryError::Conflict(what) => Self::new(StatusCode::CONFLICT, "conflict", what),
+            RegistryError::QuotaExceeded { limit, max } => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                format!("the tenant is at its limit: {limit} is {max}"),
+            ),
             RegistryError::Unavailable { component, source } => {
                 tracing::warn!(
                     request_id = %context::request_id(),

@@ -628,6 +628,9 @@ fn copy(error: &RegistryError) -> RegistryError {
     match error {
         RegistryError::NotFound(what) => RegistryError::NotFound(what.clone()),
         RegistryError::Conflict(what) => RegistryError::Conflict(what.clone()),
+        RegistryError::QuotaExceeded { limit, max } => {
+            RegistryError::QuotaExceeded { limit, max: *max }
+        }
         RegistryError::Unavailable { component, .. } => RegistryError::Unavailable {
             component,
             source: chain(error).into(),
