@@ -35,8 +35,10 @@ pub struct RoleCheck {
     pub bypass_rls: bool,
     /// Whether the schema is migrated to this version. Checked on the newest
     /// objects: `hub_outbox_undeliverable` (V3), `hub_metrics_prune` (V4)
-    /// and `hub_registry_notify` (V5, without which no replica would learn
-    /// of another's changes and cached lookups would stay stale).
+    /// `hub_registry_notify` (V5, without which no replica would learn
+    /// of another's changes and cached lookups would stay stale) and
+    /// `hub_key_grant` (V6, without which no tenant record or key could be
+    /// read).
     /// A database that stopped at V1 or V2 (whose outbox functions any
     /// application session could misuse) or at V3 (whose metrics pruner would
     /// fail every pass), or the original single-tenant schema (which also has
@@ -319,6 +321,7 @@ pub async fn role_check(config: &PgConfig) -> Result<RoleCheck, RegistryError> {
                     to_regclass('public.hub_outbox_undeliverable') IS NOT NULL \
                     AND to_regprocedure('public.hub_metrics_prune(integer, integer)') IS NOT NULL \
                     AND to_regprocedure('public.hub_registry_notify()') IS NOT NULL \
+                    AND to_regprocedure('public.hub_key_grant(bytea)') IS NOT NULL \
              FROM pg_roles WHERE rolname = current_user",
             &[],
         )
