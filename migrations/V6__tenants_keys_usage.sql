@@ -203,10 +203,8 @@ GRANT EXECUTE ON FUNCTION public.hub_audit_prune(TIMESTAMPTZ, INTEGER) TO centra
 -- quota of `max_instances`: always for an instance the tenant already has
 -- (an update never fails on the quota), else when the tenant has fewer.
 --
--- Atomic: it first takes the tenant's revision row lock (creating the row
--- at revision 0 for a tenant that never wrote, so that two first
--- registrations also queue), the lock every change of a tenant takes
--- first, and only then counts. A VOLATILE function takes a fresh snapshot
+-- Atomic: it first takes the tenant's revision row lock, the lock every
+-- change of a tenant takes first, and only then counts. A VOLATILE function takes a fresh snapshot
 -- for each of its statements, so the count sees every change committed
 -- while it waited for the lock; the registration statement that calls it
 -- then writes under that same lock. Concurrent registrations of one tenant
@@ -228,9 +226,16 @@ DECLARE
 BEGIN
     PERFORM 1 FROM public.tenant_state s WHERE s.tenant_id = tenant FOR NO KEY UPDATE;
     IF NOT FOUND THEN
-        INSERT INTO public.tenant_state AS s (tenant_id, revision) VALUES (tenant, 0)
-        ON CONFLICT (tenant_id) DO UPDATE SET revision = s.revision;
-        INSERT INTO public.hub_tenants (tenant_id) VALUES (tenant) ON CONFLICT DO NOTHING;
+        -- No revision row to lock yet: the calling statement creates it. Two
+        -- first registrations queue on a transaction advisory lock of the
+        -- tenant instead (the two-key form, apart from the hub's one-key
+        -- locks; a hash collision only makes two tenants queue), then look
+        -- again: the row a first registration committed meanwhile is locked
+        -- like any other. The row cannot be created here: the calling
+        -- statement's own upsert of it would then fail ("cannot affect row
+        -- a second time").
+        PERFORM pg_catalog.pg_advisory_xact_lock(1213547089, pg_catalog.hashtext(tenant));
+        PERFORM 1 FROM public.tenant_state s WHERE s.tenant_id = tenant FOR NO KEY UPDATE;
     END IF;
     IF EXISTS (SELECT 1 FROM public.service_registry r
                WHERE r.tenant_id = tenant AND r.service_name = service

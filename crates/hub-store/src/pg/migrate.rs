@@ -80,6 +80,17 @@ pub async fn run(config: &PgConfig) -> Result<Vec<String>, RegistryError> {
     }
 }
 
+/// Applies the migrations up to `version` only, for tests of the upgrade
+/// from an older schema of this hub (a database left at V5, say).
+#[cfg(feature = "testing")]
+pub async fn run_up_to(config: &PgConfig, version: i32) -> Result<Vec<String>, RegistryError> {
+    let mut client = connect(config).await?;
+    let transaction = client.transaction().await.map_err(from_pg)?;
+    let applied = apply(&transaction, Target::Version(version)).await?;
+    transaction.commit().await.map_err(from_pg)?;
+    Ok(applied)
+}
+
 /// Every migration this build carries, in order (`V1__multi_tenant_registry`,
 /// ...): what a run on an empty or legacy database applies.
 pub fn known_versions() -> Vec<String> {
