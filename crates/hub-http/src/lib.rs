@@ -11,6 +11,7 @@ mod context;
 pub mod dto;
 pub mod error;
 pub mod extract;
+pub mod jwt;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;

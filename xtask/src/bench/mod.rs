@@ -14,9 +14,11 @@
 //! turns at going first. Unless skipped, each run also measures lookups over
 //! a larger registry (`phases::large`), heartbeats in every mode
 //! (`phases::heartbeats`; the PostgreSQL+Dragonfly mode needs a Dragonfly,
-//! see `dragonfly`), the rate limiter's cost (`phases::limiter`) and the
-//! request metrics' cost (`phases::metrics`); with `--peers`, etcd and
-//! r-nacos are measured with the same load generator (`peers`). The medians
+//! see `dragonfly`), the rate limiter's cost (`phases::limiter`), the
+//! request metrics' cost (`phases::metrics`) and, in PostgreSQL mode, what
+//! authentication costs (`phases::auth`: env key, database key, JWTs); with
+//! `--peers`, etcd and r-nacos are measured with the same load generator
+//! (`peers`). The medians
 //! over the runs are compared with the targets of the issues (`summary`).
 //!
 //! The modules form layers, each using only the ones below it: `console`,
@@ -50,7 +52,7 @@ use crate::bench::options::{Options, USAGE};
 use crate::bench::pg::postgres_admin;
 use crate::bench::phases::core::{one_run, pg_run};
 use crate::bench::phases::heartbeats::{self, HeartbeatResult};
-use crate::bench::phases::{events, fairness, large, limiter, metrics};
+use crate::bench::phases::{auth, events, fairness, large, limiter, metrics};
 use crate::bench::servers::Server;
 use crate::bench::summary::{RunResult, run_table, summary};
 
@@ -255,6 +257,15 @@ async fn bench(options: &Options, binary: &Path, log_dir: &Path) -> anyhow::Resu
         } else {
             None
         };
+        let auth = match &admin {
+            Some(admin) if options.auth => {
+                let result = auth::pg_auth_run(options, admin, binary, log_dir, run)
+                    .await
+                    .with_context(|| format!("run {run}, auth checks' cost"))?;
+                Some(result)
+            }
+            _ => None,
+        };
         let result = RunResult {
             phases,
             peak_rss_kib,
@@ -264,6 +275,7 @@ async fn bench(options: &Options, binary: &Path, log_dir: &Path) -> anyhow::Resu
             heartbeats,
             limiter,
             request_metrics,
+            auth,
             large,
             peers,
         };

@@ -24,6 +24,9 @@ options:
   --skip-request-metrics  skip the request metrics' cost (embedded lookups with
                       HUB_REQUEST_METRICS on and off, two servers, alternating 1 s slices,
                       --duration-secs slices per side)
+  --skip-auth         skip the auth checks' cost (PostgreSQL-mode lookups of one tenant with the
+                      env key, a database key made through the admin API, and JWTs, HS256 and
+                      ES256; one server, alternating 1 s slices, --duration-secs slices each)
   --skip-dragonfly    leave out the PostgreSQL+Dragonfly mode of the heartbeat and limiter phases
   --skip-large-registry  skip the lookups over the larger registry (10,000 services: 100 tenants x
                       100 services, 100,000 instances), embedded and PostgreSQL mode; it costs two
@@ -91,6 +94,8 @@ pub(crate) struct Options {
     pub(crate) limiter: bool,
     /// Whether the request metrics' cost is measured (not `--skip-request-metrics`).
     pub(crate) request_metrics: bool,
+    /// Whether the auth checks' cost is measured (not `--skip-auth`).
+    pub(crate) auth: bool,
     /// Whether the PostgreSQL+Dragonfly mode may run (not `--skip-dragonfly`).
     pub(crate) dragonfly: bool,
     /// Whether the lookups over the larger registry run (not `--skip-large-registry`).
@@ -131,6 +136,7 @@ impl Options {
         let mut skip_heartbeats = false;
         let mut skip_limiter = false;
         let mut skip_request_metrics = false;
+        let mut skip_auth = false;
         let mut skip_dragonfly = false;
         let mut skip_large_registry = false;
         let mut peers = false;
@@ -154,6 +160,7 @@ impl Options {
                 "--skip-heartbeats" => skip_heartbeats = true,
                 "--skip-limiter" => skip_limiter = true,
                 "--skip-request-metrics" => skip_request_metrics = true,
+                "--skip-auth" => skip_auth = true,
                 "--skip-dragonfly" => skip_dragonfly = true,
                 "--skip-large-registry" => skip_large_registry = true,
                 "--peers" => peers = true,
@@ -195,6 +202,7 @@ impl Options {
             heartbeats: !skip_heartbeats,
             limiter: !skip_limiter,
             request_metrics: !skip_request_metrics,
+            auth: !skip_auth,
             dragonfly: !skip_dragonfly,
             large_registry: !skip_large_registry,
             peers,

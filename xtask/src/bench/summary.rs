@@ -6,6 +6,7 @@ use crate::bench::console::load_average;
 use crate::bench::cpu::CpuUsage;
 use crate::bench::load::Figures;
 use crate::bench::peers::{self, PeersResult};
+use crate::bench::phases::auth::{self, AuthResult};
 use crate::bench::phases::core::PgResult;
 use crate::bench::phases::core::REGISTER_ALONE_ROW;
 use crate::bench::phases::events::{self, EventsResult};
@@ -42,6 +43,8 @@ pub(crate) struct RunResult {
     pub(crate) heartbeats: Option<HeartbeatResult>,
     pub(crate) limiter: Option<LimiterResult>,
     pub(crate) request_metrics: Option<MetricsResult>,
+    /// The auth checks' cost (PostgreSQL mode), unless `--skip-auth`.
+    pub(crate) auth: Option<AuthResult>,
     /// The lookups over 10,000 services, unless `--skip-large-registry`.
     pub(crate) large: Option<LargeResult>,
     /// The peers, with `--peers`.
@@ -121,6 +124,9 @@ pub(crate) fn run_table(run: usize, result: &RunResult, pg_pool: usize) -> Strin
     }
     if let Some(metrics) = &result.request_metrics {
         metrics::run_lines(&mut out, metrics);
+    }
+    if let Some(result) = &result.auth {
+        auth::run_lines(&mut out, result);
     }
     out
 }
@@ -312,5 +318,7 @@ pub(crate) fn summary(runs: &[RunResult], pg_pool: usize) -> String {
         .filter_map(|r| r.request_metrics.as_ref())
         .collect();
     metrics::summary_lines(&mut out, &request_metrics);
+    let auth: Vec<&AuthResult> = runs.iter().filter_map(|r| r.auth.as_ref()).collect();
+    auth::summary_lines(&mut out, &auth);
     out
 }

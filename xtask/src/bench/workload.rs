@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, Uri};
 
 use crate::bench::names::{
@@ -50,6 +50,22 @@ pub(crate) struct Workload {
     pub(crate) content_type: HeaderValue,
     /// Request `i` uses `targets[i % targets.len()]`.
     pub(crate) targets: Vec<Target>,
+    /// How the requests that name a tenant authenticate.
+    pub(crate) credential: Credential,
+}
+
+/// How a workload's tenant requests authenticate: the operator key every
+/// server is started with, unless a phase measures another kind (the auth
+/// phase: a database key, a JWT).
+#[derive(Debug, Clone, Default)]
+pub(crate) enum Credential {
+    /// `X-API-Key: ` [`API_KEY`].
+    #[default]
+    OperatorKey,
+    /// `X-API-Key` with this value.
+    ApiKey(HeaderValue),
+    /// `Authorization` with this value (`Bearer <jwt>`).
+    Authorization(HeaderValue),
 }
 
 #[derive(Debug)]
@@ -86,6 +102,7 @@ impl Workload {
             method,
             host,
             targets,
+            credential: Credential::OperatorKey,
         })
     }
 
@@ -118,6 +135,7 @@ impl Workload {
             method: Method::GET,
             host,
             targets,
+            credential: Credential::OperatorKey,
         })
     }
 
@@ -214,6 +232,7 @@ impl Workload {
             method: Method::POST,
             host,
             targets,
+            credential: Credential::OperatorKey,
         })
     }
 
@@ -227,9 +246,14 @@ impl Workload {
             .uri(target.uri.clone())
             .header(HOST, self.host.clone());
         if let Some(tenant) = &target.tenant {
-            request = request
-                .header("x-api-key", HeaderValue::from_static(API_KEY))
-                .header("x-tenant-id", tenant.clone());
+            request = match &self.credential {
+                Credential::OperatorKey => {
+                    request.header("x-api-key", HeaderValue::from_static(API_KEY))
+                }
+                Credential::ApiKey(key) => request.header("x-api-key", key.clone()),
+                Credential::Authorization(value) => request.header(AUTHORIZATION, value.clone()),
+            }
+            .header("x-tenant-id", tenant.clone());
         }
         if !target.body.is_empty() {
             request = request.header(CONTENT_TYPE, self.content_type.clone());
@@ -269,6 +293,40 @@ mod tests {
         let target = &workload.targets[i];
         let tenant = target.tenant.as_ref().unwrap().to_str().unwrap().to_owned();
         (tenant, serde_json::from_slice(&target.body).unwrap())
+    }
+
+    /// Each credential puts its own header on the requests that name a
+    /// tenant, and only that one: the auth phase must measure the credential
+    /// it names, not the operator key beside it.
+    #[test]
+    fn the_credential_decides_the_auth_header() {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 1));
+        let header = |credential: Credential, name: &str| {
+            let mut workload = Workload::lookups(addr, "bench-t").unwrap();
+            workload.credential = credential;
+            let request = workload.request(0).unwrap();
+            assert_eq!(request.headers()["x-tenant-id"], "bench-t000");
+            request
+                .headers()
+                .get(name)
+                .map(|value| value.to_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            header(Credential::OperatorKey, "x-api-key").as_deref(),
+            Some(API_KEY)
+        );
+        let key = HeaderValue::from_static("hubk_0123_abcd");
+        assert_eq!(
+            header(Credential::ApiKey(key.clone()), "x-api-key").as_deref(),
+            Some("hubk_0123_abcd")
+        );
+        assert_eq!(header(Credential::ApiKey(key), "authorization"), None);
+        let bearer = HeaderValue::from_static("Bearer a.b.c");
+        assert_eq!(
+            header(Credential::Authorization(bearer.clone()), "authorization").as_deref(),
+            Some("Bearer a.b.c")
+        );
+        assert_eq!(header(Credential::Authorization(bearer), "x-api-key"), None);
     }
 
     /// Heartbeat `i` renews the instance registration `i` created (same

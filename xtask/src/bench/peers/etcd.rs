@@ -31,7 +31,7 @@ use crate::bench::names::{
 };
 use crate::bench::options::Options;
 use crate::bench::servers::free_port;
-use crate::bench::workload::{JSON, Target, Workload, registration_body};
+use crate::bench::workload::{Credential, JSON, Target, Workload, registration_body};
 
 /// The TTL of the granted leases, as the hub's registrations.
 const LEASE_TTL_SECS: u64 = 3600;
@@ -206,6 +206,8 @@ fn workload(
                 body: Bytes::from(body.to_string()),
             })
             .collect(),
+        // The peers' targets name no tenant, so no credential is sent.
+        credential: Credential::OperatorKey,
     })
 }
 

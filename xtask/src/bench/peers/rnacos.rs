@@ -25,7 +25,7 @@ use crate::bench::names::{
 };
 use crate::bench::options::Options;
 use crate::bench::servers::free_port;
-use crate::bench::workload::{Target, Workload};
+use crate::bench::workload::{Credential, Target, Workload};
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
@@ -115,6 +115,8 @@ fn requests(addr: SocketAddr, method: Method, targets: Vec<Target>) -> anyhow::R
         host: HeaderValue::from_str(&addr.to_string())?,
         content_type: HeaderValue::from_static(FORM),
         targets,
+        // The peers' targets name no tenant, so no credential is sent.
+        credential: Credential::OperatorKey,
     })
 }
 

@@ -105,7 +105,7 @@ fn side(on: bool) -> &'static str {
 
 /// One side's slices as one figure: requests summed, the mean throughput,
 /// the median p50 and p99.
-fn combine(slices: &[Figures]) -> Figures {
+pub(crate) fn combine(slices: &[Figures]) -> Figures {
     let count = slices.len().max(1) as f64;
     Figures {
         requests: slices.iter().map(|f| f.requests).sum(),
