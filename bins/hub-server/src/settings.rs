@@ -33,6 +33,77 @@ pub struct Settings {
     pub rate_limits: RateLimitSettings,
     /// The infrastructure monitor.
     pub monitor: MonitorSettings,
+    /// Tenants mode, bearer tokens and key-use sampling (issue 12, HTTP side).
+    pub tenancy: TenancySettings,
+}
+
+/// How tenants are admitted and bearer tokens verified.
+#[derive(Debug, Deserialize)]
+pub struct TenancySettings {
+    /// `HUB_TENANTS_MODE`: `open` (any valid tenant id, recorded on first
+    /// use; the default) or `registered` (only tenants created through the
+    /// admin API; others get 403 `unknown_tenant`).
+    pub mode: String,
+    /// `HUB_JWT_SECRET`: shared secret of HS256 bearer tokens (at least 32
+    /// bytes); unset = no HS256.
+    pub jwt_secret: Option<SecretString>,
+    /// `HUB_JWT_JWKS_PATH`: a JWKS file of RS256/ES256 public keys,
+    /// reloaded when it changes; unset = no RS256/ES256.
+    pub jwt_jwks_path: Option<std::path::PathBuf>,
+    /// `HUB_JWT_ISSUER`: the `iss` every token must carry; unset = not checked.
+    pub jwt_issuer: Option<String>,
+    /// `HUB_JWT_AUDIENCE`: an `aud` every token must carry; unset = not checked.
+    pub jwt_audience: Option<String>,
+    /// `HUB_JWT_TENANT_CLAIM`: the claim naming the token's tenants (a
+    /// string or a list) (`tenant_id`).
+    pub jwt_tenant_claim: String,
+    /// `HUB_JWT_LEEWAY_SECS`: clock skew allowed on `exp` and `nbf` (30, at most 300).
+    pub jwt_leeway_secs: u64,
+    /// `HUB_KEY_USE_FLUSH_SECS`: how often the sampled `last_used_at` of
+    /// keys is written (10).
+    pub key_use_flush_secs: u64,
+}
+
+/// The shortest `HUB_JWT_SECRET`, in bytes: HS256 with less than its own
+/// 256 bits of key material can be brute-forced offline from one token.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+impl TenancySettings {
+    /// The tenants mode.
+    pub fn tenants_mode(&self) -> Result<hub_http::TenantsMode, ConfigError> {
+        hub_http::TenantsMode::parse(&self.mode).map_err(|e| {
+            ConfigError::Message(format!("HUB_TENANTS_MODE is invalid: {}", e.message()))
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.tenants_mode()?;
+        if let Some(secret) = &self.jwt_secret
+            && secret.expose_secret().len() < MIN_JWT_SECRET_BYTES
+        {
+            return Err(ConfigError::Message(format!(
+                "HUB_JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes long (e.g. `openssl rand -hex 32`)"
+            )));
+        }
+        let claim = self.jwt_tenant_claim.trim();
+        if claim.is_empty() || claim.len() > 100 {
+            return Err(ConfigError::Message(
+                "HUB_JWT_TENANT_CLAIM must be a claim name of 1-100 characters".into(),
+            ));
+        }
+        if self.jwt_leeway_secs > 300 {
+            return Err(ConfigError::Message(
+                "HUB_JWT_LEEWAY_SECS must be at most 300 (a larger skew means a clock to fix)"
+                    .into(),
+            ));
+        }
+        if self.key_use_flush_secs == 0 || self.key_use_flush_secs > 3600 {
+            return Err(ConfigError::Message(
+                "HUB_KEY_USE_FLUSH_SECS must be between 1 and 3600".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The infrastructure monitor: how often each configured backend is checked
@@ -500,6 +571,14 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("HUB_RATE_LIMIT_KEY_BURST", "rate_limits.key_burst"),
     ("HUB_MONITOR_INTERVAL_MS", "monitor.interval_ms"),
     ("HUB_MONITOR_TIMEOUT_MS", "monitor.timeout_ms"),
+    ("HUB_TENANTS_MODE", "tenancy.mode"),
+    ("HUB_JWT_SECRET", "tenancy.jwt_secret"),
+    ("HUB_JWT_JWKS_PATH", "tenancy.jwt_jwks_path"),
+    ("HUB_JWT_ISSUER", "tenancy.jwt_issuer"),
+    ("HUB_JWT_AUDIENCE", "tenancy.jwt_audience"),
+    ("HUB_JWT_TENANT_CLAIM", "tenancy.jwt_tenant_claim"),
+    ("HUB_JWT_LEEWAY_SECS", "tenancy.jwt_leeway_secs"),
+    ("HUB_KEY_USE_FLUSH_SECS", "tenancy.key_use_flush_secs"),
 ];
 
 impl Settings {
@@ -553,7 +632,11 @@ impl Settings {
             .set_default("rate_limits.key_rps", 20_000)?
             .set_default("rate_limits.key_burst", 40_000)?
             .set_default("monitor.interval_ms", 10_000)?
-            .set_default("monitor.timeout_ms", 2_000)?;
+            .set_default("monitor.timeout_ms", 2_000)?
+            .set_default("tenancy.mode", "open")?
+            .set_default("tenancy.jwt_tenant_claim", "tenant_id")?
+            .set_default("tenancy.jwt_leeway_secs", 30)?
+            .set_default("tenancy.key_use_flush_secs", 10)?;
         if let Some(path) = env.get("HUB_CONFIG").filter(|p| !p.is_empty()) {
             builder = builder.add_source(File::new(path, FileFormat::Toml).required(true));
         }
@@ -646,6 +729,7 @@ impl Settings {
                 "HUB_MASS_EXPIRY_GRACE_SECS must be at most a year (31622400)".into(),
             ));
         }
+        settings.tenancy.validate()?;
         Ok(settings)
     }
 
@@ -676,6 +760,37 @@ mod tests {
         assert_eq!(s.auth.api_keys.expose_secret(), "");
         assert_eq!(s.leases.reap_interval_ms, 1000);
         assert_eq!(s.server.body_timeout_secs, 10);
+    }
+
+    #[test]
+    fn tenancy_settings_default_and_refuse_bad_values() {
+        let s = Settings::load(&env(&[])).unwrap();
+        assert_eq!(
+            s.tenancy.tenants_mode().unwrap(),
+            hub_http::TenantsMode::Open
+        );
+        assert_eq!(s.tenancy.jwt_tenant_claim, "tenant_id");
+        assert_eq!(s.tenancy.jwt_leeway_secs, 30);
+        assert_eq!(s.tenancy.key_use_flush_secs, 10);
+        assert!(s.tenancy.jwt_secret.is_none());
+        let s = Settings::load(&env(&[("HUB_TENANTS_MODE", "registered")])).unwrap();
+        assert_eq!(
+            s.tenancy.tenants_mode().unwrap(),
+            hub_http::TenantsMode::Registered
+        );
+        for (var, value) in [
+            ("HUB_TENANTS_MODE", "closed"),
+            ("HUB_JWT_SECRET", "short"),
+            ("HUB_JWT_TENANT_CLAIM", " "),
+            ("HUB_JWT_LEEWAY_SECS", "301"),
+            ("HUB_KEY_USE_FLUSH_SECS", "0"),
+        ] {
+            let err = Settings::load(&env(&[(var, value)])).unwrap_err();
+            assert!(err.to_string().contains(var), "{var}: {err}");
+        }
+        let secret = "0123456789abcdef0123456789abcdef";
+        let s = Settings::load(&env(&[("HUB_JWT_SECRET", secret)])).unwrap();
+        assert!(!format!("{:?}", s.tenancy).contains(secret));
     }
 
     #[test]

@@ -12,7 +12,9 @@ use hub_http::HttpDeps;
 
 use crate::settings::Settings;
 use crate::tasks::{Tasks, follower, metrics, reaper};
-use crate::wiring::{auth, buses, dragonfly, events, http, leases, limits, monitor, store};
+use crate::wiring::{
+    auth, buses, dragonfly, events, http, leases, limits, monitor, store, tenancy,
+};
 
 /// A built, bound, not yet running server.
 pub struct Application {
@@ -132,6 +134,12 @@ impl Application {
             &buses,
             &mut tasks,
         );
+        // The tenant directory lives in memory until the PostgreSQL
+        // directory is wired (issue 12, storage side).
+        let directory: Arc<dyn hub_core::tenancy::TenantDirectory> =
+            Arc::new(hub_core::tenancy::MemoryTenants::new());
+        let meter = Arc::new(hub_core::tenancy::UsageMeter::new());
+        let tenancy = tenancy::build(&settings.tenancy, directory, meter, &mut tasks)?;
         let (addr, server) = http::serve(
             &settings.server,
             HttpDeps {
@@ -145,6 +153,7 @@ impl Application {
                     settings.server.request_metrics,
                     settings.server.metrics_max_tenants,
                 )?),
+                tenancy,
             },
         )?;
         tasks.spawn(

@@ -314,9 +314,13 @@ impl RegistryStore for CachedStore {
         registration: Registration,
         now: DateTime<Utc>,
         context: &ChangeContext,
+        max_instances: Option<u32>,
     ) -> Result<Upserted, RegistryError> {
         let service = registration.service_name().clone();
-        let result = self.inner.upsert(tenant, registration, now, context).await;
+        let result = self
+            .inner
+            .upsert(tenant, registration, now, context, max_instances)
+            .await;
         // Dropped whatever the outcome: a failed write may still have landed.
         self.forget(tenant, &service);
         result
@@ -515,21 +519,21 @@ mod tests {
         let ctx = ChangeContext::default();
         let now = w.clock.now();
         w.cached
-            .upsert(&t, registration("svc", "a", 1), now, &ctx)
+            .upsert(&t, registration("svc", "a", 1), now, &ctx, None)
             .await
             .unwrap();
         assert_eq!(port_of(&w.cached.service(&t, &svc).await.unwrap()), 1);
 
         // A change through this store: visible on the next lookup.
         w.cached
-            .upsert(&t, registration("svc", "a", 2), now, &ctx)
+            .upsert(&t, registration("svc", "a", 2), now, &ctx, None)
             .await
             .unwrap();
         assert_eq!(port_of(&w.cached.service(&t, &svc).await.unwrap()), 2);
 
         // A change behind its back (another replica): served stale until the ttl.
         w.backing
-            .upsert(&t, registration("svc", "a", 3), now, &ctx)
+            .upsert(&t, registration("svc", "a", 3), now, &ctx, None)
             .await
             .unwrap();
         assert_eq!(port_of(&w.cached.service(&t, &svc).await.unwrap()), 2);
@@ -550,7 +554,7 @@ mod tests {
                 .is_empty()
         );
         w.cached
-            .upsert(&t, registration("svc", "a", 4), now, &ctx)
+            .upsert(&t, registration("svc", "a", 4), now, &ctx, None)
             .await
             .unwrap();
         assert_eq!(w.cached.service(&t, &svc).await.unwrap().instances.len(), 1);
@@ -576,7 +580,7 @@ mod tests {
         for (tenant, port) in [("t1", 1), ("t2", 2)] {
             let t = TenantId::parse(tenant).unwrap();
             w.cached
-                .upsert(&t, registration("svc", "a", port), now, &ctx)
+                .upsert(&t, registration("svc", "a", port), now, &ctx, None)
                 .await
                 .unwrap();
             assert_eq!(
@@ -611,8 +615,9 @@ mod tests {
             r: Registration,
             now: DateTime<Utc>,
             c: &ChangeContext,
+            max: Option<u32>,
         ) -> Result<Upserted, RegistryError> {
-            self.inner.upsert(t, r, now, c).await
+            self.inner.upsert(t, r, now, c, max).await
         }
         async fn service(
             &self,
@@ -683,7 +688,7 @@ mod tests {
         let now = clock.now();
         gated
             .inner
-            .upsert(&t, registration("svc", "a", 1), now, &ctx)
+            .upsert(&t, registration("svc", "a", 1), now, &ctx, None)
             .await
             .unwrap();
 
@@ -695,7 +700,7 @@ mod tests {
         tokio::task::yield_now().await;
         // ...while a change goes through.
         cached
-            .upsert(&t, registration("svc", "a", 2), now, &ctx)
+            .upsert(&t, registration("svc", "a", 2), now, &ctx, None)
             .await
             .unwrap();
         gated.gate.add_permits(10);
@@ -713,6 +718,7 @@ mod tests {
                 registration(service, "a", port),
                 w.clock.now(),
                 &ChangeContext::default(),
+                None,
             )
             .await
             .unwrap();
@@ -817,6 +823,7 @@ mod tests {
                 registration("svc", "a", port),
                 clock.now(),
                 &ChangeContext::default(),
+                None,
             )
             .await
             .unwrap();

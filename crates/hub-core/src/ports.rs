@@ -108,12 +108,19 @@ pub trait RegistryStore: Send + Sync + 'static {
     /// Inserts the instance, or replaces the tenant's record with the same
     /// (service name, instance id). A replaced record keeps its `registered_at`;
     /// status becomes passing and the lease starts at `now`.
+    ///
+    /// With `max_instances`, a NEW instance that would give the tenant more
+    /// than that many is refused with `QuotaExceeded { limit:
+    /// "max_instances", max }` and nothing is changed; replacing an existing
+    /// record never is. The check is atomic with the insert: concurrent
+    /// registrations of one tenant never take it past the limit.
     async fn upsert(
         &self,
         tenant: &TenantId,
         registration: Registration,
         now: DateTime<Utc>,
         context: &ChangeContext,
+        max_instances: Option<u32>,
     ) -> Result<Upserted, RegistryError>;
 
     /// The instances of one service. An unknown service gives an empty snapshot,

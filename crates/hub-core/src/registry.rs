@@ -17,6 +17,7 @@ use crate::error::RegistryError;
 use crate::lease::{LeaseCache, LeaseStore, MassExpiry, MassExpiryHold};
 use crate::lease_sync::CachedLeases;
 use crate::ports::{Clock, EventSink, LeaseChange, ListPage, RegistryStore, Upserted};
+use crate::tenancy::UsageMeter;
 
 /// The instances of one service, as answered by [`Registry::get`].
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +68,9 @@ pub struct Registry {
     holds: Arc<Mutex<HashMap<TenantId, MassExpiryHold>>>,
     /// Changes made through this process, per tenant (dashboard, /metrics).
     changes: Arc<ChangeCounters>,
+    /// Usage per tenant per day, when the server meters it (flushed to the
+    /// tenant directory by the server's usage task).
+    usage: Option<Arc<UsageMeter>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -89,6 +93,37 @@ impl Registry {
             leases: None,
             holds: Arc::default(),
             changes: Arc::default(),
+            usage: None,
+        }
+    }
+
+    /// The same registry counting usage in `meter`: successful
+    /// registrations and heartbeats, every event it emits (the reaper's
+    /// included), and the instance counts it reads (for the daily peak).
+    #[must_use]
+    pub fn with_usage(mut self, meter: Arc<UsageMeter>) -> Self {
+        self.usage = Some(meter);
+        self
+    }
+
+    /// The usage meter, if usage is counted.
+    pub fn usage(&self) -> Option<&Arc<UsageMeter>> {
+        self.usage.as_ref()
+    }
+
+    /// Reads the instance count of each tenant in `tenants` and notes it in
+    /// the usage meter (the day keeps the greatest). The usage task calls it
+    /// for the tenants that were active since its last flush before each
+    /// flush; a tenant that fails is logged and skipped. Nothing without a
+    /// meter.
+    pub async fn note_instance_peaks(&self, tenants: &[TenantId]) {
+        if self.usage.is_none() {
+            return;
+        }
+        for tenant in tenants {
+            if let Err(error) = self.status_counts(Some(tenant)).await {
+                tracing::debug!(tenant = %tenant, %error, "instance count for the usage peak not read; the next flush tries again");
+            }
         }
     }
 
@@ -198,11 +233,30 @@ impl Registry {
         registration: Registration,
         context: &ChangeContext,
     ) -> Result<Upserted, RegistryError> {
+        self.register_limited(tenant, registration, context, None)
+            .await
+    }
+
+    /// [`Registry::register`] under the tenant's instance quota: with
+    /// `max_instances`, registering a NEW instance past it fails with
+    /// `QuotaExceeded { limit: "max_instances", max }` and changes nothing;
+    /// updating an existing instance never does. The store checks it
+    /// atomically, so concurrent registrations never overshoot it.
+    pub async fn register_limited(
+        &self,
+        tenant: &TenantId,
+        registration: Registration,
+        context: &ChangeContext,
+        max_instances: Option<u32>,
+    ) -> Result<Upserted, RegistryError> {
         let now = self.clock.now();
         let upserted = self
             .store
-            .upsert(tenant, registration, now, context)
+            .upsert(tenant, registration, now, context, max_instances)
             .await?;
+        if let Some(usage) = &self.usage {
+            usage.registration(tenant, now);
+        }
         if let Some(leases) = &self.leases {
             leases.put(&upserted.instance).await;
         }
@@ -275,12 +329,18 @@ impl Registry {
                 .renew(tenant, service, instance, heartbeat, now)
                 .await
         {
+            if let Some(usage) = &self.usage {
+                usage.heartbeat(tenant, now);
+            }
             return Ok(renewed);
         }
         let renewed = self
             .store
             .renew(tenant, service, instance, heartbeat, now, context)
             .await?;
+        if let Some(usage) = &self.usage {
+            usage.heartbeat(tenant, now);
+        }
         if let Some(leases) = &self.leases {
             leases.put(&renewed.instance).await;
         }
@@ -426,7 +486,13 @@ impl Registry {
         scope: Option<&TenantId>,
     ) -> Result<StatusCounts, RegistryError> {
         match scope {
-            Some(tenant) => self.store.status_counts(tenant).await,
+            Some(tenant) => {
+                let counts = self.store.status_counts(tenant).await?;
+                if let Some(usage) = &self.usage {
+                    usage.instances(tenant, counts.total, self.clock.now());
+                }
+                Ok(counts)
+            }
             None => Ok(self
                 .status_counts_by_tenant()
                 .await?
@@ -450,6 +516,9 @@ impl Registry {
         let mut counts = Vec::with_capacity(tenants.len());
         for tenant in tenants {
             let c = self.store.status_counts(&tenant).await?;
+            if let Some(usage) = &self.usage {
+                usage.instances(&tenant, c.total, self.clock.now());
+            }
             counts.push((tenant, c));
         }
         Ok(counts)
@@ -496,6 +565,27 @@ impl Registry {
     async fn publish(&self, events: Vec<RegistryEvent>) {
         if events.is_empty() {
             return;
+        }
+        if let Some(usage) = &self.usage {
+            let now = self.clock.now();
+            let mut run: Option<(&TenantId, u64)> = None;
+            // Events of one change or pass come grouped by tenant mostly;
+            // one meter update per run of a tenant's events.
+            for event in &events {
+                let tenant = event.tenant_id();
+                match &mut run {
+                    Some((t, n)) if *t == tenant => *n += 1,
+                    _ => {
+                        if let Some((t, n)) = run.take() {
+                            usage.events(t, n, now);
+                        }
+                        run = Some((tenant, 1));
+                    }
+                }
+            }
+            if let Some((t, n)) = run {
+                usage.events(t, n, now);
+            }
         }
         if let Err(error) = self.events.publish(&events).await {
             tracing::warn!(%error, count = events.len(), "registry events not published");

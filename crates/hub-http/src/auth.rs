@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use hub_core::tenancy::{Scope, Scopes};
 use hub_core::{TenantId, ValidationError};
 use sha2::{Digest, Sha256};
 
@@ -16,12 +17,19 @@ pub enum Principal {
         /// Short fingerprint of the key, for logs and audit.
         fingerprint: String,
     },
-    /// A key bound to a list of tenants (the first is its default).
+    /// A credential bound to a list of tenants (the first is its default):
+    /// a `KEY:t1|t2` entry of `CENTRAL_HUB_API_KEYS` (every scope), a key
+    /// created through the admin API (its one tenant, its scopes) or a
+    /// bearer token (the tenants of its claim, the scopes of its `scope`
+    /// claim).
     Bound {
-        /// Short fingerprint of the key, for logs and audit.
+        /// Short fingerprint of the credential, for logs, audit and rate
+        /// limits: the key id for keys created through the admin API.
         fingerprint: String,
-        /// Tenants the key may act for; never empty.
+        /// Tenants the credential may act for; never empty.
         tenants: Vec<TenantId>,
+        /// What it may do there.
+        scopes: Scopes,
     },
 }
 
@@ -42,6 +50,25 @@ impl Principal {
             Principal::Anonymous | Principal::Operator { .. } => true,
             Principal::Bound { tenants, .. } => tenants.contains(tenant),
         }
+    }
+
+    /// Whether this principal acts across tenants: an operator key, or
+    /// anyone when authentication is off.
+    pub fn is_operator(&self) -> bool {
+        matches!(self, Principal::Anonymous | Principal::Operator { .. })
+    }
+
+    /// What this principal may do: everything for operators, its scopes otherwise.
+    pub fn scopes(&self) -> Scopes {
+        match self {
+            Principal::Anonymous | Principal::Operator { .. } => Scopes::ALL,
+            Principal::Bound { scopes, .. } => *scopes,
+        }
+    }
+
+    /// Whether this principal holds `scope`.
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes().contains(scope)
     }
 
     /// The key's fingerprint, if a key was used.
@@ -160,6 +187,7 @@ impl ApiKeys {
                     Principal::Bound {
                         fingerprint,
                         tenants,
+                        scopes: Scopes::ALL,
                     }
                 }
             };

@@ -109,7 +109,7 @@ pub struct HeartbeatRequest {
 ///
 /// Written into a stack buffer: a service lookup serializes three timestamps
 /// per instance, and allocating a string for each showed in the benchmark.
-fn rfc3339<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn rfc3339<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     // Calendar fields from the naive UTC value: `DateTime::year()` and friends
     // would apply the (zero) offset again for every field.
     let t = t.naive_utc();

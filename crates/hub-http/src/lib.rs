@@ -3,6 +3,8 @@
 //! [`app`] builds the whole application for one worker; hub-server calls it
 //! from its `HttpServer` factory and tests can call it the same way.
 
+pub mod access;
+pub mod admin_dto;
 pub mod auth;
 mod cache;
 mod context;
@@ -14,6 +16,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
+pub mod tenancy;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
@@ -28,6 +31,7 @@ use hub_core::ratelimit::Limits;
 
 pub use auth::{ApiKeys, Auth, Principal};
 pub use error::{ApiError, MAX_BODY_BYTES};
+pub use tenancy::{Tenancy, TenantsMode};
 
 /// What the HTTP layer needs from the rest of the server. Each handler gets
 /// only its own part (the registry, the auth settings) through actix's data.
@@ -47,6 +51,10 @@ pub struct HttpDeps {
     pub monitor: Monitor,
     /// Request metrics (shared by every worker; each worker records in its own shard).
     pub metrics: Arc<metrics::RequestMetrics>,
+    /// Tenant records, keys created through the admin API, the tenants mode
+    /// and the usage meter (shared by every worker, so a change made
+    /// through one worker is seen by all at once).
+    pub tenancy: Arc<Tenancy>,
 }
 
 async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
@@ -58,7 +66,9 @@ async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError>
 }
 
 /// The application: middleware (request id, then request metrics, then
-/// authentication, then tenant context, then rate limits, outermost first), routes, and the JSON error fallback.
+/// authentication, then tenant context, then authorization (scopes, tenant
+/// state, usage), then rate limits, outermost first), routes, and the JSON
+/// error fallback.
 pub fn app(
     deps: HttpDeps,
 ) -> App<
@@ -82,6 +92,9 @@ pub fn app(
             metrics: deps.metrics.clone(),
         }))
         .app_data(web::Data::from(deps.metrics))
+        .app_data(web::Data::from(deps.tenancy))
+        // One table per worker, built from the route list at start.
+        .app_data(web::Data::new(access::AccessTable::new()))
         // One cache per worker: `app` runs once per worker thread.
         .app_data(web::Data::new(cache::ServiceBodyCache::default()))
         .app_data(extract::payload_config())
@@ -91,6 +104,7 @@ pub fn app(
         .default_service(web::to(no_route))
         // `wrap` puts each middleware outside the previous one: the last is outermost.
         .wrap(from_fn(middleware::rate_limit))
+        .wrap(from_fn(middleware::authorize))
         .wrap(from_fn(middleware::tenant))
         .wrap(from_fn(middleware::authenticate))
         .wrap(from_fn(metrics::record_requests))

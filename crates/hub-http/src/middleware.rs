@@ -13,9 +13,11 @@ use hub_core::TenantId;
 use hub_core::ratelimit::{Limits, RateDecision};
 use tracing::Instrument;
 
+use crate::access::{Access, AccessTable};
 use crate::auth::{Auth, Principal};
 use crate::context::{self, RequestContext};
 use crate::error::ApiError;
+use crate::tenancy::Tenancy;
 
 /// Request id header, echoed or generated.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -187,9 +189,11 @@ fn finish_response(
     response
 }
 
-/// Authentication: `X-API-Key` must be a configured key, except on public
-/// paths or when auth is disabled. The principal goes into the request
-/// extensions for the tenant middleware.
+/// Authentication: `X-API-Key` must be a configured key or a key created
+/// through the admin API (looked up by digest, see [`Tenancy`]), except on
+/// public paths or when auth is disabled. An unknown, revoked or expired key
+/// gets the same 401 `invalid_api_key`: an attacker learns nothing of which.
+/// The principal goes into the request extensions for the tenant middleware.
 pub async fn authenticate(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -209,11 +213,17 @@ pub async fn authenticate(
                 ));
             }
             Some(value) => {
-                let principal = value
-                    .to_str()
-                    .ok()
-                    .and_then(|k| keys.authenticate(k))
-                    .cloned();
+                let presented = value.to_str().ok();
+                let mut principal = presented.and_then(|k| keys.authenticate(k)).cloned();
+                if principal.is_none()
+                    && let (Some(presented), Some(tenancy)) =
+                        (presented, req.app_data::<web::Data<Tenancy>>())
+                {
+                    principal = match tenancy.key_principal(presented).await {
+                        Ok(p) => p,
+                        Err(error) => return Ok(reject(req, error)),
+                    };
+                }
                 match principal {
                     Some(p) => Some(p),
                     None if is_public(req.path()) => None,
@@ -289,10 +299,88 @@ fn resolve_tenant(
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "tenant_forbidden",
-            format!("this API key may not act for tenant '{tenant}'"),
+            format!("this credential may not act for tenant '{tenant}'"),
         ));
     }
     Ok(tenant)
+}
+
+/// Authorization, once the principal and the tenant are known: the route's
+/// decision in the [`AccessTable`] (403 `operator_key_required` or
+/// `insufficient_scope` naming the scope), then, for a request acting for
+/// its tenant, the tenant's record (403 `unknown_tenant` in `registered`
+/// mode, 403 `tenant_suspended`), then the request counts in the tenant's
+/// usage by class. Routes the table does not know (404, 405) pass through to
+/// the router's answer. The admin routes on one tenant check their path's
+/// tenant themselves ([`crate::routes::admin`]).
+pub async fn authorize(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, Error> {
+    let access = req
+        .app_data::<web::Data<AccessTable>>()
+        .and_then(|t| t.lookup(req.method(), req.path()));
+    let principal = req.extensions().get::<Principal>().cloned();
+    let (Some(access), Some(principal)) = (access, principal) else {
+        return Ok(next.call(req).await?.map_into_boxed_body());
+    };
+    let needed = match access {
+        Access::Public => return Ok(next.call(req).await?.map_into_boxed_body()),
+        Access::Operator => {
+            if !principal.is_operator() {
+                let error = ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "operator_key_required",
+                    format!(
+                        "{} {} needs an operator key: it is not about one tenant's own data",
+                        req.method(),
+                        req.path()
+                    ),
+                );
+                return Ok(reject(req, error));
+            }
+            None
+        }
+        Access::Scoped(scope) => Some(scope),
+        Access::Dashboard => Some(hub_core::tenancy::Scope::Read),
+        Access::TenantAdmin => Some(hub_core::tenancy::Scope::Admin),
+    };
+    if let Some(scope) = needed
+        && !principal.has(scope)
+    {
+        let error = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            format!(
+                "this credential lacks the '{scope}' scope that {} {} needs",
+                req.method(),
+                req.path()
+            ),
+        );
+        return Ok(reject(req, error));
+    }
+    // Requests on the request's own tenant are admitted against its record;
+    // operators reading the dashboard act across tenants, and the admin
+    // routes name their tenant in the path.
+    let own_tenant = match access {
+        Access::Scoped(_) => true,
+        Access::Dashboard => !principal.is_operator(),
+        Access::Public | Access::Operator | Access::TenantAdmin => false,
+    };
+    let tenancy = req.app_data::<web::Data<Tenancy>>().cloned();
+    let tenant = req.extensions().get::<TenantId>().cloned();
+    if own_tenant && let (Some(tenancy), Some(tenant)) = (tenancy, tenant) {
+        match tenancy.admit(&tenant).await {
+            Ok(record) => {
+                if let Some(class) = access.class() {
+                    tenancy.meter().request(&tenant, class, chrono::Utc::now());
+                }
+                req.extensions_mut().insert(record);
+            }
+            Err(error) => return Ok(reject(req, error)),
+        }
+    }
+    Ok(next.call(req).await?.map_into_boxed_body())
 }
 
 /// `RateLimit-Limit`: the burst of the budget that binds.

@@ -10,4 +10,4 @@ pub mod pg;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use pg::{GroupCommit, PgConfig, PgOutbox, PgProbe, PgStore, RoleCheck};
+pub use pg::{GroupCommit, PgConfig, PgOutbox, PgProbe, PgStore, PgTenants, RoleCheck};

@@ -1,6 +1,7 @@
 //! Background tasks: one module per loop, and the set of running tasks that `Application` stops and waits for at shutdown.
 
 pub(crate) mod follower;
+pub(crate) mod key_use;
 pub(crate) mod listener;
 pub(crate) mod metrics;
 pub(crate) mod monitor;

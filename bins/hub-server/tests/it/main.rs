@@ -22,6 +22,7 @@ mod process;
 mod schemathesis;
 mod startup_guard;
 mod support;
+mod tenancy;
 mod timeouts;
 mod validation;
 mod walkthrough;

@@ -118,9 +118,26 @@ impl RegistryStore for MemoryStore {
         registration: Registration,
         now: DateTime<Utc>,
         _context: &ChangeContext,
+        max_instances: Option<u32>,
     ) -> Result<Upserted, RegistryError> {
         let state = self.tenant(tenant);
         let mut state = state.write().unwrap_or_else(PoisonError::into_inner);
+        // Checked under the tenant's write lock, which every change of the
+        // tenant holds: counting and inserting cannot interleave with
+        // another registration, so concurrent ones never overshoot.
+        if let Some(max) = max_instances {
+            let exists = state
+                .services
+                .get(registration.service_name())
+                .is_some_and(|m| m.contains_key(registration.instance_id()));
+            let held: usize = state.services.values().map(|m| m.len()).sum();
+            if !exists && held >= max as usize {
+                return Err(RegistryError::QuotaExceeded {
+                    limit: "max_instances",
+                    max: u64::from(max),
+                });
+            }
+        }
         let revision = state.bump();
         let service = registration.service_name().clone();
         let instances = state.services.entry(service).or_default();

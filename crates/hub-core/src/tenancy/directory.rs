@@ -5,6 +5,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{
     ApiKeyRecord, KeyGrant, KeyId, NewKey, Tenant, TenantPatch, TenantSpec, UsageDay, UsageDelta,
+    UsageNotStored,
 };
 use crate::{ChangeContext, RegistryError, TenantId};
 
@@ -100,8 +101,10 @@ pub trait TenantDirectory: Send + Sync + 'static {
     ) -> Result<(), RegistryError>;
 
     /// Adds counted usage (each tenant's rows in its own scoped
-    /// transaction); peaks are kept as the greater value.
-    async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), RegistryError>;
+    /// transaction); peaks are kept as the greater value. A tenant whose
+    /// rows cannot be stored does not stop the others: the error names the
+    /// deltas that were not stored, and only those may be retried.
+    async fn add_usage(&self, deltas: Vec<UsageDelta>) -> Result<(), UsageNotStored>;
 
     /// Usage of `tenant` per day, `from..=to`, oldest first; days without
     /// use are absent.

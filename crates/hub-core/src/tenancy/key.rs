@@ -269,6 +269,30 @@ pub struct NewKey {
     pub created_by: String,
 }
 
+/// The longest key name, in characters.
+pub const MAX_KEY_NAME_CHARS: usize = 200;
+
+impl NewKey {
+    /// Checks what the stores would refuse: a name of 1-200 characters
+    /// without control characters, and at least one scope.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let chars = self.name.chars().count();
+        if chars == 0 || chars > MAX_KEY_NAME_CHARS || self.name.chars().any(char::is_control) {
+            return Err(ValidationError::new(
+                "name",
+                format!("must be 1-{MAX_KEY_NAME_CHARS} characters without control characters"),
+            ));
+        }
+        if self.scopes.is_empty() {
+            return Err(ValidationError::new(
+                "scopes",
+                "must name at least one of read, write, admin",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A stored key, as the admin API lists it (never its secret or digest).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyRecord {

@@ -8,7 +8,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{
     ApiKeyRecord, AuditEntry, KeyGrant, KeyId, NewKey, Tenant, TenantDirectory, TenantPatch,
-    TenantSpec, TenantState, UsageCounts, UsageDay, UsageDelta, validate_display_name,
+    TenantSpec, TenantState, UsageCounts, UsageDay, UsageDelta, UsageNotStored,
+    validate_display_name,
 };
 use crate::{ChangeContext, RegistryError, TenantId};
 
@@ -193,6 +194,7 @@ impl TenantDirectory for MemoryTenants {
         key: NewKey,
         ctx: &ChangeContext,
     ) -> Result<ApiKeyRecord, RegistryError> {
+        key.validate()?;
         let mut state = self.lock();
         if !state.tenants.contains_key(tenant) {
             return Err(not_found(tenant));
@@ -300,9 +302,9 @@ impl TenantDirectory for MemoryTenants {
         Ok(())
     }
 
-    async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), RegistryError> {
+    async fn add_usage(&self, deltas: Vec<UsageDelta>) -> Result<(), UsageNotStored> {
         let mut state = self.lock();
-        for d in deltas {
+        for d in &deltas {
             state
                 .usage
                 .entry((d.tenant.clone(), d.day))

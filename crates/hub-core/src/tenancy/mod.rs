@@ -18,10 +18,11 @@ mod usage;
 
 pub use directory::{AuditEntry, TenantDirectory};
 pub use key::{
-    ApiKeyRecord, KEY_PREFIX, KeyGrant, KeyId, MintedKey, NewKey, Scope, Scopes, digest,
+    ApiKeyRecord, KEY_PREFIX, KeyGrant, KeyId, MAX_KEY_NAME_CHARS, MintedKey, NewKey, Scope,
+    Scopes, digest,
 };
 pub use memory::MemoryTenants;
-pub use usage::{RequestClass, UsageCounts, UsageDay, UsageDelta, UsageMeter};
+pub use usage::{RequestClass, UsageCounts, UsageDay, UsageDelta, UsageMeter, UsageNotStored};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

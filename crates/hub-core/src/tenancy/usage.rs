@@ -78,6 +78,18 @@ pub struct UsageDay {
     pub counts: UsageCounts,
 }
 
+/// What a flush could not store: the deltas of the tenants whose
+/// transaction failed (every other tenant's were stored, and must not be
+/// added again) and the first failure. The flush puts the deltas back in
+/// the meter ([`UsageMeter::restore`]) to retry them next time.
+#[derive(Debug)]
+pub struct UsageNotStored {
+    /// The deltas not stored.
+    pub deltas: Vec<UsageDelta>,
+    /// Why (the first tenant's failure).
+    pub error: crate::RegistryError,
+}
+
 /// In-memory usage counters, drained by the flush task.
 #[derive(Debug, Default)]
 pub struct UsageMeter {
@@ -130,6 +142,20 @@ impl UsageMeter {
         self.with(tenant, at, |c| {
             c.peak_instances = c.peak_instances.max(count)
         });
+    }
+
+    /// The tenants with usage counted and not yet flushed (each once).
+    pub fn tenants(&self) -> Vec<TenantId> {
+        let mut tenants: Vec<TenantId> = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .map(|(tenant, _)| tenant.clone())
+            .collect();
+        tenants.sort();
+        tenants.dedup();
+        tenants
     }
 
     /// Takes everything counted so far, leaving the meter empty.

@@ -34,6 +34,7 @@ async fn register_at(
                 registration(svc, id, 10),
                 when,
                 &ChangeContext::default(),
+                None,
             )
             .await
             .unwrap();

@@ -7,6 +7,7 @@
 //! entry: a route cannot be served undocumented, nor documented unserved.
 //! Adding a route is adding one line to [`endpoints`].
 
+pub mod admin;
 pub mod dashboard;
 pub mod dashboard_health;
 pub mod discovery;
@@ -104,6 +105,16 @@ pub fn endpoints() -> Vec<Endpoint> {
             web::to(dashboard_health::services),
         ),
         endpoint(prometheus::__path_scrape, web::to(prometheus::scrape)),
+        endpoint(admin::__path_create_tenant, web::to(admin::create_tenant)),
+        endpoint(admin::__path_list_tenants, web::to(admin::list_tenants)),
+        endpoint(admin::__path_get_tenant, web::to(admin::get_tenant)),
+        endpoint(admin::__path_update_tenant, web::to(admin::update_tenant)),
+        endpoint(admin::__path_delete_tenant, web::to(admin::delete_tenant)),
+        endpoint(admin::__path_create_key, web::to(admin::create_key)),
+        endpoint(admin::__path_list_keys, web::to(admin::list_keys)),
+        endpoint(admin::__path_revoke_key, web::to(admin::revoke_key)),
+        endpoint(admin::__path_usage, web::to(admin::usage)),
+        endpoint(admin::__path_audit, web::to(admin::audit)),
     ]
 }
 

@@ -45,12 +45,15 @@ const OLD_TABLES: [&str; 3] = ["service_registry", "health_metrics", "coordinati
 
 /// Tables only this hub's migrations create: without refinery's history they
 /// mean a schema half made by hand.
-const HUB_TABLES: [&str; 5] = [
+const HUB_TABLES: [&str; 8] = [
     "hub_tenants",
     "tenant_state",
     "hub_outbox",
     "hub_outbox_due",
     "hub_outbox_undeliverable",
+    "hub_api_keys",
+    "hub_admin_audit",
+    "hub_usage_daily",
 ];
 
 /// Where the old tables wait while V1 creates the new ones.

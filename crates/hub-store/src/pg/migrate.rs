@@ -35,8 +35,10 @@ pub struct RoleCheck {
     pub bypass_rls: bool,
     /// Whether the schema is migrated to this version. Checked on the newest
     /// objects: `hub_outbox_undeliverable` (V3), `hub_metrics_prune` (V4)
-    /// and `hub_registry_notify` (V5, without which no replica would learn
-    /// of another's changes and cached lookups would stay stale).
+    /// `hub_registry_notify` (V5, without which no replica would learn
+    /// of another's changes and cached lookups would stay stale) and
+    /// `hub_key_grant` (V6, without which no tenant record or key could be
+    /// read).
     /// A database that stopped at V1 or V2 (whose outbox functions any
     /// application session could misuse) or at V3 (whose metrics pruner would
     /// fail every pass), or the original single-tenant schema (which also has
@@ -76,6 +78,17 @@ pub async fn run(config: &PgConfig) -> Result<Vec<String>, RegistryError> {
         Err(MigrateError::Store(error)) => Err(error),
         Err(refused) => Err(RegistryError::Unexpected(Box::new(refused))),
     }
+}
+
+/// Applies the migrations up to `version` only, for tests of the upgrade
+/// from an older schema of this hub (a database left at V5, say).
+#[cfg(feature = "testing")]
+pub async fn run_up_to(config: &PgConfig, version: i32) -> Result<Vec<String>, RegistryError> {
+    let mut client = connect(config).await?;
+    let transaction = client.transaction().await.map_err(from_pg)?;
+    let applied = apply(&transaction, Target::Version(version)).await?;
+    transaction.commit().await.map_err(from_pg)?;
+    Ok(applied)
 }
 
 /// Every migration this build carries, in order (`V1__multi_tenant_registry`,
@@ -319,6 +332,7 @@ pub async fn role_check(config: &PgConfig) -> Result<RoleCheck, RegistryError> {
                     to_regclass('public.hub_outbox_undeliverable') IS NOT NULL \
                     AND to_regprocedure('public.hub_metrics_prune(integer, integer)') IS NOT NULL \
                     AND to_regprocedure('public.hub_registry_notify()') IS NOT NULL \
+                    AND to_regprocedure('public.hub_key_grant(bytea)') IS NOT NULL \
              FROM pg_roles WHERE rolname = current_user",
             &[],
         )

@@ -17,6 +17,7 @@ pub mod outbox;
 mod rows;
 mod scoped;
 mod store;
+mod tenants;
 
 pub use batch::GroupCommit;
 pub use config::PgConfig;
@@ -24,3 +25,4 @@ pub use dashboard::PgProbe;
 pub use migrate::RoleCheck;
 pub use outbox::PgOutbox;
 pub use store::PgStore;
+pub use tenants::PgTenants;

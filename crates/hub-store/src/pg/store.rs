@@ -125,6 +125,28 @@ const UPSERT: &str = "WITH rev AS ( \
                      ) \
                      SELECT registered_at, created, revision FROM up";
 
+/// [`UPSERT`] under an instance quota ($19): the revision row, and so every
+/// write, happens only if `hub_instance_quota` (V6) lets the instance in.
+/// That function takes the tenant's revision row lock before it counts, in
+/// a snapshot of its own taken after the lock: the count sees every change
+/// committed before, and the insert that follows runs under the same lock,
+/// so concurrent registrations cannot overshoot (a count in this statement
+/// would read the statement's snapshot, taken before the lock wait). No row
+/// back: the quota refused it and nothing was written. A separate statement
+/// from [`UPSERT`] so that a tenant without a limit pays nothing for it.
+static UPSERT_LIMITED: LazyLock<String> = LazyLock::new(|| {
+    UPSERT.replacen(
+        "WITH rev AS ( \
+            INSERT INTO tenant_state AS s (tenant_id, revision) VALUES ($1, 1) ",
+        "WITH quota AS ( \
+            SELECT public.hub_instance_quota($1::varchar, $2::varchar, $3::varchar, $19::int) AS ok \
+         ), rev AS ( \
+            INSERT INTO tenant_state AS s (tenant_id, revision) \
+            SELECT $1::varchar, 1 FROM quota WHERE quota.ok ",
+        1,
+    )
+});
+
 /// A heartbeat that keeps the instance's status, as one statement of a batch:
 /// the lease renewal and, when the heartbeat carries metrics ($10), their
 /// row. No row when the instance is missing or its status differs (the
@@ -607,6 +629,7 @@ impl RegistryStore for PgStore {
         registration: Registration,
         now: DateTime<Utc>,
         context: &ChangeContext,
+        max_instances: Option<u32>,
     ) -> Result<Upserted, RegistryError> {
         let lease = now + Duration::seconds(i64::from(registration.ttl_seconds()));
         let metadata = Value::Object(registration.metadata().clone());
@@ -614,7 +637,7 @@ impl RegistryStore for PgStore {
         let ttl = i32::try_from(registration.ttl_seconds()).unwrap_or(i32::MAX);
         let payload = rows::registration_payload(registration, HealthStatus::Passing, lease);
         let outbox = &*self.outbox;
-        let params: Vec<Param> = vec![
+        let mut params: Vec<Param> = vec![
             Box::new(tenant.as_str().to_owned()),
             Box::new(registration.service_name().as_str().to_owned()),
             Box::new(registration.instance_id().as_str().to_owned()),
@@ -634,15 +657,33 @@ impl RegistryStore for PgStore {
             Box::new(outbox.origin.clone()),
             Box::new(outbox.sinks.clone()),
         ];
+        let sql = match max_instances {
+            None => UPSERT,
+            Some(max) => {
+                params.push(Box::new(i32::try_from(max).unwrap_or(i32::MAX)));
+                UPSERT_LIMITED.as_str()
+            }
+        };
         let rows = self
-            .single_change(tenant, UPSERT, params, None)
+            .single_change(tenant, sql, params, None)
             .await?
             .ok_or_else(|| {
                 RegistryError::Unexpected("a registration without a check was refused".into())
             })?;
-        let row = rows.first().ok_or_else(|| {
-            RegistryError::Unexpected("the registration statement returned no row".into())
-        })?;
+        let Some(row) = rows.first() else {
+            // Only the quota check writes nothing and answers no row; it
+            // was committed (or rolled back) alone, whatever else its batch
+            // carried.
+            return match max_instances {
+                Some(max) => Err(RegistryError::QuotaExceeded {
+                    limit: "max_instances",
+                    max: u64::from(max),
+                }),
+                None => Err(RegistryError::Unexpected(
+                    "the registration statement returned no row".into(),
+                )),
+            };
+        };
         let registered_at: DateTime<Utc> = row.try_get(0).map_err(from_pg)?;
         let created: bool = row.try_get(1).map_err(from_pg)?;
         let revision: i64 = row.try_get(2).map_err(from_pg)?;

@@ -12,4 +12,5 @@ mod pg_leases;
 mod rls;
 mod store;
 mod support;
+mod tenants;
 mod upgrade;

@@ -78,7 +78,7 @@ async fn committed_changes_are_notified_once_per_service_and_rolled_back_ones_ne
     let (t1, t2) = (tenant("t1"), tenant("t2"));
     for t in [&t1, &t2] {
         store
-            .upsert(t, registration("orders", "a"), Utc::now(), &ctx)
+            .upsert(t, registration("orders", "a"), Utc::now(), &ctx, None)
             .await
             .unwrap();
     }
@@ -99,7 +99,7 @@ async fn committed_changes_are_notified_once_per_service_and_rolled_back_ones_ne
     // the marker committed last shows nothing else came before it.
     for id in ["b", "c"] {
         store
-            .upsert(&t1, registration("orders", id), Utc::now(), &ctx)
+            .upsert(&t1, registration("orders", id), Utc::now(), &ctx, None)
             .await
             .unwrap();
         assert_eq!(next(&mut rx).await, "t1/orders");
@@ -114,7 +114,7 @@ async fn committed_changes_are_notified_once_per_service_and_rolled_back_ones_ne
     assert_eq!(next(&mut rx).await, "t1/orders");
     in_transaction(&db, "t1", "DELETE FROM service_registry", false).await;
     store
-        .upsert(&t1, registration("marker", "m"), Utc::now(), &ctx)
+        .upsert(&t1, registration("marker", "m"), Utc::now(), &ctx, None)
         .await
         .unwrap();
     assert_eq!(next(&mut rx).await, "t1/marker");
@@ -134,7 +134,7 @@ async fn committed_changes_are_notified_once_per_service_and_rolled_back_ones_ne
     assert_eq!(next(&mut rx).await, "lost");
     assert_eq!(next(&mut rx).await, "connected");
     store
-        .upsert(&t2, registration("search", "s"), Utc::now(), &ctx)
+        .upsert(&t2, registration("search", "s"), Utc::now(), &ctx, None)
         .await
         .unwrap();
     assert_eq!(next(&mut rx).await, "t2/search");

@@ -38,7 +38,13 @@ async fn register_at(
     let mut out = Vec::new();
     for id in ids {
         let up = store
-            .upsert(t, registration(svc, id), when, &ChangeContext::default())
+            .upsert(
+                t,
+                registration(svc, id),
+                when,
+                &ChangeContext::default(),
+                None,
+            )
             .await
             .unwrap();
         out.push(up.instance);

@@ -16,7 +16,7 @@ struct Table {
     app_may_delete: bool,
 }
 
-const TABLES: [Table; 4] = [
+const TABLES: [Table; 7] = [
     Table {
         name: "service_registry",
         insert: "INSERT INTO service_registry (tenant_id, service_name, instance_id, host, port, \
@@ -46,6 +46,30 @@ const TABLES: [Table; 4] = [
                  ON CONFLICT (tenant_id) DO UPDATE SET revision = EXCLUDED.revision",
         app_may_change: true,
         app_may_delete: false,
+    },
+    Table {
+        name: "hub_api_keys",
+        // The key id and digest are unique across tenants: made from $2 and
+        // the tenant so that each inserted row differs.
+        insert: "INSERT INTO hub_api_keys (tenant_id, key_id, digest, name, scopes, created_by) \
+                 VALUES ($1, left(md5($1::varchar || $2::varchar), 16), sha256(convert_to($1::varchar || $2::varchar, 'UTF8')), \
+                 'k', 1, 'op')",
+        app_may_change: true,
+        app_may_delete: true,
+    },
+    Table {
+        name: "hub_admin_audit",
+        insert: "INSERT INTO hub_admin_audit (tenant_id, action, target) \
+                 VALUES ($1, 'key.created', $2)",
+        app_may_change: false,
+        app_may_delete: false,
+    },
+    Table {
+        name: "hub_usage_daily",
+        insert: "INSERT INTO hub_usage_daily (tenant_id, day, requests_read) \
+                 VALUES ($1, current_date - length($2::text), 1)",
+        app_may_change: true,
+        app_may_delete: true,
     },
 ];
 
