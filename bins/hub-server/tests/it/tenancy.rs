@@ -554,6 +554,17 @@ async fn usage_is_exact_after_a_burst(backend: Backend) {
     assert_eq!(body["to"], today.as_str());
     assert_eq!(body["days"].as_array().unwrap().len(), 1);
     assert_eq!(body["days"][0]["day"], today.as_str());
+    // The tenant's dashboard shows today's usage; its own request is a read.
+    let r = app
+        .as_key(Some(&key), Method::GET, "/api/v1/dashboard/metrics", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let dashboard: Value = r.json().await.unwrap();
+    assert_eq!(dashboard["usage_today"]["requests_read"], reads + 1);
+    assert_eq!(dashboard["usage_today"]["requests_write"], writes);
+    assert_eq!(dashboard["usage_today"]["registrations"], writes);
 }
 
 /// Every admin change writes an audit row naming who made it and the request.
@@ -694,6 +705,10 @@ async fn snapshot(app: &TestApp) -> BTreeMap<String, Value> {
     out
 }
 
+/// A bad admin request: method, path, body, then the status, code and a
+/// word its message must contain.
+type BadCase<'a> = (Method, String, Option<Value>, StatusCode, &'a str, &'a str);
+
 async fn bad_admin_input_is_refused_and_changes_nothing(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
         return;
@@ -703,7 +718,7 @@ async fn bad_admin_input_is_refused_and_changes_nothing(backend: Backend) {
     let key_id = key["key_id"].as_str().unwrap().to_owned();
     let before = snapshot(&app).await;
     let k = |p: &str| format!("{TENANTS}/acme/keys{p}");
-    let cases: Vec<(Method, String, Option<Value>, StatusCode, &str, &str)> = vec![
+    let cases: Vec<BadCase> = vec![
         (
             Method::POST,
             TENANTS.into(),
@@ -1081,7 +1096,7 @@ async fn key_secrets_never_reach_the_log() {
     // The access line of that last request closes what is to be read.
     let last = r.headers()["x-request-id"].to_str().unwrap().to_owned();
     server.wait_for("the last access line", |v| {
-        (v.get("request_id").and_then(Value::as_str) == Some(last.as_str())).then(|| String::new())
+        (v.get("request_id").and_then(Value::as_str) == Some(last.as_str())).then(String::new)
     });
     // The secret part of the key, and the key as a whole.
     let hidden = &key[22..];
