@@ -60,6 +60,7 @@ impl Application {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
         let auth = auth::build(&settings.auth)?;
+        let jwt = auth::jwt(&settings.tenancy)?;
         let replica_id = events::replica_id(&settings.events)?;
         // The source of truth first: a database that cannot be used is the
         // one thing start-up reports, before any broker is contacted.
@@ -119,8 +120,11 @@ impl Application {
                 ),
             );
         }
+        // One usage meter: the registry counts registrations, heartbeats and
+        // events in it, the HTTP layer counts requests.
+        let meter = Arc::new(hub_core::tenancy::UsageMeter::new());
         let registry = leases::wire(
-            Registry::new(stores.registry.clone(), events.sink, clock),
+            Registry::new(stores.registry.clone(), events.sink, clock).with_usage(meter.clone()),
             &stores,
             dragonfly.as_ref(),
             &settings.leases,
@@ -134,12 +138,12 @@ impl Application {
             &buses,
             &mut tasks,
         );
-        // The tenant directory lives in memory until the PostgreSQL
-        // directory is wired (issue 12, storage side).
-        let directory: Arc<dyn hub_core::tenancy::TenantDirectory> =
-            Arc::new(hub_core::tenancy::MemoryTenants::new());
-        let meter = Arc::new(hub_core::tenancy::UsageMeter::new());
-        let tenancy = tenancy::build(&settings.tenancy, directory, meter, &mut tasks)?;
+        let tenancy = tenancy::build(
+            &settings.tenancy,
+            tenancy::directory(&stores),
+            meter,
+            &mut tasks,
+        )?;
         let (addr, server) = http::serve(
             &settings.server,
             HttpDeps {
@@ -154,6 +158,7 @@ impl Application {
                     settings.server.metrics_max_tenants,
                 )?),
                 tenancy,
+                jwt,
             },
         )?;
         tasks.spawn(

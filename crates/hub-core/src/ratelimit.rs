@@ -652,6 +652,16 @@ impl Batched {
     }
 }
 
+/// A tenant's own rate and burst from its record; each `None` keeps the
+/// configured value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OwnQuota {
+    /// Requests per second.
+    pub rate: Option<u32>,
+    /// Burst.
+    pub burst: Option<u32>,
+}
+
 /// Which budgets apply: the defaults, and per-tenant overrides.
 #[derive(Debug, Clone, Default)]
 pub struct RatePolicy {
@@ -697,13 +707,26 @@ impl Limits {
 
     /// The budgets for a tenant and key fingerprint, or `None` when neither
     /// applies. Allocates nothing.
-    fn budgets<'a>(&self, tenant: &TenantId, fingerprint: Option<&'a str>) -> Option<Budgets<'a>> {
-        let tenant_quota = self
+    fn budgets<'a>(
+        &self,
+        tenant: &TenantId,
+        fingerprint: Option<&'a str>,
+        own: OwnQuota,
+    ) -> Option<Budgets<'a>> {
+        let configured = self
             .policy
             .overrides
             .get(tenant)
             .copied()
             .unwrap_or(self.policy.tenant);
+        let rate = own.rate.unwrap_or(configured.rate);
+        // A tenant given a rate where none is configured gets a burst of
+        // one second's worth unless it has its own.
+        let burst = match own.burst.unwrap_or(configured.burst) {
+            0 if rate > 0 => rate,
+            b => b,
+        };
+        let tenant_quota = Quota { rate, burst };
         let budgets = Budgets {
             tenant: (!tenant_quota.is_off()).then_some(tenant_quota),
             key: fingerprint
@@ -720,7 +743,20 @@ impl Limits {
         tenant: &TenantId,
         fingerprint: Option<&str>,
     ) -> Option<RateDecision> {
-        let budgets = self.budgets(tenant, fingerprint)?;
+        self.check_with(tenant, fingerprint, OwnQuota::default())
+            .await
+    }
+
+    /// Like [`Limits::check`], with the tenant's own `rate` and `burst` (its
+    /// record's limits, set through the admin API) replacing the configured
+    /// ones, each when given.
+    pub async fn check_with(
+        &self,
+        tenant: &TenantId,
+        fingerprint: Option<&str>,
+        own: OwnQuota,
+    ) -> Option<RateDecision> {
+        let budgets = self.budgets(tenant, fingerprint, own)?;
         let decision = match &self.shared {
             Some(shared) => match shared.check(tenant, &budgets).await {
                 Ok((decision, asked)) => {
@@ -821,6 +857,34 @@ mod tests {
         assert!(limits.check(&tenant("small"), None).await.unwrap().allowed);
         assert!(!limits.check(&tenant("small"), None).await.unwrap().allowed);
         assert!(Limits::off().check(&tenant("x"), Some("k")).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_tenants_own_rate_and_burst_replace_the_configured_ones() {
+        let limits = Limits::new(policy(100, 100), None);
+        let own = OwnQuota {
+            rate: Some(1),
+            burst: Some(2),
+        };
+        let t = tenant("acme");
+        assert!(limits.check_with(&t, None, own).await.unwrap().allowed);
+        let second = limits.check_with(&t, None, own).await.unwrap();
+        assert!(second.allowed);
+        assert_eq!(second.limit, 2);
+        assert!(!limits.check_with(&t, None, own).await.unwrap().allowed);
+        // Only a rate, where none is configured: a burst of one second's worth.
+        let none = Limits::new(policy(0, 0), None);
+        let rate_only = OwnQuota {
+            rate: Some(3),
+            burst: None,
+        };
+        let d = none.check_with(&t, None, rate_only).await.unwrap();
+        assert_eq!(d.limit, 3);
+        assert!(
+            none.check_with(&t, None, OwnQuota::default())
+                .await
+                .is_none()
+        );
     }
 
     #[tokio::test]

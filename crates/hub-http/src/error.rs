@@ -22,6 +22,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// The `WWW-Authenticate` challenge of a 401 (`ApiKey` unless set).
+    challenge: Option<HeaderValue>,
 }
 
 /// The body of every error answer: `{"error":{"code","message","request_id"}}`.
@@ -54,6 +56,37 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            challenge: None,
+        }
+    }
+
+    /// 401 `invalid_token` for a refused bearer token, with the challenge
+    /// `Bearer error="invalid_token", error_description="..."` (RFC 6750).
+    /// `description` must not quote the token; it is reduced to printable
+    /// ASCII without quotes or backslashes so the header stays well formed.
+    pub fn invalid_token(description: &str) -> Self {
+        let clean: String = description
+            .chars()
+            .map(|c| {
+                if (c.is_ascii_graphic() && c != '"' && c != '\\') || c == ' ' {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .take(200)
+            .collect();
+        let challenge = HeaderValue::from_str(&format!(
+            "Bearer error=\"invalid_token\", error_description=\"{clean}\""
+        ))
+        .ok();
+        Self {
+            challenge,
+            ..Self::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                format!("the bearer token is not valid: {description}"),
+            )
         }
     }
 
@@ -186,7 +219,11 @@ impl ResponseError for ApiError {
         };
         let mut response = HttpResponse::build(self.status);
         if self.status == StatusCode::UNAUTHORIZED {
-            response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("ApiKey")));
+            let challenge = self
+                .challenge
+                .clone()
+                .unwrap_or_else(|| HeaderValue::from_static("ApiKey"));
+            response.insert_header((header::WWW_AUTHENTICATE, challenge));
         }
         // After a 408 the rest of the body may still be on its way (or never
         // come): the connection cannot carry another request, so it ends.

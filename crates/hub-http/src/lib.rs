@@ -55,6 +55,9 @@ pub struct HttpDeps {
     /// and the usage meter (shared by every worker, so a change made
     /// through one worker is seen by all at once).
     pub tenancy: Arc<Tenancy>,
+    /// Verifies `Authorization: Bearer` tokens; `None` when no `HUB_JWT_*`
+    /// key is configured (a bearer token is then 401 `invalid_token`).
+    pub jwt: Option<jwt::JwtVerifier>,
 }
 
 async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
@@ -93,6 +96,7 @@ pub fn app(
         }))
         .app_data(web::Data::from(deps.metrics))
         .app_data(web::Data::from(deps.tenancy))
+        .app_data(web::Data::new(deps.jwt))
         // One table per worker, built from the route list at start.
         .app_data(web::Data::new(access::AccessTable::new()))
         // One cache per worker: `app` runs once per worker thread.

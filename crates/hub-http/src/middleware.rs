@@ -10,13 +10,14 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, HttpResponse, ResponseError, web};
 use hub_core::TenantId;
-use hub_core::ratelimit::{Limits, RateDecision};
+use hub_core::ratelimit::{Limits, OwnQuota, RateDecision};
 use tracing::Instrument;
 
 use crate::access::{Access, AccessTable};
 use crate::auth::{Auth, Principal};
 use crate::context::{self, RequestContext};
 use crate::error::ApiError;
+use crate::jwt::JwtVerifier;
 use crate::tenancy::Tenancy;
 
 /// Request id header, echoed or generated.
@@ -193,6 +194,10 @@ fn finish_response(
 /// through the admin API (looked up by digest, see [`Tenancy`]), except on
 /// public paths or when auth is disabled. An unknown, revoked or expired key
 /// gets the same 401 `invalid_api_key`: an attacker learns nothing of which.
+/// Without `X-API-Key`, `Authorization: Bearer <jwt>` is verified by the
+/// [`JwtVerifier`]: its tenants bind it like a bound key and its scopes
+/// apply; a refused token is 401 `invalid_token` with a `Bearer` challenge
+/// whose description never quotes the token.
 /// The principal goes into the request extensions for the tenant middleware.
 pub async fn authenticate(
     req: ServiceRequest,
@@ -200,9 +205,9 @@ pub async fn authenticate(
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let principal = match req.app_data::<web::Data<Auth>>().map(|a| a.get_ref()) {
         Some(Auth::Disabled) | None => Some(Principal::Anonymous),
-        Some(Auth::Keys(keys)) => match req.headers().get(&API_KEY) {
-            None if is_public(req.path()) => None,
-            None => {
+        Some(Auth::Keys(keys)) => match credential(&req) {
+            Credential::None if is_public(req.path()) => None,
+            Credential::None => {
                 return Ok(reject(
                     req,
                     ApiError::new(
@@ -212,12 +217,14 @@ pub async fn authenticate(
                     ),
                 ));
             }
-            Some(value) => {
-                let presented = value.to_str().ok();
-                let mut principal = presented.and_then(|k| keys.authenticate(k)).cloned();
+            Credential::Key(presented) => {
+                let mut principal = presented
+                    .as_deref()
+                    .and_then(|k| keys.authenticate(k))
+                    .cloned();
                 if principal.is_none()
                     && let (Some(presented), Some(tenancy)) =
-                        (presented, req.app_data::<web::Data<Tenancy>>())
+                        (presented.as_deref(), req.app_data::<web::Data<Tenancy>>())
                 {
                     principal = match tenancy.key_principal(presented).await {
                         Ok(p) => p,
@@ -239,12 +246,59 @@ pub async fn authenticate(
                     }
                 }
             }
+            Credential::Bearer(token) => {
+                let verified = match req
+                    .app_data::<web::Data<Option<JwtVerifier>>>()
+                    .and_then(|v| v.get_ref().as_ref())
+                {
+                    None => Err("bearer tokens are not enabled on this server".to_owned()),
+                    Some(verifier) => verifier.verify(&token).map_err(|e| e.to_string()),
+                };
+                match verified {
+                    Ok(claims) => Some(Principal::Bound {
+                        fingerprint: claims.fingerprint,
+                        tenants: claims.tenants,
+                        scopes: claims.scopes,
+                    }),
+                    Err(_) if is_public(req.path()) => None,
+                    Err(description) => {
+                        return Ok(reject(req, ApiError::invalid_token(&description)));
+                    }
+                }
+            }
         },
     };
     if let Some(principal) = principal {
         req.extensions_mut().insert(principal);
     }
     Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+/// The credential a request presents. `X-API-Key` wins when both are sent.
+enum Credential {
+    None,
+    /// The `X-API-Key` value (`None` when it is not valid header text: such
+    /// a key is simply not one of ours).
+    Key(Option<String>),
+    /// The token of `Authorization: Bearer <token>`.
+    Bearer(String),
+}
+
+fn credential(req: &ServiceRequest) -> Credential {
+    if let Some(value) = req.headers().get(&API_KEY) {
+        return Credential::Key(value.to_str().ok().map(str::to_owned));
+    }
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().to_owned());
+    match bearer {
+        Some(token) => Credential::Bearer(token),
+        None => Credential::None,
+    }
 }
 
 /// Answers the request with an error without calling the rest of the chain.
@@ -438,7 +492,20 @@ pub async fn rate_limit(
         .extensions()
         .get::<Principal>()
         .and_then(|p| p.fingerprint().map(str::to_owned));
-    let Some(decision) = limits.check(&tenant, fingerprint.as_deref()).await else {
+    // The tenant's own rate and burst (its record, as admitted) replace the
+    // configured ones.
+    let own = req
+        .extensions()
+        .get::<std::sync::Arc<hub_core::tenancy::Tenant>>()
+        .map(|t| OwnQuota {
+            rate: t.limits.rate,
+            burst: t.limits.burst,
+        })
+        .unwrap_or_default();
+    let Some(decision) = limits
+        .check_with(&tenant, fingerprint.as_deref(), own)
+        .await
+    else {
         return Ok(next.call(req).await?.map_into_boxed_body());
     };
     if !decision.allowed {

@@ -19,7 +19,9 @@ use serde_json::{Value, json};
 use utoipa::openapi::header::{Header, HeaderBuilder};
 use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::response::{Response, ResponseBuilder};
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
 use utoipa::openapi::{
     Components, ContentBuilder, ObjectBuilder, OpenApi, Ref, RefOr, Required, Type,
 };
@@ -41,6 +43,8 @@ pub const REDOC_PATH: &str = "/redoc";
 pub const REDOC_SCRIPT_PATH: &str = "/redoc/redoc.standalone.js";
 /// The name of the API key scheme in the document.
 pub const API_KEY_SCHEME: &str = "ApiKey";
+/// The name of the bearer-token security scheme in the document.
+pub const BEARER_SCHEME: &str = "Bearer";
 
 const REDOC_SCRIPT: &str = include_str!("../assets/redoc/redoc.standalone.js");
 
@@ -75,13 +79,19 @@ const EXAMPLE_REQUEST_ID: &str = "5b0f3c52-4c1e-4a0e-9a57-2f7e1c1d0b6e";
             `X-Tenant-ID`; every error is `{\"error\":{\"code\",\"message\",\"request_id\"}}`. \
             A known path asked with another method answers 405 `method_not_allowed` (with \
             `Allow`), an unknown path 404 `not_found`. `/health`, `/health/ready`, `/docs`, \
-            `/redoc` and `/openapi.json` need no key; every other route needs `X-API-Key`.",
+            `/redoc` and `/openapi.json` need no key; every other route needs `X-API-Key` \
+            (an operator key, a bound key, or a key created through the admin API) or \
+            `Authorization: Bearer <jwt>`. Keys and tokens carry scopes: `read` (lookups, \
+            lists, dashboard), `write` (register, heartbeat, deregister), `admin` (its own \
+            tenant's keys, usage and audit); tenant management and `/metrics` need an \
+            operator key.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     tags(
         (name = "health", description = "Liveness and readiness (public, never rate-limited)."),
         (name = "discovery", description = "Register, find, renew and remove service instances of the request's tenant."),
         (name = "dashboard", description = "Operational figures, scoped to the caller's tenant (operators: all tenants or `?tenant=`)."),
+        (name = "admin", description = "Tenants (operators), a tenant's keys, usage and audit (operators, or the `admin` scope of a key of that tenant)."),
     ),
     components(schemas(ErrorBody)),
 )]
@@ -101,6 +111,18 @@ pub fn document() -> OpenApi {
                 "An operator key, or a key bound to tenants (it acts for those only).",
             ),
         ))),
+    );
+    components.security_schemes.insert(
+        BEARER_SCHEME.to_owned(),
+        RefOr::T(SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .bearer_format("JWT")
+                .description(Some(
+                    "A JWT (HS256 with HUB_JWT_SECRET, RS256/ES256 with HUB_JWT_JWKS_PATH) whose tenant claim binds it like a bound key and whose `scope` claim names its scopes.",
+                ))
+                .build(),
+        )),
     );
     components.headers = common_headers();
     components.parameters = common_parameters();
@@ -194,7 +216,10 @@ fn common_headers() -> BTreeMap<String, RefOr<Header>> {
         ),
         (
             "WWW-Authenticate".to_owned(),
-            header(string_schema(Some("^ApiKey$")), "Always `ApiKey`."),
+            header(
+                string_schema(Some("^(ApiKey|Bearer .*)$")),
+                "`ApiKey`, or for a refused bearer token `Bearer error=\"invalid_token\", error_description=\"...\"`.",
+            ),
         ),
     ])
 }
@@ -269,7 +294,7 @@ fn common_responses() -> BTreeMap<String, Response> {
         (
             "Unauthorized".to_owned(),
             error_response(
-                "`missing_api_key` or `invalid_api_key`: X-API-Key is missing or not a configured key.",
+                "`missing_api_key` or `invalid_api_key`: X-API-Key is missing or not a valid key (unknown, revoked and expired keys alike); `invalid_token`: the bearer token was refused.",
                 error_example(
                     "missing_api_key",
                     "this endpoint needs an API key in the X-API-Key header",
@@ -280,7 +305,11 @@ fn common_responses() -> BTreeMap<String, Response> {
         (
             "Forbidden".to_owned(),
             error_response(
-                "`tenant_forbidden`: the key is bound to other tenants.",
+                "`tenant_forbidden`: the key or token is bound to other tenants; \
+                 `insufficient_scope`: it lacks the scope the route needs (named in the message); \
+                 `operator_key_required`: the route needs an operator key; \
+                 `unknown_tenant`: HUB_TENANTS_MODE=registered and the tenant was not created; \
+                 `tenant_suspended`: the tenant is suspended.",
                 error_example(
                     "tenant_forbidden",
                     "this API key may not act for tenant 'tenant2'",
@@ -385,10 +414,10 @@ fn describe_middleware(
     }
     let mut common = vec![("400", "BadRequest"), ("403", "Forbidden")];
     if !is_public(path) {
-        operation.security = Some(vec![SecurityRequirement::new(
-            API_KEY_SCHEME,
-            Vec::<String>::new(),
-        )]);
+        operation.security = Some(vec![
+            SecurityRequirement::new(API_KEY_SCHEME, Vec::<String>::new()),
+            SecurityRequirement::new(BEARER_SCHEME, Vec::<String>::new()),
+        ]);
         common.extend([("401", "Unauthorized"), ("503", "ServiceUnavailable")]);
     }
     if limited {
@@ -501,6 +530,10 @@ pub struct DashboardMetricsDoc {
     requests: crate::metrics::RequestSummary,
     changes: crate::routes::dashboard::ChangesBody,
     instances: crate::routes::dashboard_health::StatusCountsBody,
+    /// One tenant's usage today (absent for totals across tenants): stored
+    /// counts plus those not yet flushed.
+    #[schema(required = false)]
+    usage_today: Option<crate::admin_dto::UsageCountsBody>,
 }
 
 /// How events leave the hub, and per bus their state.

@@ -554,6 +554,17 @@ async fn usage_is_exact_after_a_burst(backend: Backend) {
     assert_eq!(body["to"], today.as_str());
     assert_eq!(body["days"].as_array().unwrap().len(), 1);
     assert_eq!(body["days"][0]["day"], today.as_str());
+    // The tenant's dashboard shows today's usage; its own request is a read.
+    let r = app
+        .as_key(Some(&key), Method::GET, "/api/v1/dashboard/metrics", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let dashboard: Value = r.json().await.unwrap();
+    assert_eq!(dashboard["usage_today"]["requests_read"], reads + 1);
+    assert_eq!(dashboard["usage_today"]["requests_write"], writes);
+    assert_eq!(dashboard["usage_today"]["registrations"], writes);
 }
 
 /// Every admin change writes an audit row naming who made it and the request.
@@ -694,6 +705,10 @@ async fn snapshot(app: &TestApp) -> BTreeMap<String, Value> {
     out
 }
 
+/// A bad admin request: method, path, body, then the status, code and a
+/// word its message must contain.
+type BadCase<'a> = (Method, String, Option<Value>, StatusCode, &'a str, &'a str);
+
 async fn bad_admin_input_is_refused_and_changes_nothing(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
         return;
@@ -703,7 +718,7 @@ async fn bad_admin_input_is_refused_and_changes_nothing(backend: Backend) {
     let key_id = key["key_id"].as_str().unwrap().to_owned();
     let before = snapshot(&app).await;
     let k = |p: &str| format!("{TENANTS}/acme/keys{p}");
-    let cases: Vec<(Method, String, Option<Value>, StatusCode, &str, &str)> = vec![
+    let cases: Vec<BadCase> = vec![
         (
             Method::POST,
             TENANTS.into(),
@@ -1015,6 +1030,9 @@ on_both_backends!(
     admin_changes_write_audit_rows,
     deleting_a_tenant_removes_instances_and_keys,
     bad_admin_input_is_refused_and_changes_nothing,
+    quota_holds_under_concurrency,
+    tenant_rate_limits_override_the_defaults,
+    bearer_tokens_bind_tenants_and_scopes,
 );
 
 /// The real binary, logging everything at debug level as JSON: a key's
@@ -1078,7 +1096,7 @@ async fn key_secrets_never_reach_the_log() {
     // The access line of that last request closes what is to be read.
     let last = r.headers()["x-request-id"].to_str().unwrap().to_owned();
     server.wait_for("the last access line", |v| {
-        (v.get("request_id").and_then(Value::as_str) == Some(last.as_str())).then(|| String::new())
+        (v.get("request_id").and_then(Value::as_str) == Some(last.as_str())).then(String::new)
     });
     // The secret part of the key, and the key as a whole.
     let hidden = &key[22..];
@@ -1087,4 +1105,298 @@ async fn key_secrets_never_reach_the_log() {
         assert!(!text.contains(hidden), "a log line carries the key: {text}");
     }
     assert!(server.seen.len() > 5, "logs were read");
+}
+
+/// A tenant's `max_instances` holds under many registrations at once:
+/// exactly that many new instances are stored, the rest get 429
+/// `quota_exceeded`, and updating a stored instance is never refused.
+async fn quota_holds_under_concurrency(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.create_tenant(json!({"tenant_id": "acme", "limits": {"max_instances": 10}}))
+        .await;
+    let calls = (0..40).map(|i| {
+        app.register(
+            "acme",
+            json!({"service_name": "api", "instance_id": format!("i{i}"), "host": "10.0.0.1", "port": 80}),
+        )
+    });
+    let mut created = 0;
+    for r in futures_util::future::join_all(calls).await {
+        match r.status() {
+            StatusCode::CREATED => created += 1,
+            _ => {
+                let message =
+                    assert_error(r, StatusCode::TOO_MANY_REQUESTS, "quota_exceeded").await;
+                assert!(message.contains("max_instances"), "{message}");
+            }
+        }
+    }
+    assert_eq!(created, 10);
+    let stored = app.list_ids("acme").await;
+    assert_eq!(stored.len(), 10);
+    let (_, existing) = &stored[0];
+    let r = app
+        .register(
+            "acme",
+            json!({"service_name": "api", "instance_id": existing, "host": "10.0.0.2", "port": 80}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // Raising the limit takes effect at once through this replica.
+    let r = app
+        .request(Method::PATCH, &format!("{TENANTS}/acme"), None)
+        .json(&json!({"limits": {"max_instances": 11}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    app.register_ok("acme", "api", "one-more").await;
+}
+
+/// A tenant's own `rate` and `burst` replace the configured rate limit.
+async fn tenant_rate_limits_override_the_defaults(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.create_tenant(json!({"tenant_id": "acme", "limits": {"rate": 1, "burst": 2}}))
+        .await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(app.list("acme", "").await);
+    }
+    let last = statuses.pop().unwrap();
+    for r in statuses {
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["ratelimit-limit"], "2");
+    }
+    assert_error(last, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    // Another tenant keeps the configured defaults.
+    assert_eq!(app.list("other", "").await.status(), StatusCode::OK);
+}
+
+const JWT_SECRET: &str = "0123456789abcdef0123456789abcdef-test-only";
+
+fn token(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+/// Bearer tokens: the tenant claim binds them like a bound key, the scope
+/// claim applies, and a refused token is 401 `invalid_token` with a
+/// `Bearer` challenge that does not quote it.
+async fn bearer_tokens_bind_tenants_and_scopes(backend: Backend) {
+    let Some(app) = spawn_app_with(
+        backend,
+        &[
+            ("HUB_JWT_SECRET", JWT_SECRET),
+            ("HUB_JWT_ISSUER", "https://issuer.test"),
+        ],
+        None,
+    )
+    .await
+    else {
+        return;
+    };
+    let exp = (chrono::Utc::now() + chrono::Duration::minutes(5)).timestamp();
+    let bearer = |token: &str, method: Method, path: &str, tenant: Option<&str>| {
+        let mut r = app
+            .client
+            .request(method, app.url(path))
+            .header("Authorization", format!("Bearer {token}"));
+        if let Some(t) = tenant {
+            r = r.header("X-Tenant-ID", t);
+        }
+        r
+    };
+    let writer = token(json!({
+        "iss": "https://issuer.test", "sub": "svc-a", "exp": exp,
+        "tenant_id": ["acme", "beta"], "scope": "read write"
+    }));
+    let r = bearer(&writer, Method::POST, "/api/v1/discovery/register", None)
+        .json(&json!({"service_name": "api", "host": "10.0.0.1", "port": 80}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.headers()["x-tenant-id"], "acme");
+    let r = bearer(
+        &writer,
+        Method::GET,
+        "/api/v1/discovery/services",
+        Some("beta"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = bearer(
+        &writer,
+        Method::GET,
+        "/api/v1/discovery/services",
+        Some("other"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_error(r, StatusCode::FORBIDDEN, "tenant_forbidden").await;
+    let r = bearer(&writer, Method::GET, &format!("{TENANTS}/acme/keys"), None)
+        .send()
+        .await
+        .unwrap();
+    let message = assert_error(r, StatusCode::FORBIDDEN, "insufficient_scope").await;
+    assert!(message.contains("'admin'"), "{message}");
+    let reader = token(json!({
+        "iss": "https://issuer.test", "sub": "svc-b", "exp": exp,
+        "tenant_id": "acme", "scope": "read"
+    }));
+    let r = bearer(&reader, Method::POST, "/api/v1/discovery/heartbeat", None)
+        .json(&json!({"service_name": "api"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::FORBIDDEN, "insufficient_scope").await;
+    let expired = token(json!({
+        "iss": "https://issuer.test", "sub": "svc-a", "exp": exp - 3600,
+        "tenant_id": "acme", "scope": "read"
+    }));
+    let wrong_issuer = token(json!({
+        "iss": "https://elsewhere.test", "sub": "svc-a", "exp": exp,
+        "tenant_id": "acme", "scope": "read"
+    }));
+    for refused in [expired.as_str(), wrong_issuer.as_str(), "not.a.token"] {
+        let r = bearer(refused, Method::GET, "/api/v1/discovery/services", None)
+            .send()
+            .await
+            .unwrap();
+        let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+        assert!(
+            challenge.starts_with("Bearer error=\"invalid_token\", error_description=\""),
+            "{challenge}"
+        );
+        assert!(!challenge.contains(refused), "{challenge}");
+        let message = assert_error(r, StatusCode::UNAUTHORIZED, "invalid_token").await;
+        assert!(!message.contains(refused), "{message}");
+    }
+    // A token's tenants are admitted like any other: suspension applies.
+    app.create_tenant(json!({"tenant_id": "frozen", "state": "suspended"}))
+        .await;
+    let frozen = token(json!({
+        "iss": "https://issuer.test", "sub": "svc-c", "exp": exp,
+        "tenant_id": "frozen", "scope": "read"
+    }));
+    let r = bearer(&frozen, Method::GET, "/api/v1/discovery/services", None)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::FORBIDDEN, "tenant_suspended").await;
+}
+
+/// Without a `HUB_JWT_*` key, a bearer token is refused, never ignored.
+#[tokio::test]
+async fn bearer_tokens_are_refused_when_not_configured() {
+    let app = spawn_app(Backend::Embedded).await.unwrap();
+    let r = app
+        .client
+        .get(app.url("/api/v1/discovery/services"))
+        .header(
+            "Authorization",
+            format!("Bearer {}", token(json!({"tenant_id": "acme"}))),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer error=\"invalid_token\"")
+    );
+    assert_error(r, StatusCode::UNAUTHORIZED, "invalid_token").await;
+}
+
+/// Two replicas on one database: a key revoked, or a tenant suspended,
+/// through one is refused by the other within 1 s (its caches live
+/// ~500 ms), with no channel between them but the database.
+#[tokio::test]
+async fn revocation_and_suspension_reach_another_replica_within_a_second() {
+    let Some(a) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let db = a.db.as_ref().unwrap();
+    let port = db.app.port.to_string();
+    let b = spawn_app_with(
+        Backend::Postgres,
+        &[
+            ("POSTGRES_HOST", db.app.host.as_str()),
+            ("POSTGRES_PORT", port.as_str()),
+            ("POSTGRES_DB", db.app.dbname.as_str()),
+            ("POSTGRES_USER", db.app.user.as_str()),
+            ("HUB_RELAY_PG_USER", db.relay.user.as_str()),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    a.create_tenant(json!({"tenant_id": "acme"})).await;
+    let created = a.create_key("acme", &["read"]).await;
+    let key = secret(&created);
+    let list = |app: &TestApp| {
+        app.as_key(Some(&key), Method::GET, "/api/v1/discovery/services", None)
+            .send()
+    };
+    assert_eq!(list(&b).await.unwrap().status(), StatusCode::OK);
+    let id = created["key_id"].as_str().unwrap();
+    let r = a
+        .request(Method::DELETE, &format!("{TENANTS}/acme/keys/{id}"), None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let revoked_at = std::time::Instant::now();
+    assert_eq!(list(&a).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    eventually(5, || async {
+        (list(&b).await.unwrap().status() == StatusCode::UNAUTHORIZED).then_some(())
+    })
+    .await;
+    let took = revoked_at.elapsed();
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+    // Never again.
+    assert_error(
+        list(&b).await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "invalid_api_key",
+    )
+    .await;
+
+    // Suspension, the same way, and back.
+    let other = secret(&a.create_key("acme", &["read"]).await);
+    let list_other = |app: &TestApp| {
+        app.as_key(
+            Some(&other),
+            Method::GET,
+            "/api/v1/discovery/services",
+            None,
+        )
+        .send()
+    };
+    assert_eq!(list_other(&b).await.unwrap().status(), StatusCode::OK);
+    a.set_state("acme", "suspended").await;
+    let suspended_at = std::time::Instant::now();
+    eventually(5, || async {
+        (list_other(&b).await.unwrap().status() == StatusCode::FORBIDDEN).then_some(())
+    })
+    .await;
+    let took = suspended_at.elapsed();
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+    a.set_state("acme", "active").await;
+    eventually(5, || async {
+        (list_other(&b).await.unwrap().status() == StatusCode::OK).then_some(())
+    })
+    .await;
 }

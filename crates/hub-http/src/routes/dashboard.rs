@@ -67,6 +67,7 @@ pub(crate) async fn metrics(
     limits: web::Data<Limits>,
     registry: web::Data<Registry>,
     requests: web::Data<RequestMetrics>,
+    tenancy: web::Data<crate::tenancy::Tenancy>,
 ) -> Result<HttpResponse, ApiError> {
     let label = scope.label().to_owned();
     let scope = scope.tenant();
@@ -96,6 +97,22 @@ pub(crate) async fn metrics(
         (&mut body, serde_json::to_value(&additions))
     {
         body.extend(additions);
+    }
+    // A tenant's own usage today (stored, plus counted and not yet flushed).
+    if let (Some(tenant), Value::Object(body)) = (scope, &mut body) {
+        let today = Utc::now().date_naive();
+        let stored = tenancy.directory().usage(tenant, today, today).await?;
+        let days = crate::routes::admin::with_pending(
+            stored,
+            tenancy.meter().pending(tenant, today),
+            today,
+            (today, today),
+        );
+        let counts = days.first().map(|d| d.counts).unwrap_or_default();
+        body.insert(
+            "usage_today".into(),
+            json!(crate::admin_dto::UsageCountsBody::from(counts)),
+        );
     }
     Ok(HttpResponse::Ok().json(body))
 }

@@ -3,7 +3,7 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header::ContentType;
 use actix_web::web::Bytes;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use hub_core::{
     HealthStatus, Heartbeat, HeartbeatMetrics, InstanceId, ListCursor, ListQuery, Registration,
     RegistrationInput, Registry, RegistryError, ServiceName,
@@ -45,16 +45,27 @@ fn path_service(raw: &str) -> Result<ServiceName, ApiError> {
         (status = 200, description = "Updated an instance with this id: the stored instance.", body = InstanceBody),
         (status = 422, description = "`validation_failed`: a field broke a rule; the message names it.", body = ErrorBody,
             example = json!({"error": {"code": "validation_failed", "message": "host: missing field `host`", "request_id": "5b0f3c52-4c1e-4a0e-9a57-2f7e1c1d0b6e"}})),
+        (status = 429, description = "`quota_exceeded`: a new instance past the tenant's `max_instances` (updates never are); or `rate_limited`.", body = ErrorBody,
+            example = json!({"error": {"code": "quota_exceeded", "message": "the tenant is at its limit: max_instances is 10", "request_id": "5b0f3c52-4c1e-4a0e-9a57-2f7e1c1d0b6e"}})),
     ),
 )]
 pub(crate) async fn register(
     Tenant(tenant): Tenant,
     Change(change): Change,
     registry: web::Data<Registry>,
+    req: HttpRequest,
     JsonBody(body): JsonBody<RegisterRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let registration = Registration::try_from(RegistrationInput::from(body))?;
-    let upserted = registry.register(&tenant, registration, &change).await?;
+    // The tenant's record, as the authorization middleware admitted it
+    // (at most ~500 ms old): its instance quota applies.
+    let max_instances = req
+        .extensions()
+        .get::<std::sync::Arc<hub_core::tenancy::Tenant>>()
+        .and_then(|t| t.limits.max_instances);
+    let upserted = registry
+        .register_limited(&tenant, registration, &change, max_instances)
+        .await?;
     let status = if upserted.created {
         StatusCode::CREATED
     } else {
