@@ -34,12 +34,13 @@ use crate::bench::options::Options;
 use crate::bench::pg::{PgAdmin, PgServer};
 use crate::bench::phases::metrics::combine;
 use crate::bench::phases::prepare::register_unmeasured;
-use crate::bench::report::{Bound, median_figures, row, target};
+use crate::bench::report::{Bound, median, median_figures, row, target};
 use crate::bench::servers::Server;
 use crate::bench::workload::{Credential, JSON, Target, Workload};
 
-/// The issue's target: lookups with a database key (and with a JWT) at least
-/// this share of lookups with an environment key.
+/// The issue's target: lookups with a database key (and with a JWT, whose
+/// verification is remembered per token) at least this share of lookups with
+/// an environment key.
 const RATIO_TARGET: f64 = 0.95;
 const SLICE: Duration = Duration::from_secs(1);
 
@@ -74,13 +75,6 @@ impl Side {
             Self::JwtEs256 => "auth jwt ES256",
         }
     }
-
-    /// Whether the ratio to the environment key has the issue's target. An
-    /// ES256 token costs a P-256 signature verification per request, which
-    /// is reported for the record but has no target.
-    fn has_target(self) -> bool {
-        matches!(self, Self::DbKey | Self::JwtHs256)
-    }
 }
 
 /// The lookups of one run with each credential.
@@ -114,6 +108,10 @@ pub(crate) async fn pg_auth_run(
         log_path.display()
     ));
     let env = [
+        // All the load goes to one tenant, far over its default budget; the
+        // limiter's cost is the limiter phase's to measure, not this one's.
+        ("HUB_RATE_LIMIT_RPS", "0".to_owned()),
+        ("HUB_RATE_LIMIT_KEY_RPS", "0".to_owned()),
         ("HUB_JWT_SECRET", secret.clone()),
         ("HUB_JWT_JWKS_PATH", jwks_path.display().to_string()),
         ("HUB_JWT_ISSUER", ISSUER.to_owned()),
@@ -369,19 +367,26 @@ pub(crate) fn summary_lines(out: &mut String, runs: &[&AuthResult]) {
     for (side, figures) in SIDES.iter().zip(&medians) {
         row(out, side.row(), figures.requests, figures);
     }
-    let base = &medians[0];
-    for (side, figures) in SIDES.iter().zip(&medians).skip(1) {
-        let ratio = figures.rps / base.rps;
+    let _ = writeln!(
+        out,
+        "auth: p50 {}",
+        SIDES
+            .iter()
+            .zip(&medians)
+            .map(|(side, figures)| format!("{:.3} ms {}", figures.p50_ms, side.row()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // The target is on the median of each run's ratio: within a run the
+    // sides take turns in the same seconds, so a run's ratio is paired,
+    // while the medians of different runs saw different loads.
+    for (i, side) in SIDES.iter().enumerate().skip(1) {
+        let ratio = median(
+            runs.iter()
+                .map(|r| r.sides[i].rps / r.sides[0].rps)
+                .collect(),
+        );
         let name = format!("{}/env lookups", side.row().trim_start_matches("auth "));
-        if side.has_target() {
-            target(out, &name, ratio, Bound::AtLeast(RATIO_TARGET));
-        } else {
-            let _ = writeln!(
-                out,
-                "{name:<27} {ratio:.2} (no target: a P-256 signature verification per request; \
-                 p50 {:.3} ms against {:.3} ms)",
-                figures.p50_ms, base.p50_ms
-            );
-        }
+        target(out, &name, ratio, Bound::AtLeast(RATIO_TARGET));
     }
 }
