@@ -33,6 +33,21 @@ pub struct Settings {
     pub rate_limits: RateLimitSettings,
     /// The infrastructure monitor.
     pub monitor: MonitorSettings,
+    /// Usage per tenant (flush interval) and the admin audit's retention.
+    pub usage: UsageSettings,
+}
+
+/// Usage per tenant per day, counted in memory and flushed to the tenant
+/// directory, and how long admin audit rows are kept.
+#[derive(Debug, Deserialize)]
+pub struct UsageSettings {
+    /// `HUB_USAGE_FLUSH_SECS`: seconds between two flushes of the counted
+    /// usage (10); a crash loses at most this much, a graceful stop nothing.
+    /// At least 1.
+    pub flush_secs: u64,
+    /// `HUB_AUDIT_RETENTION_DAYS`: days admin audit rows are kept (90),
+    /// deleted tenants' included; older rows are pruned hourly. At least 1.
+    pub audit_retention_days: u32,
 }
 
 /// The infrastructure monitor: how often each configured backend is checked
@@ -500,6 +515,8 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("HUB_RATE_LIMIT_KEY_BURST", "rate_limits.key_burst"),
     ("HUB_MONITOR_INTERVAL_MS", "monitor.interval_ms"),
     ("HUB_MONITOR_TIMEOUT_MS", "monitor.timeout_ms"),
+    ("HUB_USAGE_FLUSH_SECS", "usage.flush_secs"),
+    ("HUB_AUDIT_RETENTION_DAYS", "usage.audit_retention_days"),
 ];
 
 impl Settings {
@@ -553,7 +570,9 @@ impl Settings {
             .set_default("rate_limits.key_rps", 20_000)?
             .set_default("rate_limits.key_burst", 40_000)?
             .set_default("monitor.interval_ms", 10_000)?
-            .set_default("monitor.timeout_ms", 2_000)?;
+            .set_default("monitor.timeout_ms", 2_000)?
+            .set_default("usage.flush_secs", 10)?
+            .set_default("usage.audit_retention_days", 90)?;
         if let Some(path) = env.get("HUB_CONFIG").filter(|p| !p.is_empty()) {
             builder = builder.add_source(File::new(path, FileFormat::Toml).required(true));
         }
@@ -640,6 +659,11 @@ impl Settings {
                 "HUB_MONITOR_INTERVAL_MS and HUB_MONITOR_TIMEOUT_MS must be at least 1, the timeout at most the interval (got {} and {})",
                 monitor.interval_ms, monitor.timeout_ms
             )));
+        }
+        if settings.usage.flush_secs == 0 || settings.usage.audit_retention_days == 0 {
+            return Err(ConfigError::Message(
+                "HUB_USAGE_FLUSH_SECS and HUB_AUDIT_RETENTION_DAYS must be at least 1".into(),
+            ));
         }
         if leases.mass_expiry_grace_secs > 366 * 24 * 60 * 60 {
             return Err(ConfigError::Message(
@@ -1067,6 +1091,25 @@ mod tests {
         let s = Settings::load(&env(&[("HUB_METRICS_RETENTION_DAYS", "30")])).unwrap();
         assert_eq!(s.postgres.metrics_retention_days, 30);
         assert!(Settings::load(&env(&[("HUB_METRICS_RETENTION_DAYS", "-1")])).is_err());
+    }
+
+    #[test]
+    fn usage_flush_and_audit_retention() {
+        let s = Settings::load(&env(&[])).unwrap();
+        assert_eq!(s.usage.flush_secs, 10);
+        assert_eq!(s.usage.audit_retention_days, 90);
+        let s = Settings::load(&env(&[
+            ("HUB_USAGE_FLUSH_SECS", "2"),
+            ("HUB_AUDIT_RETENTION_DAYS", "30"),
+        ]))
+        .unwrap();
+        assert_eq!((s.usage.flush_secs, s.usage.audit_retention_days), (2, 30));
+        for bad in [
+            ("HUB_USAGE_FLUSH_SECS", "0"),
+            ("HUB_AUDIT_RETENTION_DAYS", "0"),
+        ] {
+            assert!(Settings::load(&env(&[bad])).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -12,7 +12,9 @@ use hub_http::HttpDeps;
 
 use crate::settings::Settings;
 use crate::tasks::{Tasks, follower, metrics, reaper};
-use crate::wiring::{auth, buses, dragonfly, events, http, leases, limits, monitor, store};
+use crate::wiring::{
+    auth, buses, dragonfly, events, http, leases, limits, monitor, store, tenants,
+};
 
 /// A built, bound, not yet running server.
 pub struct Application {
@@ -117,8 +119,12 @@ impl Application {
                 ),
             );
         }
+        // Tenants, keys and usage: the registry counts into the meter the
+        // HTTP layer counts requests into; both are flushed to the directory.
+        let tenancy = tenants::build(&stores);
         let registry = leases::wire(
-            Registry::new(stores.registry.clone(), events.sink, clock),
+            Registry::new(stores.registry.clone(), events.sink, clock)
+                .with_usage(tenancy.usage.clone()),
             &stores,
             dragonfly.as_ref(),
             &settings.leases,
@@ -155,6 +161,7 @@ impl Application {
                 tasks.stop_signal(),
             ),
         );
+        tenants::spawn(&tenancy, &registry, &settings.usage, &mut tasks);
         Ok(Self {
             addr,
             server,

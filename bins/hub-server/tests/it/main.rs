@@ -23,5 +23,6 @@ mod schemathesis;
 mod startup_guard;
 mod support;
 mod timeouts;
+mod usage;
 mod validation;
 mod walkthrough;
