@@ -195,5 +195,14 @@ mod tests {
         // Nothing is flushed twice.
         assert_eq!(flush(&registry, &meter, &directory).await, 0);
         assert_eq!(directory.usage(&t, today, today).await.unwrap(), days);
+        // The reaper's events count too: both leases run out.
+        clock.advance(chrono::Duration::seconds(31));
+        let report = registry.expire_leases().await.unwrap();
+        assert_eq!(report.expired, 2);
+        assert_eq!(flush(&registry, &meter, &directory).await, 1);
+        let day = clock.now().date_naive();
+        let after = directory.usage(&t, day, day).await.unwrap();
+        let expected = if day == today { 7 } else { 2 };
+        assert_eq!(after[0].counts.events_published, expected);
     }
 }
