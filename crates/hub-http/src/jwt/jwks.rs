@@ -49,6 +49,9 @@ pub(super) struct PublicKey {
 /// The usable keys of one version of the file (never empty).
 pub(super) struct KeySet {
     keys: Vec<PublicKey>,
+    /// Which load of the file this is (0 for the first): a verification
+    /// remembered under another generation may rest on a key that is gone.
+    generation: u64,
 }
 
 impl KeySet {
@@ -75,7 +78,10 @@ impl KeySet {
         if keys.is_empty() {
             return Err("no usable RS256 or ES256 public key".into());
         }
-        Ok(Self { keys })
+        Ok(Self {
+            keys,
+            generation: 0,
+        })
     }
 
     /// The keys to try for a token signed with `alg` naming `kid`: the key
@@ -104,6 +110,11 @@ impl KeySet {
     /// How many keys the set holds.
     pub(super) fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    /// Which load of the file this set came from.
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
     }
 }
 
@@ -281,9 +292,11 @@ impl JwksFile {
         }
         seen.digest = digest;
         match KeySet::parse(&bytes) {
-            Ok(keys) => {
+            Ok(mut keys) => {
                 tracing::info!(path = ?self.path, keys = keys.len(), "JWKS reloaded");
-                *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+                let mut current = self.keys.write().unwrap_or_else(PoisonError::into_inner);
+                keys.generation = current.generation.wrapping_add(1);
+                *current = Arc::new(keys);
                 seen.logged_error = None;
             }
             Err(e) => self.log_error_once(seen, e),

@@ -8,6 +8,7 @@
 //! setting or claim), so it can be sent to the client: nothing of the token
 //! is ever echoed.
 
+mod cache;
 mod jwks;
 #[cfg(test)]
 mod tests;
@@ -25,6 +26,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use self::cache::{Verified, VerifiedTokens};
 use self::jwks::JwksFile;
 
 /// The tenant claim's name when `HUB_JWT_TENANT_CLAIM` is not set.
@@ -201,6 +203,8 @@ struct Inner {
     audience: Option<String>,
     tenant_claim: String,
     leeway_secs: u64,
+    /// Tokens verified before (see `cache`).
+    verified: VerifiedTokens,
 }
 
 impl fmt::Debug for JwtVerifier {
@@ -281,6 +285,7 @@ impl JwtVerifier {
                 audience: config.audience,
                 tenant_claim: config.tenant_claim,
                 leeway_secs: config.leeway_secs,
+                verified: VerifiedTokens::new(cache::CAPACITY),
             }),
         })
     }
@@ -292,12 +297,49 @@ impl JwtVerifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(malformed());
         }
+        let inner = &*self.inner;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(verified) = inner.verified.get(&digest) {
+            if self.still_valid(&verified) {
+                return Ok(verified.claims);
+            }
+            // Expired, or verified by keys since reloaded: the full check
+            // below gives the precise answer.
+            inner.verified.remove(&digest);
+        }
+        let verified = self.verify_uncached(token)?;
+        inner.verified.insert(digest, verified.clone());
+        Ok(verified.claims)
+    }
+
+    /// Whether a remembered verification still holds: not expired (with the
+    /// leeway), and made with the key set in force now.
+    fn still_valid(&self, verified: &Verified) -> bool {
+        let inner = &*self.inner;
+        let leeway = i64::try_from(inner.leeway_secs).unwrap_or(i64::MAX);
+        let fresh = verified
+            .claims
+            .expires_at
+            .timestamp()
+            .saturating_add(leeway)
+            >= Utc::now().timestamp();
+        let same_keys = match verified.generation {
+            None => true,
+            Some(generation) => inner
+                .jwks
+                .as_ref()
+                .is_some_and(|jwks| jwks.current().generation() == generation),
+        };
+        fresh && same_keys
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<Verified, JwtError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| malformed())?;
         let inner = &*self.inner;
-        let claims = match header.alg {
+        let (claims, generation) = match header.alg {
             Algorithm::HS256 => {
                 let key = inner.hmac.as_ref().ok_or_else(|| not_allowed(header.alg))?;
-                decode(token, key, &inner.hs256)?
+                (decode(token, key, &inner.hs256)?, None)
             }
             Algorithm::RS256 | Algorithm::ES256 => {
                 let jwks = inner.jwks.as_ref().ok_or_else(|| not_allowed(header.alg))?;
@@ -323,11 +365,14 @@ impl JwtVerifier {
                         break;
                     }
                 }
-                outcome?
+                (outcome?, Some(keys.generation()))
             }
             other => return Err(not_allowed(other)),
         };
-        self.claims(claims)
+        Ok(Verified {
+            claims: self.claims(claims)?,
+            generation,
+        })
     }
 
     /// Turns verified claims into what they grant.

@@ -543,6 +543,9 @@ fn the_jwks_file_is_reloaded_and_a_broken_one_keeps_the_old_keys() {
     let old = rs256(&claims(), "rsa1.pem", Some("k1"));
     let new = rs256(&claims(), "rsa2.pem", Some("k2"));
     verifier.verify(&old).unwrap();
+    // Remembered: the reload below must still take effect on it.
+    verifier.verify(&old).unwrap();
+    assert_eq!(verifier.inner.verified.len(), 1);
     assert_eq!(refused(&verifier, &new), JwtErrorKind::UnknownKey);
 
     file.write(&[jwk("rsa2.pem", Algorithm::RS256, "k2")]);
@@ -626,4 +629,63 @@ fn a_bad_configuration_names_the_setting() {
     let verifier = verifier(config());
     assert!(!format!("{verifier:?}").contains(SECRET));
     assert!(!format!("{:?}", config()).contains(SECRET));
+}
+
+#[test]
+fn a_verified_token_is_remembered_until_it_expires() {
+    let verifier = verifier(JwtConfig {
+        leeway_secs: 0,
+        ..config()
+    });
+    let token = hs256(&with(claims(), "exp", json!(now() + 2)), SECRET.as_bytes());
+    let first = verifier.verify(&token).unwrap();
+    assert_eq!(verifier.verify(&token).unwrap(), first);
+    assert_eq!(verifier.inner.verified.len(), 1);
+
+    // Refusals are not remembered.
+    let forged = hs256(&claims(), b"another secret, also 32 bytes long!!");
+    assert_eq!(refused(&verifier, &forged), JwtErrorKind::BadSignature);
+    assert_eq!(verifier.inner.verified.len(), 1);
+
+    // Once `exp` passes, the remembered verification no longer counts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let error = loop {
+        match verifier.verify(&token) {
+            Ok(_) => {
+                assert!(Instant::now() < deadline, "the token never expired");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(error.kind(), JwtErrorKind::Expired);
+    assert_eq!(verifier.inner.verified.len(), 0);
+}
+
+#[test]
+fn the_remembered_tokens_are_bounded() {
+    let tokens = super::cache::VerifiedTokens::new(3);
+    let claims = TokenClaims {
+        subject: None,
+        tenants: vec![TenantId::parse("t1").unwrap()],
+        scopes: Scopes::NONE,
+        fingerprint: "jwt:00000000".into(),
+        expires_at: chrono::Utc::now(),
+    };
+    let verified = Verified {
+        claims,
+        generation: None,
+    };
+    for i in 0..3_u8 {
+        tokens.insert([i; 32], verified.clone());
+    }
+    assert_eq!(tokens.len(), 3);
+    // Replacing an entry keeps the others.
+    tokens.insert([1; 32], verified.clone());
+    assert_eq!(tokens.len(), 3);
+    // A new token past the capacity starts over.
+    tokens.insert([9; 32], verified);
+    assert_eq!(tokens.len(), 1);
+    assert!(tokens.get(&[9; 32]).is_some());
+    assert!(tokens.get(&[0; 32]).is_none());
 }
