@@ -35,6 +35,21 @@ pub struct Settings {
     pub monitor: MonitorSettings,
     /// Tenants mode, bearer tokens and key-use sampling (issue 12, HTTP side).
     pub tenancy: TenancySettings,
+    /// Usage per tenant (flush interval) and the admin audit's retention.
+    pub usage: UsageSettings,
+}
+
+/// Usage per tenant per day, counted in memory and flushed to the tenant
+/// directory, and how long admin audit rows are kept.
+#[derive(Debug, Deserialize)]
+pub struct UsageSettings {
+    /// `HUB_USAGE_FLUSH_SECS`: seconds between two flushes of the counted
+    /// usage (10); a crash loses at most this much, a graceful stop nothing.
+    /// At least 1.
+    pub flush_secs: u64,
+    /// `HUB_AUDIT_RETENTION_DAYS`: days admin audit rows are kept (90),
+    /// deleted tenants' included; older rows are pruned hourly. At least 1.
+    pub audit_retention_days: u32,
 }
 
 /// How tenants are admitted and bearer tokens verified.
@@ -579,6 +594,8 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("HUB_JWT_TENANT_CLAIM", "tenancy.jwt_tenant_claim"),
     ("HUB_JWT_LEEWAY_SECS", "tenancy.jwt_leeway_secs"),
     ("HUB_KEY_USE_FLUSH_SECS", "tenancy.key_use_flush_secs"),
+    ("HUB_USAGE_FLUSH_SECS", "usage.flush_secs"),
+    ("HUB_AUDIT_RETENTION_DAYS", "usage.audit_retention_days"),
 ];
 
 impl Settings {
@@ -636,7 +653,9 @@ impl Settings {
             .set_default("tenancy.mode", "open")?
             .set_default("tenancy.jwt_tenant_claim", "tenant_id")?
             .set_default("tenancy.jwt_leeway_secs", 30)?
-            .set_default("tenancy.key_use_flush_secs", 10)?;
+            .set_default("tenancy.key_use_flush_secs", 10)?
+            .set_default("usage.flush_secs", 10)?
+            .set_default("usage.audit_retention_days", 90)?;
         if let Some(path) = env.get("HUB_CONFIG").filter(|p| !p.is_empty()) {
             builder = builder.add_source(File::new(path, FileFormat::Toml).required(true));
         }
@@ -723,6 +742,11 @@ impl Settings {
                 "HUB_MONITOR_INTERVAL_MS and HUB_MONITOR_TIMEOUT_MS must be at least 1, the timeout at most the interval (got {} and {})",
                 monitor.interval_ms, monitor.timeout_ms
             )));
+        }
+        if settings.usage.flush_secs == 0 || settings.usage.audit_retention_days == 0 {
+            return Err(ConfigError::Message(
+                "HUB_USAGE_FLUSH_SECS and HUB_AUDIT_RETENTION_DAYS must be at least 1".into(),
+            ));
         }
         if leases.mass_expiry_grace_secs > 366 * 24 * 60 * 60 {
             return Err(ConfigError::Message(
@@ -1182,6 +1206,25 @@ mod tests {
         let s = Settings::load(&env(&[("HUB_METRICS_RETENTION_DAYS", "30")])).unwrap();
         assert_eq!(s.postgres.metrics_retention_days, 30);
         assert!(Settings::load(&env(&[("HUB_METRICS_RETENTION_DAYS", "-1")])).is_err());
+    }
+
+    #[test]
+    fn usage_flush_and_audit_retention() {
+        let s = Settings::load(&env(&[])).unwrap();
+        assert_eq!(s.usage.flush_secs, 10);
+        assert_eq!(s.usage.audit_retention_days, 90);
+        let s = Settings::load(&env(&[
+            ("HUB_USAGE_FLUSH_SECS", "2"),
+            ("HUB_AUDIT_RETENTION_DAYS", "30"),
+        ]))
+        .unwrap();
+        assert_eq!((s.usage.flush_secs, s.usage.audit_retention_days), (2, 30));
+        for bad in [
+            ("HUB_USAGE_FLUSH_SECS", "0"),
+            ("HUB_AUDIT_RETENTION_DAYS", "0"),
+        ] {
+            assert!(Settings::load(&env(&[bad])).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use hub_http::HttpDeps;
 use crate::settings::Settings;
 use crate::tasks::{Tasks, follower, metrics, reaper};
 use crate::wiring::{
-    auth, buses, dragonfly, events, http, leases, limits, monitor, store, tenancy,
+    auth, buses, dragonfly, events, http, leases, limits, monitor, store, tenants,
 };
 
 /// A built, bound, not yet running server.
@@ -120,11 +120,12 @@ impl Application {
                 ),
             );
         }
-        // One usage meter: the registry counts registrations, heartbeats and
-        // events in it, the HTTP layer counts requests.
-        let meter = Arc::new(hub_core::tenancy::UsageMeter::new());
+        // Tenants, keys and usage: the registry counts into the meter the
+        // HTTP layer counts requests into; both are flushed to the directory.
+        let tenancy = tenants::build(&stores);
         let registry = leases::wire(
-            Registry::new(stores.registry.clone(), events.sink, clock).with_usage(meter.clone()),
+            Registry::new(stores.registry.clone(), events.sink, clock)
+                .with_usage(tenancy.usage.clone()),
             &stores,
             dragonfly.as_ref(),
             &settings.leases,
@@ -138,10 +139,10 @@ impl Application {
             &buses,
             &mut tasks,
         );
-        let tenancy = tenancy::build(
+        let http_tenancy = crate::wiring::tenancy::build(
             &settings.tenancy,
-            tenancy::directory(&stores),
-            meter,
+            tenancy.directory.clone(),
+            tenancy.usage.clone(),
             &mut tasks,
         )?;
         let (addr, server) = http::serve(
@@ -157,7 +158,7 @@ impl Application {
                     settings.server.request_metrics,
                     settings.server.metrics_max_tenants,
                 )?),
-                tenancy,
+                tenancy: http_tenancy,
                 jwt,
             },
         )?;
@@ -169,6 +170,7 @@ impl Application {
                 tasks.stop_signal(),
             ),
         );
+        tenants::spawn(&tenancy, &registry, &settings.usage, &mut tasks);
         Ok(Self {
             addr,
             server,

@@ -124,6 +124,22 @@ pub struct Tenancy {
     /// Keys used since the last flush, by id: at most one `last_used_at`
     /// write per key per flush, whatever its request rate.
     used: Mutex<HashMap<KeyId, (TenantId, DateTime<Utc>)>>,
+    /// Misses are looked up one at a time per shard (by hash of the tenant
+    /// or digest): when an entry expires under load, one request asks the
+    /// directory and the others wait for its answer instead of all asking
+    /// at once (which would take every pooled connection at the same time).
+    misses: [tokio::sync::Mutex<()>; MISS_SHARDS],
+}
+
+/// Shards of [`Tenancy::misses`]: misses of different tenants or keys rarely wait for each other.
+const MISS_SHARDS: usize = 16;
+
+fn shard<K: Hash>(key: &K) -> usize {
+    use std::hash::{BuildHasher, RandomState};
+    // A fixed-seed hasher is enough: the shard only spreads the waits.
+    static SEED: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+    let hash = SEED.get_or_init(RandomState::new).hash_one(key);
+    usize::try_from(hash % MISS_SHARDS as u64).unwrap_or(0)
 }
 
 impl std::fmt::Debug for Tenancy {
@@ -159,6 +175,7 @@ impl Tenancy {
             keys: TtlCache::new(ttl, CACHE_ENTRIES),
             tenants: TtlCache::new(ttl, CACHE_ENTRIES),
             used: Mutex::new(HashMap::new()),
+            misses: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
         }
     }
 
@@ -189,9 +206,15 @@ impl Tenancy {
         let grant = match self.keys.get(&digest) {
             Some(grant) => grant,
             None => {
-                let grant = self.directory.key_grant(&digest).await?;
-                self.keys.insert(digest, grant.clone());
-                grant
+                let _one_at_a_time = self.misses[shard(&digest)].lock().await;
+                match self.keys.get(&digest) {
+                    Some(grant) => grant,
+                    None => {
+                        let grant = self.directory.key_grant(&digest).await?;
+                        self.keys.insert(digest, grant.clone());
+                        grant
+                    }
+                }
             }
         };
         let now = Utc::now();
@@ -228,6 +251,10 @@ impl Tenancy {
     /// The record of `tenant` as the mode makes it: in `open` mode a tenant
     /// without a record is recorded now; in `registered` mode it is `None`.
     pub async fn tenant(&self, tenant: &TenantId) -> Result<Option<Arc<Tenant>>, ApiError> {
+        if let Some(found) = self.tenants.get(tenant) {
+            return Ok(found);
+        }
+        let _one_at_a_time = self.misses[shard(tenant)].lock().await;
         if let Some(found) = self.tenants.get(tenant) {
             return Ok(found);
         }

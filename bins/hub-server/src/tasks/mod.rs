@@ -8,6 +8,7 @@ pub(crate) mod monitor;
 pub(crate) mod outbox;
 pub(crate) mod reaper;
 pub(crate) mod sampler;
+pub(crate) mod usage;
 
 use std::future::Future;
 

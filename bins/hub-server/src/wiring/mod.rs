@@ -11,3 +11,4 @@ pub(crate) mod monitor;
 pub(crate) mod postgres;
 pub(crate) mod store;
 pub(crate) mod tenancy;
+pub(crate) mod tenants;

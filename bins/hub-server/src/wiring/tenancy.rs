@@ -3,21 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hub_core::tenancy::{MemoryTenants, TenantDirectory, UsageMeter};
+use hub_core::tenancy::{TenantDirectory, UsageMeter};
 use hub_http::Tenancy;
-use hub_store::PgTenants;
 
-use super::store::Stores;
 use crate::settings::TenancySettings;
 use crate::tasks::{Tasks, key_use};
-
-/// The tenant directory: PostgreSQL's in PostgreSQL mode, memory otherwise.
-pub(crate) fn directory(stores: &Stores) -> Arc<dyn TenantDirectory> {
-    match &stores.pg {
-        Some(pg) => Arc::new(PgTenants::new(pg)),
-        None => Arc::new(MemoryTenants::new()),
-    }
-}
 
 /// The tenancy every HTTP worker shares, and its key-use flush task.
 pub(crate) fn build(

@@ -24,5 +24,6 @@ mod startup_guard;
 mod support;
 mod tenancy;
 mod timeouts;
+mod usage;
 mod validation;
 mod walkthrough;

@@ -1400,3 +1400,66 @@ async fn revocation_and_suspension_reach_another_replica_within_a_second() {
     })
     .await;
 }
+
+/// Request counts and a key's last use, counted in memory, survive a
+/// graceful restart: the stop flushes both, and the next server reads them
+/// back through the admin API.
+#[tokio::test]
+async fn usage_and_key_use_survive_a_graceful_restart() {
+    use crate::pg_support::Hub;
+    let Some(db) = hub_store::testing::TestDb::create().await else {
+        return;
+    };
+    // Flush intervals far longer than the test: only the stop flushes.
+    let env = [
+        ("HUB_USAGE_FLUSH_SECS", "3600"),
+        ("HUB_KEY_USE_FLUSH_SECS", "3600"),
+    ];
+    let hub = Hub::start(&db.app, &env).await;
+    let client = reqwest::Client::new();
+    let op = |hub: &Hub, method: Method, path: &str| {
+        client
+            .request(method, hub.url(path))
+            .header("X-API-Key", OPERATOR_KEY)
+    };
+    let r = op(&hub, Method::POST, TENANTS)
+        .json(&json!({"tenant_id": "acme"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = op(&hub, Method::POST, &format!("{TENANTS}/acme/keys"))
+        .json(&json!({"name": "reader", "scopes": ["read"]}))
+        .send()
+        .await
+        .unwrap();
+    let created: Value = r.json().await.unwrap();
+    let key = secret(&created);
+    let reads = 23;
+    for _ in 0..reads {
+        let r = client
+            .get(hub.url("/api/v1/discovery/services"))
+            .header("X-API-Key", key.as_str())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    hub.shut_down().await;
+
+    let hub = Hub::start(&db.app, &env).await;
+    let r = op(&hub, Method::GET, &format!("{TENANTS}/acme/usage"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let usage: Value = r.json().await.unwrap();
+    assert_eq!(usage["total"]["requests_read"], reads, "{usage}");
+    let r = op(&hub, Method::GET, &format!("{TENANTS}/acme/keys"))
+        .send()
+        .await
+        .unwrap();
+    let keys: Value = r.json().await.unwrap();
+    assert!(!keys["keys"][0]["last_used_at"].is_null(), "{keys}");
+    hub.shut_down().await;
+}

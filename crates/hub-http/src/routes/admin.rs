@@ -49,11 +49,14 @@ fn principal(req: &HttpRequest) -> Principal {
 /// The tenant a route on `{tenant_id}` acts on, once the caller may: an
 /// operator on any tenant; anyone else (holding `admin`, checked by the
 /// access middleware) only on a tenant it is bound to, and only while that
-/// tenant is active. The request counts as an admin request of that tenant.
+/// tenant is active. The request counts as an admin request of that tenant
+/// when it exists.
 async fn acting_on(req: &HttpRequest, tenancy: &Tenancy, raw: &str) -> Result<TenantId, ApiError> {
     let tenant = path_tenant(raw)?;
     let principal = principal(req);
-    if !principal.is_operator() {
+    let exists = if principal.is_operator() {
+        tenancy.directory().tenant(&tenant).await?.is_some()
+    } else {
         if !principal.may_act_for(&tenant) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -62,10 +65,15 @@ async fn acting_on(req: &HttpRequest, tenancy: &Tenancy, raw: &str) -> Result<Te
             ));
         }
         tenancy.admit(&tenant).await?;
+        true
+    };
+    // Only a tenant with a record has usage: requests about ids that do
+    // not exist (404s) must not leave usage rows behind.
+    if exists {
+        tenancy
+            .meter()
+            .request(&tenant, hub_core::tenancy::RequestClass::Admin, Utc::now());
     }
-    tenancy
-        .meter()
-        .request(&tenant, hub_core::tenancy::RequestClass::Admin, Utc::now());
     Ok(tenant)
 }
 

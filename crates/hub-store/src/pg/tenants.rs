@@ -224,6 +224,10 @@ impl TenantDirectory for PgTenants {
             .query(&sql, &[&id.as_str()])
             .await
             .map_err(from_db)?;
+        // Given back before reading again: holding one connection while
+        // waiting for a second would deadlock the pool when many first uses
+        // arrive at once.
+        drop(connection);
         match inserted.first() {
             Some(row) => tenant_of(row).map_err(from_db),
             // Recorded by someone else meanwhile (committed before our
