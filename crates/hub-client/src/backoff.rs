@@ -16,7 +16,11 @@ pub(crate) struct Backoff {
 impl Backoff {
     pub(crate) fn new(min: Duration, max: Duration) -> Self {
         let min = min.min(max);
-        Self { min, max, step: min }
+        Self {
+            min,
+            max,
+            step: min,
+        }
     }
 
     /// The next delay; each call doubles the step until `max`.
@@ -45,7 +49,11 @@ mod tests {
         for step in steps {
             let d = b.next_delay();
             let step = Duration::from_millis(step);
-            assert!(d >= step / 2 && d <= step, "{d:?} outside [{:?}, {step:?}]", step / 2);
+            assert!(
+                d >= step / 2 && d <= step,
+                "{d:?} outside [{:?}, {step:?}]",
+                step / 2
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));

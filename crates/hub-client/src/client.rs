@@ -121,11 +121,19 @@ impl HubClientBuilder {
             })?;
             headers.insert("x-tenant-id", value);
         }
+        if url.scheme() == "https" && !cfg!(feature = "tls") {
+            return Err(HubError::Config(format!(
+                "hub URL {:?}: https needs hub-client's `tls` feature",
+                self.url
+            )));
+        }
         let http = reqwest::Client::builder()
             .default_headers(headers)
             .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true)
-            .tls_backend_preconfigured(tls_config()?)
+            .tcp_nodelay(true);
+        #[cfg(feature = "tls")]
+        let http = http.tls_backend_preconfigured(tls_config()?);
+        let http = http
             .build()
             .map_err(|e| HubError::Config(format!("HTTP client: {e}")))?;
         Ok(HubClient {
@@ -140,11 +148,12 @@ impl HubClientBuilder {
     }
 }
 
-/// rustls with the ring provider, handed to reqwest whole: reqwest's own
+/// With the `tls` feature: rustls with the ring provider, handed to reqwest whole: reqwest's own
 /// default would be aws-lc-rs (a C build this project avoids), and
 /// installing a process-wide default provider would decide for the
 /// application that embeds this crate. Certificates are checked by the
 /// platform's verifier (the system's trust store), as reqwest would.
+#[cfg(feature = "tls")]
 fn tls_config() -> Result<rustls::ClientConfig, HubError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = rustls_platform_verifier::Verifier::new(provider.clone())
@@ -196,10 +205,13 @@ impl HubClient {
 
     /// Sends a request; an answer of any status is `Ok`.
     pub(crate) async fn send(&self, request: RequestBuilder) -> Result<Response, HubError> {
-        request.send().await.map_err(|source| HubError::Unreachable {
-            url: self.inner.base.clone(),
-            source,
-        })
+        request
+            .send()
+            .await
+            .map_err(|source| HubError::Unreachable {
+                url: self.inner.base.clone(),
+                source,
+            })
     }
 
     /// Sends a bounded request and reads a success body as `T`.
@@ -222,10 +234,13 @@ impl HubClient {
         let response = error_for_status(response, &self.inner.base).await?;
         let status = response.status().as_u16();
         let index = index_of(&response);
-        let bytes = response.bytes().await.map_err(|source| HubError::Unreachable {
-            url: self.inner.base.clone(),
-            source,
-        })?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| HubError::Unreachable {
+                url: self.inner.base.clone(),
+                source,
+            })?;
         let body = serde_json::from_slice(&bytes).map_err(|e| HubError::InvalidResponse {
             status,
             detail: e.to_string(),
@@ -366,10 +381,13 @@ pub(crate) async fn error_for_status(response: Response, base: &str) -> Result<R
         return Ok(response);
     }
     let status = status.as_u16();
-    let bytes = response.bytes().await.map_err(|source| HubError::Unreachable {
-        url: base.to_owned(),
-        source,
-    })?;
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|source| HubError::Unreachable {
+            url: base.to_owned(),
+            source,
+        })?;
     match serde_json::from_slice::<ErrorEnvelope>(&bytes) {
         Ok(ErrorEnvelope { error }) => Err(HubError::Api {
             status,
@@ -384,5 +402,82 @@ pub(crate) async fn error_for_status(response: Response, base: &str) -> Result<R
                 String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
             ),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::HubClient;
+    use crate::HubError;
+
+    #[test]
+    fn a_bad_url_or_header_is_a_configuration_error() {
+        for url in ["not a url", "ftp://hub:21", "localhost:7000"] {
+            let err = HubClient::builder(url).build().unwrap_err();
+            assert!(matches!(err, HubError::Config(_)), "{url}: {err:?}");
+        }
+        let err = HubClient::builder("http://hub:7000")
+            .tenant("bad\ntenant")
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, HubError::Config(_)), "{err:?}");
+    }
+
+    #[test]
+    fn the_api_key_never_shows_in_debug_output() {
+        let client = HubClient::builder("http://hub:7000/")
+            .api_key("secret-key-123")
+            .tenant("t1")
+            .build()
+            .unwrap();
+        assert_eq!(client.base_url(), "http://hub:7000");
+        let debug = format!("{client:?}");
+        assert!(!debug.contains("secret-key-123"), "{debug}");
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn https_needs_the_tls_feature() {
+        let err = HubClient::builder("https://hub:7443").build().unwrap_err();
+        assert!(err.to_string().contains("`tls` feature"), "{err}");
+    }
+
+    /// An https client really speaks TLS: a plain-HTTP server that answers
+    /// 200 to anything is not an answer to it.
+    #[cfg(feature = "tls")]
+    #[tokio::test]
+    async fn an_https_client_speaks_tls() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                    .await;
+            }
+        });
+        let plain = HubClient::builder(format!("http://127.0.0.1:{port}"))
+            .build()
+            .unwrap();
+        let tls = HubClient::builder(format!("https://127.0.0.1:{port}"))
+            .build()
+            .unwrap();
+        let query = crate::ListQuery::default();
+        // The plain client reads the (wrong-shaped) answer; the TLS one
+        // cannot complete a handshake with it.
+        let plain_err = plain.list(&query).await.unwrap_err();
+        assert!(
+            matches!(plain_err, HubError::InvalidResponse { status: 200, .. }),
+            "{plain_err:?}"
+        );
+        let tls_err = tls.list(&query).await.unwrap_err();
+        assert!(
+            matches!(tls_err, HubError::Unreachable { .. }),
+            "{tls_err:?}"
+        );
     }
 }

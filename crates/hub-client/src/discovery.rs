@@ -366,7 +366,9 @@ async fn run_watch(client: &HubClient, shared: &Shared, backoff: &mut Backoff) -
     }
     let mut stream = match client.watch(&filter).await {
         Ok(stream) => stream,
-        Err(HubError::Api { status: 404 | 405, .. }) => return Ended::Unsupported,
+        Err(HubError::Api {
+            status: 404 | 405, ..
+        }) => return Ended::Unsupported,
         Err(e) => return Ended::Failed(e),
     };
     backoff.reset();

@@ -154,10 +154,7 @@ mod tests {
             assert_eq!(frames, whole, "split at {split}");
         }
         let mut p = Parser::default();
-        let bytewise: Vec<Frame> = text
-            .iter()
-            .flat_map(|b| p.feed(&[*b]).unwrap())
-            .collect();
+        let bytewise: Vec<Frame> = text.iter().flat_map(|b| p.feed(&[*b]).unwrap()).collect();
         assert_eq!(bytewise, whole);
     }
 

@@ -156,9 +156,7 @@ impl RegistrationSpec {
 
     /// The lease length the hub will apply.
     pub fn ttl(&self) -> Duration {
-        Duration::from_secs(u64::from(
-            self.ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS),
-        ))
+        Duration::from_secs(u64::from(self.ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS)))
     }
 }
 

@@ -139,7 +139,10 @@ impl WatchFilter {
     }
 
     fn pairs(&self) -> Vec<(&'static str, &str)> {
-        let names = self.service_names.iter().map(|n| ("service_name", n.as_str()));
+        let names = self
+            .service_names
+            .iter()
+            .map(|n| ("service_name", n.as_str()));
         let kinds = self.kinds.iter().map(|k| ("type", k.as_str()));
         names.chain(kinds).collect()
     }
