@@ -304,6 +304,26 @@ impl Discovery {
         }
     }
 
+    /// [`Discovery::pick`], waiting up to `wait` for an instance to be
+    /// there (at once when one is); `None` if none came.
+    pub async fn pick_within(&self, wait: Duration) -> Option<Instance> {
+        // Subscribed before looking, so that a change between the look and
+        // the wait is not missed.
+        let mut version = self.shared.version.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(instance) = self.pick() {
+                return Some(instance);
+            }
+            match tokio::time::timeout_at(deadline, version.changed()).await {
+                Ok(Ok(())) => {}
+                // The deadline passed, or (cannot happen while `self`
+                // holds the sender) the sender is gone.
+                Ok(Err(_)) | Err(_) => return self.pick(),
+            }
+        }
+    }
+
     /// Waits until the instances change (any status, any field).
     pub async fn changed(&self) {
         let mut version = self.shared.version.subscribe();
