@@ -74,6 +74,8 @@ pub struct ChangesSince {
     /// The oldest revision a replay can start after: asked for an earlier
     /// one, `events` may miss changes that are no longer kept.
     pub oldest_retained: Revision,
+    /// Whether the read stopped at `max` and more changes may follow.
+    pub more: bool,
 }
 
 /// The store's history of changes, for replay and for the PostgreSQL feed.
@@ -479,9 +481,9 @@ impl WatchHub {
         loop {
             let after = lock(&feed.state).latest;
             let changes = log.changes_since(tenant, Revision::new(after), max).await?;
-            let count = changes.events.len();
-            self.deliver_to(&feed, after, changes.events, changes.through.get());
-            if count < usize::try_from(max).unwrap_or(usize::MAX) {
+            let (more, through) = (changes.more, changes.through);
+            self.deliver_to(&feed, after, changes.events, through.get());
+            if !more || through.get() <= after {
                 return Ok(());
             }
         }
@@ -755,13 +757,13 @@ impl WatchHub {
             if page.oldest_retained > after {
                 return Ok(Err(page.oldest_retained));
             }
-            let count = page.events.len();
+            let more = page.more;
             events.extend(
                 page.events
                     .into_iter()
                     .filter(|e| e.revision().get() <= through),
             );
-            if page.through <= at || count < PAGE as usize {
+            if page.through <= at || !more {
                 break;
             }
             at = page.through;
