@@ -33,6 +33,52 @@ pub struct Settings {
     pub rate_limits: RateLimitSettings,
     /// The infrastructure monitor.
     pub monitor: MonitorSettings,
+    /// Watch streams and blocking queries.
+    pub watch: WatchSettings,
+}
+
+/// Watch streams (`GET /api/v1/discovery/watch`) and blocking queries.
+#[derive(Debug, Deserialize)]
+pub struct WatchSettings {
+    /// `HUB_WATCH_KEEPALIVE_SECS`: a `: keep-alive` comment on idle streams
+    /// this often, so that proxies keep them open (15).
+    pub keepalive_secs: u64,
+    /// `HUB_WATCH_HISTORY`: events kept in memory per tenant for replay
+    /// (256). In embedded mode they are all a watch can resume from; in
+    /// PostgreSQL mode older ones are read from `coordination_history`.
+    pub history: usize,
+    /// `HUB_WATCH_BUFFER`: revisions queued per stream before a reader too
+    /// slow for them is cut off with `lagged` (1024).
+    pub buffer: usize,
+    /// `HUB_WATCH_MAX_PER_TENANT`: open watch streams per tenant (1000).
+    pub max_per_tenant: u32,
+    /// `HUB_WATCH_MAX_PER_KEY`: open watch streams per API key (1000).
+    pub max_per_key: u32,
+}
+
+impl WatchSettings {
+    /// The hub configuration these settings give.
+    pub fn config(&self) -> hub_core::watch::WatchConfig {
+        hub_core::watch::WatchConfig {
+            history: self.history,
+            buffer: self.buffer,
+            max_per_tenant: self.max_per_tenant,
+            max_per_key: self.max_per_key,
+        }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.keepalive_secs == 0
+            || self.buffer == 0
+            || self.max_per_tenant == 0
+            || self.max_per_key == 0
+        {
+            return Err(ConfigError::Message(
+                "HUB_WATCH_KEEPALIVE_SECS, HUB_WATCH_BUFFER, HUB_WATCH_MAX_PER_TENANT and HUB_WATCH_MAX_PER_KEY must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The infrastructure monitor: how often each configured backend is checked
@@ -500,6 +546,11 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("HUB_RATE_LIMIT_KEY_BURST", "rate_limits.key_burst"),
     ("HUB_MONITOR_INTERVAL_MS", "monitor.interval_ms"),
     ("HUB_MONITOR_TIMEOUT_MS", "monitor.timeout_ms"),
+    ("HUB_WATCH_KEEPALIVE_SECS", "watch.keepalive_secs"),
+    ("HUB_WATCH_HISTORY", "watch.history"),
+    ("HUB_WATCH_BUFFER", "watch.buffer"),
+    ("HUB_WATCH_MAX_PER_TENANT", "watch.max_per_tenant"),
+    ("HUB_WATCH_MAX_PER_KEY", "watch.max_per_key"),
 ];
 
 impl Settings {
@@ -553,7 +604,12 @@ impl Settings {
             .set_default("rate_limits.key_rps", 20_000)?
             .set_default("rate_limits.key_burst", 40_000)?
             .set_default("monitor.interval_ms", 10_000)?
-            .set_default("monitor.timeout_ms", 2_000)?;
+            .set_default("monitor.timeout_ms", 2_000)?
+            .set_default("watch.keepalive_secs", 15)?
+            .set_default("watch.history", 256)?
+            .set_default("watch.buffer", 1024)?
+            .set_default("watch.max_per_tenant", 1000)?
+            .set_default("watch.max_per_key", 1000)?;
         if let Some(path) = env.get("HUB_CONFIG").filter(|p| !p.is_empty()) {
             builder = builder.add_source(File::new(path, FileFormat::Toml).required(true));
         }
@@ -612,6 +668,7 @@ impl Settings {
                 "HUB_METRICS_MAX_TENANTS must be at least 1".into(),
             ));
         }
+        settings.watch.check()?;
         settings.dragonfly.client_config()?;
         settings.rate_limits.policy()?;
         if settings.leases.reap_interval_ms == 0 {

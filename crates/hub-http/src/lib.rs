@@ -4,6 +4,7 @@
 //! from its `HttpServer` factory and tests can call it the same way.
 
 pub mod auth;
+pub mod blocking;
 mod cache;
 mod context;
 pub mod dto;
@@ -46,6 +47,8 @@ pub struct HttpDeps {
     pub monitor: Monitor,
     /// Request metrics (shared by every worker; each worker records in its own shard).
     pub metrics: Arc<metrics::RequestMetrics>,
+    /// The watch hub and its keep-alive (watch streams and blocking queries).
+    pub watch: routes::watch::WatchDeps,
 }
 
 async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
@@ -76,6 +79,7 @@ pub fn app(
         .app_data(web::Data::new(deps.events))
         .app_data(web::Data::from(deps.limits))
         .app_data(web::Data::new(deps.monitor))
+        .app_data(web::Data::new(deps.watch))
         .app_data(web::Data::new(metrics::WorkerMetrics {
             shard: deps.metrics.shard(),
             metrics: deps.metrics.clone(),

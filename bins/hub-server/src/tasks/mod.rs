@@ -7,6 +7,7 @@ pub(crate) mod monitor;
 pub(crate) mod outbox;
 pub(crate) mod reaper;
 pub(crate) mod sampler;
+pub(crate) mod watch_feed;
 
 use std::future::Future;
 

@@ -10,3 +10,4 @@ pub(crate) mod limits;
 pub(crate) mod monitor;
 pub(crate) mod postgres;
 pub(crate) mod store;
+pub(crate) mod watch;
