@@ -123,8 +123,6 @@ struct State {
     instances: BTreeMap<String, Instance>,
     /// The revision the state reflects (the watch resumes after it).
     revision: Option<u64>,
-    /// `X-Hub-Index` of the last blocking answer.
-    index: Option<u64>,
     loaded: bool,
     /// A watch stream is open, or a blocking query is held after a
     /// successful answer: the hub would tell of any change at once.
@@ -149,7 +147,7 @@ impl Shared {
     }
 
     /// Replaces the whole state (a snapshot, a reset, a query answer).
-    fn replace(&self, instances: Vec<Instance>, revision: u64, index: Option<u64>, live: bool) {
+    fn replace(&self, instances: Vec<Instance>, revision: u64, live: bool) {
         let mut state = self.lock();
         let instances: BTreeMap<String, Instance> = instances
             .into_iter()
@@ -159,7 +157,6 @@ impl Shared {
         let changed = !state.loaded || state.instances != instances;
         state.instances = instances;
         state.revision = Some(revision);
-        state.index = index;
         state.loaded = true;
         Self::confirm(&mut state, live);
         drop(state);
@@ -194,7 +191,6 @@ impl HubClient {
             state: Mutex::new(State {
                 instances: BTreeMap::new(),
                 revision: None,
-                index: None,
                 loaded: false,
                 live: false,
                 confirmed: None,
@@ -382,7 +378,20 @@ async fn run_watch(client: &HubClient, shared: &Shared, backoff: &mut Backoff) -
         state.loaded.then_some(state.revision).flatten()
     };
     if let Some(revision) = resume {
-        filter = filter.since(revision);
+        // A hub that lost its registry (an embedded hub restarted) counts
+        // revisions from 0 again, and a resume point ahead of it would hide
+        // every change until it caught up. Its current revision tells: if
+        // it went back, start afresh from a snapshot.
+        match query(client, &shared.service, None).await {
+            Ok((_, _, Some(current), _)) if current < revision => {
+                tracing::info!(service = %shared.service, revision, current, "the hub's revision went back: taking a new snapshot");
+            }
+            Ok(_) => filter = filter.since(revision),
+            Err(HubError::Api {
+                status: 404 | 405, ..
+            }) => return Ended::Unsupported,
+            Err(e) => return Ended::Failed(e),
+        }
     }
     let mut stream = match client.watch(&filter).await {
         Ok(stream) => stream,
@@ -410,14 +419,16 @@ async fn run_watch(client: &HubClient, shared: &Shared, backoff: &mut Backoff) -
                 revision,
                 instances,
                 ..
-            }) => shared.replace(instances, revision, None, true),
+            }) => shared.replace(instances, revision, true),
             Ok(WatchEvent::Change(change)) => {
                 let change = *change;
                 let mut state = shared.lock();
                 Shared::confirm(&mut state, true);
-                // A change at or below the state's revision is already in
-                // it (the seam of a resumed stream).
-                if state.revision.is_some_and(|r| change.revision <= r) {
+                // A change older than the state is already in it. Several
+                // changes may share one revision (only the last carries the
+                // SSE id), so an equal revision is applied: upserts and
+                // removals are idempotent.
+                if state.revision.is_some_and(|r| change.revision < r) {
                     continue;
                 }
                 state.revision = Some(change.revision);
@@ -457,10 +468,13 @@ async fn run_queries(
     blocking: bool,
 ) -> Ended {
     let options = &shared.options;
+    // Each run starts with a plain query: after a failure the hub may be a
+    // new one whose revisions started again from 0, and an index from the
+    // old one would hold the query for the whole wait.
+    let mut last_index: Option<u64> = None;
     loop {
         let block = if blocking {
-            let index = shared.lock().index;
-            index.map(|index| Block {
+            last_index.map(|index| Block {
                 index,
                 wait: options.blocking_wait,
             })
@@ -474,15 +488,16 @@ async fn run_queries(
         backoff.reset();
         let (instances, revision, index, found) = answer;
         if blocking && found && index.is_none() {
-            shared.replace(instances, revision, None, false);
+            shared.replace(instances, revision, false);
             return Ended::Unsupported;
         }
         // Held queries keep the state live; polling confirms it each time.
-        let live = blocking && index.is_some();
-        shared.replace(instances, revision, index, live);
+        // Index 0 (a tenant with no change yet) is answered at once by the
+        // hub, so it cannot be blocked on either.
+        let live = blocking && index.is_some_and(|i| i > 0);
+        last_index = index;
+        shared.replace(instances, revision, live);
         if !live {
-            // Polling, or a 404 without an index (nothing to block on):
-            // the next request waits for the interval.
             tokio::time::sleep(options.poll_interval).await;
         }
     }
