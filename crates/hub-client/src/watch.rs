@@ -183,20 +183,15 @@ impl HubClient {
                 detail: format!("a watch answered with content type {content_type:?}"),
             });
         }
-        let idle = self.inner.watch_idle_timeout;
         let body = futures_util::StreamExt::map(response.bytes_stream(), |chunk| {
             chunk.map(|b| b.to_vec())
         });
-        Ok(WatchStream {
-            body: Box::pin(body),
-            parser: Parser::default(),
-            pending: VecDeque::new(),
-            idle,
-            deadline: Box::pin(tokio::time::sleep(idle)),
-            last_revision: filter.since,
+        Ok(WatchStream::new(
+            Box::pin(body),
+            filter.since,
+            self.inner.watch_idle_timeout,
             base,
-            done: false,
-        })
+        ))
     }
 }
 
@@ -225,6 +220,19 @@ impl std::fmt::Debug for WatchStream {
 }
 
 impl WatchStream {
+    fn new(body: Body, since: Option<u64>, idle: Duration, base: String) -> Self {
+        Self {
+            body,
+            parser: Parser::default(),
+            pending: VecDeque::new(),
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+            last_revision: since,
+            base,
+            done: false,
+        }
+    }
+
     /// The revision to resume from: the `id:` of the last event handed
     /// out (or `resume_from` after [`WatchEvent::Lagged`]), else the
     /// filter's `since`.
@@ -451,5 +459,83 @@ impl EnvelopeData {
                 revision: self.revision,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+
+    use super::{WatchEvent, WatchStream};
+    use crate::HubError;
+
+    /// A stream over fixed chunks of bytes, then silence or the end.
+    fn stream(chunks: &[&str], then_silent: bool, idle: Duration) -> WatchStream {
+        let items: Vec<reqwest::Result<Vec<u8>>> =
+            chunks.iter().map(|c| Ok(c.as_bytes().to_vec())).collect();
+        let body = futures_util::stream::iter(items);
+        let body: super::Body = if then_silent {
+            Box::pin(body.chain(futures_util::stream::pending()))
+        } else {
+            Box::pin(body)
+        };
+        WatchStream::new(body, Some(3), idle, "http://hub".into())
+    }
+
+    #[tokio::test]
+    async fn lagged_gives_the_resume_point_and_ends_the_stream() {
+        let mut s = stream(
+            &[
+                ": keep-alive\n\n",
+                "event: lagged\ndata: {\"resume_from\":9}\n\nevent: snapshot\ndata: {}\n\n",
+            ],
+            false,
+            Duration::from_secs(5),
+        );
+        assert_eq!(s.next().await.unwrap().unwrap(), WatchEvent::KeepAlive);
+        assert_eq!(
+            s.next().await.unwrap().unwrap(),
+            WatchEvent::Lagged { resume_from: 9 }
+        );
+        assert!(s.next().await.is_none(), "nothing after lagged");
+        assert_eq!(s.last_revision(), Some(9));
+    }
+
+    #[tokio::test]
+    async fn unknown_events_are_skipped_and_bad_data_is_an_error() {
+        let mut s = stream(
+            &[
+                "event: service.teleported\nid: 5\ndata: {}\n\nevent: snapshot\nid: 6\ndata: {\"revision\":6,\"instances\":[]}\n\nevent: reset\ndata: nope\n\n",
+            ],
+            false,
+            Duration::from_secs(5),
+        );
+        assert_eq!(
+            s.next().await.unwrap().unwrap(),
+            WatchEvent::Snapshot {
+                revision: 6,
+                instances: vec![]
+            }
+        );
+        assert_eq!(s.last_revision(), Some(6));
+        let err = s.next().await.unwrap().unwrap_err();
+        assert!(matches!(err, HubError::InvalidResponse { .. }), "{err:?}");
+        assert!(s.next().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_stream_ends_with_idle() {
+        let mut s = stream(&[": keep-alive\n\n"], true, Duration::from_secs(45));
+        assert_eq!(s.next().await.unwrap().unwrap(), WatchEvent::KeepAlive);
+        let err = s.next().await.unwrap().unwrap_err();
+        assert!(
+            matches!(err, HubError::Idle(d) if d == Duration::from_secs(45)),
+            "{err:?}"
+        );
+        assert!(err.is_transient());
+        assert!(s.next().await.is_none());
     }
 }
