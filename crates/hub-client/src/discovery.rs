@@ -383,7 +383,7 @@ async fn run_watch(client: &HubClient, shared: &Shared, backoff: &mut Backoff) -
         // every change until it caught up. Its current revision tells: if
         // it went back, start afresh from a snapshot.
         match query(client, &shared.service, None).await {
-            Ok((_, _, Some(current), _)) if current < revision => {
+            Ok((_, _, Some(current))) if current < revision => {
                 tracing::info!(service = %shared.service, revision, current, "the hub's revision went back: taking a new snapshot");
             }
             Ok(_) => filter = filter.since(revision),
@@ -460,7 +460,7 @@ async fn run_watch(client: &HubClient, shared: &Shared, backoff: &mut Backoff) -
 }
 
 /// Blocking queries (`blocking`) or polling. Blocking falls back to polling
-/// when the hub answers a 200 without `X-Hub-Index`.
+/// when the hub answers without `X-Hub-Index`.
 async fn run_queries(
     client: &HubClient,
     shared: &Shared,
@@ -486,8 +486,10 @@ async fn run_queries(
             Err(e) => return Ended::Failed(e),
         };
         backoff.reset();
-        let (instances, revision, index, found) = answer;
-        if blocking && found && index.is_none() {
+        let (instances, revision, index) = answer;
+        // Every answer of a hub with blocking queries carries the index,
+        // its 404s included.
+        if blocking && index.is_none() {
             shared.replace(instances, revision, false);
             return Ended::Unsupported;
         }
@@ -503,13 +505,13 @@ async fn run_queries(
     }
 }
 
-/// One query of the service: `(instances, revision, X-Hub-Index, found)`.
+/// One query of the service: `(instances, revision, X-Hub-Index)`.
 /// A 404 `not_found` is a service with no instances, not an error.
 async fn query(
     client: &HubClient,
     service: &str,
     block: Option<Block>,
-) -> Result<(Vec<Instance>, u64, Option<u64>, bool), HubError> {
+) -> Result<(Vec<Instance>, u64, Option<u64>), HubError> {
     let mut request = client.request(Method::GET, &service_path(service)?);
     if let Some(block) = &block {
         request = request.query(&block.pairs());
@@ -519,10 +521,10 @@ async fn query(
         .await?;
     let index = index_of(&response);
     match client.read::<ServiceBody>(response).await {
-        Ok((body, index)) => Ok((body.instances, body.revision, index, true)),
+        Ok((body, index)) => Ok((body.instances, body.revision, index)),
         Err(e) if e.code() == Some("not_found") => {
             let revision = index.unwrap_or(0);
-            Ok((Vec::new(), revision, index, false))
+            Ok((Vec::new(), revision, index))
         }
         Err(e) => Err(e),
     }

@@ -306,6 +306,14 @@ async fn discovery_answers_passing_instances_in_turn() {
         .await
         .unwrap();
     eventually(5, || async { (ids(&passing).len() == 3).then_some(()) }).await;
+    // Every instance at once: each removal reaches the cache.
+    assert_eq!(client.deregister("pay", None).await.unwrap(), 3);
+    eventually(5, || async {
+        (passing.instances().is_empty() && all.instances().is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(passing.pick(), None);
+    // Their guards find nothing left to deregister, which is no error.
     for guard in guards {
         guard.shutdown().await.unwrap();
     }
@@ -676,4 +684,144 @@ async fn a_resume_point_older_than_the_history_gets_a_reset() {
     let ids: Vec<&str> = instances.iter().map(|i| i.instance_id.as_str()).collect();
     assert_eq!(ids, ["pay-2", "pay-3", "pay-4", "pay-5", "pay-6"]);
     hub.shut_down().await;
+}
+
+/// A proxy in front of a real hub that plays an older one: it has no watch
+/// route (404, as actix answers an unknown path) and, with `strip_index`, no
+/// blocking queries either (no `X-Hub-Index`, the one sign a client has).
+/// One request per connection (`Connection: close`), GETs only: what
+/// discovery sends.
+async fn older_hub(hub_port: u16, strip_index: bool) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                if head.starts_with("GET /api/v1/discovery/watch") {
+                    let body = r#"{"error":{"code":"not_found","message":"no route","request_id":"proxy"}}"#;
+                    let answer = format!(
+                        "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = client.write_all(answer.as_bytes()).await;
+                    return;
+                }
+                let mut lines: Vec<&str> = head
+                    .trim_end()
+                    .split("\r\n")
+                    .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                    .collect();
+                lines.push("connection: close");
+                let request = format!("{}\r\n\r\n", lines.join("\r\n"));
+                let Ok(mut upstream) =
+                    tokio::net::TcpStream::connect(("127.0.0.1", hub_port)).await
+                else {
+                    return;
+                };
+                if upstream.write_all(request.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut answer = Vec::new();
+                let _ = upstream.read_to_end(&mut answer).await;
+                let answer = String::from_utf8_lossy(&answer).into_owned();
+                let answer = match answer.split_once("\r\n\r\n") {
+                    Some((head, body)) if strip_index => {
+                        let head: Vec<&str> = head
+                            .split("\r\n")
+                            .filter(|l| !l.to_ascii_lowercase().starts_with("x-hub-index:"))
+                            .collect();
+                        format!("{}\r\n\r\n{body}", head.join("\r\n"))
+                    }
+                    _ => answer,
+                };
+                let _ = client.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+/// On a hub without the watch route discovery moves to blocking queries,
+/// on one without those to polling, and follows changes on each.
+#[tokio::test]
+async fn discovery_falls_back_from_the_watch_to_blocking_queries_to_polling() {
+    let hub = Hub::start(0).await;
+    let registrar = hub.client();
+    for (strip_index, expected) in [(false, Source::Blocking), (true, Source::Polling)] {
+        let port = older_hub(hub.port, strip_index).await;
+        let client = HubClient::builder(format!("http://127.0.0.1:{port}"))
+            .api_key(OPERATOR_KEY)
+            .tenant(TENANT)
+            .build()
+            .unwrap();
+        let service = format!("svc-{expected:?}");
+        let discovery = client.discover_with(
+            service.clone(),
+            DiscoverOptions {
+                poll_interval: Duration::from_millis(200),
+                ..DiscoverOptions::default()
+            },
+        );
+        tokio::time::timeout(Duration::from_secs(5), discovery.ready())
+            .await
+            .expect("a first answer");
+        eventually(5, || async {
+            (discovery.source() == expected).then_some(())
+        })
+        .await;
+        let guard = registrar.register(spec(&service, "i-1", 30)).await.unwrap();
+        let registered = Instant::now();
+        let found = discovery.pick_within(Duration::from_secs(1)).await;
+        assert_eq!(
+            found.map(|i| i.instance_id).as_deref(),
+            Some("i-1"),
+            "{expected:?}: not seen within 1 s"
+        );
+        assert!(registered.elapsed() <= Duration::from_secs(1));
+        assert_eq!(discovery.source(), expected);
+        guard.shutdown().await.unwrap();
+    }
+    hub.shut_down().await;
+}
+
+/// The same client against a hub on PostgreSQL (revisions and envelopes
+/// from the store): registration, discovery on the watch, deregistration.
+#[tokio::test]
+async fn the_client_works_against_a_postgresql_hub() {
+    let Some(app) = support::spawn_app(support::Backend::Postgres).await else {
+        return;
+    };
+    let client = HubClient::builder(&app.base)
+        .api_key(OPERATOR_KEY)
+        .tenant(TENANT)
+        .build()
+        .unwrap();
+    let discovery = client.discover("billing");
+    tokio::time::timeout(Duration::from_secs(10), discovery.ready())
+        .await
+        .expect("a first answer");
+    let guard = client
+        .register(spec("billing", "billing-1", 30))
+        .await
+        .unwrap();
+    let registered = Instant::now();
+    let found = discovery.pick_within(Duration::from_secs(1)).await.unwrap();
+    assert!(registered.elapsed() <= Duration::from_secs(1));
+    assert_eq!(found, guard.instance());
+    assert_eq!(discovery.source(), Source::Watch);
+    guard.shutdown().await.unwrap();
+    eventually(2, || async {
+        discovery.instances().is_empty().then_some(())
+    })
+    .await;
 }
