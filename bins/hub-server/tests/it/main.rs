@@ -25,3 +25,4 @@ mod support;
 mod timeouts;
 mod validation;
 mod walkthrough;
+mod watch;
