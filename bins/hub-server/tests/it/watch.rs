@@ -9,8 +9,7 @@ use serde_json::{Value, json};
 
 use crate::pg_support::Hub;
 use crate::support::{
-    BOUND_KEY, Backend, TestApp, assert_error, on_both_backends, spawn_app,
-    spawn_app_with,
+    BOUND_KEY, Backend, TestApp, assert_error, on_both_backends, spawn_app, spawn_app_with,
 };
 
 const WATCH: &str = "/api/v1/discovery/watch";
@@ -135,13 +134,19 @@ async fn events_in_order_with_the_exact_envelope(backend: Backend) {
 
     let r1 = register(&app, "tenant1", "billing", "b-1").await;
     let r2 = register(&app, "tenant1", "billing", "b-1").await;
-    let removed = app.deregister("tenant1", "billing", "?instance_id=b-0").await;
+    let removed = app
+        .deregister("tenant1", "billing", "?instance_id=b-0")
+        .await;
     assert_eq!(removed.status(), StatusCode::OK);
     let frames = sse.events(3).await;
     let kinds: Vec<&str> = frames.iter().map(|f| f.event.as_str()).collect();
     assert_eq!(
         kinds,
-        ["service.registered", "service.updated", "service.deregistered"]
+        [
+            "service.registered",
+            "service.updated",
+            "service.deregistered"
+        ]
     );
     assert_eq!(frames[0].id, Some(r1));
     assert_eq!(frames[1].id, Some(r2));
@@ -171,7 +176,10 @@ async fn a_resume_replays_exactly_the_missing_events(backend: Backend) {
     }
     let mut sse = watch(&app, "tenant1", &format!("?since={}", revisions[2])).await;
     let ids: Vec<Option<u64>> = sse.events(3).await.iter().map(|f| f.id).collect();
-    assert_eq!(ids, revisions[3..].iter().map(|r| Some(*r)).collect::<Vec<_>>());
+    assert_eq!(
+        ids,
+        revisions[3..].iter().map(|r| Some(*r)).collect::<Vec<_>>()
+    );
     // Nothing more until the next change, which follows at once: no gap, no
     // duplicate at the seam between replay and live.
     let next = register(&app, "tenant1", "odd", "i-6").await;
@@ -336,7 +344,11 @@ async fn blocking_queries_wait_for_a_change(backend: Backend) {
     // The current index waits until the wait ends.
     let t = Instant::now();
     let r = get(format!("{services}?index={current}&wait=400ms")).await;
-    assert!(t.elapsed() >= Duration::from_millis(400), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
     assert_eq!(index(&r), current);
     // ... or until a change, then reflects it.
     let waiting = async |n: u64| {
@@ -406,12 +418,23 @@ async fn keep_alives_arrive_and_shutdown_ends_streams(backend: Backend) {
     assert!(frame.comment, "{frame:?}");
     let t = Instant::now();
     app.stop().await;
-    assert!(sse.next_any().await.is_none(), "the stream ends at shutdown");
+    assert!(
+        sse.next_any().await.is_none(),
+        "the stream ends at shutdown"
+    );
     assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
 }
 
 async fn watches_over_the_limit_get_429(backend: Backend) {
-    let Some(app) = spawn_app_with(backend, &[("HUB_WATCH_MAX_PER_TENANT", "2")], None).await
+    let Some(app) = spawn_app_with(
+        backend,
+        &[
+            ("HUB_WATCH_MAX_PER_TENANT", "2"),
+            ("HUB_WATCH_KEEPALIVE_SECS", "1"),
+        ],
+        None,
+    )
+    .await
     else {
         return;
     };
@@ -481,7 +504,10 @@ async fn a_slow_reader_is_cut_off_with_lagged(backend: Backend) {
     // (or the snapshot's revision when none was).
     let resume = lagged.json()["resume_from"].as_u64().unwrap();
     assert_eq!(resume, last_id.unwrap_or(snapshot_revision));
-    assert!(sse.next_any().await.is_none(), "the stream ends after lagged");
+    assert!(
+        sse.next_any().await.is_none(),
+        "the stream ends after lagged"
+    );
     let metrics = app
         .request(Method::GET, "/metrics", None)
         .send()
@@ -541,7 +567,10 @@ async fn postgres_resume_before_the_history_gets_reset_and_after_it_replays() {
     }
     let mut sse = watch(&app, "tenant1", "?since=1").await;
     let ids: Vec<Option<u64>> = sse.events(5).await.iter().map(|f| f.id).collect();
-    assert_eq!(ids, revisions[1..].iter().map(|r| Some(*r)).collect::<Vec<_>>());
+    assert_eq!(
+        ids,
+        revisions[1..].iter().map(|r| Some(*r)).collect::<Vec<_>>()
+    );
     // History before `history_from` (as for rows older than V8) is not
     // replayed: a reset.
     let db = app.db.as_ref().unwrap();
@@ -609,7 +638,8 @@ async fn a_watcher_on_replica_b_sees_replica_a_changes_in_order_without_nats() {
     let b = Hub::start(&db.app, &[("HUB_REPLICA_ID", "replica-b")]).await;
     let mut sse = replica_watch(&b, "tenant1").await;
     for i in 0..30 {
-        a.register_created("tenant1", "svc", &format!("i-{i}"), "h").await;
+        a.register_created("tenant1", "svc", &format!("i-{i}"), "h")
+            .await;
     }
     let ids: Vec<u64> = sse.events(30).await.iter().map(|f| f.id.unwrap()).collect();
     assert_eq!(ids, (1..=30).collect::<Vec<_>>());
@@ -627,12 +657,14 @@ async fn a_watcher_on_replica_b_misses_nothing_when_nats_stops_mid_stream() {
     };
     let prefix = format!("hubw{}", std::process::id());
     let url = nats.nats_url();
+    let relay = db.relay.user.clone();
     let a = Hub::start(
         &db.app,
         &[
             ("HUB_REPLICA_ID", "replica-a"),
             ("NATS_URL", &url),
             ("HUB_NATS_SUBJECT_PREFIX", &prefix),
+            ("HUB_RELAY_PG_USER", &relay),
         ],
     )
     .await;
@@ -642,27 +674,35 @@ async fn a_watcher_on_replica_b_misses_nothing_when_nats_stops_mid_stream() {
             ("HUB_REPLICA_ID", "replica-b"),
             ("NATS_URL", &url),
             ("HUB_NATS_SUBJECT_PREFIX", &prefix),
+            ("HUB_RELAY_PG_USER", &relay),
         ],
     )
     .await;
     let mut sse = replica_watch(&b, "tenant1").await;
     for i in 0..10 {
-        a.register_created("tenant1", "svc", &format!("i-{i}"), "h").await;
+        a.register_created("tenant1", "svc", &format!("i-{i}"), "h")
+            .await;
     }
     let before: Vec<u64> = sse.events(10).await.iter().map(|f| f.id.unwrap()).collect();
     assert_eq!(before, (1..=10).collect::<Vec<_>>());
     nats.stop();
     for i in 10..20 {
-        a.register_created("tenant1", "svc", &format!("i-{i}"), "h").await;
+        a.register_created("tenant1", "svc", &format!("i-{i}"), "h")
+            .await;
     }
     let during: Vec<u64> = sse.events(10).await.iter().map(|f| f.id.unwrap()).collect();
     assert_eq!(during, (11..=20).collect::<Vec<_>>());
     nats.restart();
     for i in 20..30 {
-        a.register_created("tenant1", "svc", &format!("i-{i}"), "h").await;
+        a.register_created("tenant1", "svc", &format!("i-{i}"), "h")
+            .await;
     }
     let after: Vec<u64> = sse.events(10).await.iter().map(|f| f.id.unwrap()).collect();
-    assert_eq!(after, (21..=30).collect::<Vec<_>>(), "no gap after NATS returns");
+    assert_eq!(
+        after,
+        (21..=30).collect::<Vec<_>>(),
+        "no gap after NATS returns"
+    );
     a.shut_down().await;
     b.shut_down().await;
 }
