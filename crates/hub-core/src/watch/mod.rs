@@ -568,10 +568,7 @@ impl WatchHub {
     fn drain_pending(&self, feed: &Feed, mut state: MutexGuard<'_, FeedState>, skip_gap: bool) {
         let mut ready = Vec::new();
         let mut through = state.latest;
-        loop {
-            let Some((&next, _)) = state.pending.first_key_value() else {
-                break;
-            };
+        while let Some((&next, _)) = state.pending.first_key_value() {
             if next != through + 1 && !(skip_gap && ready.is_empty()) {
                 break;
             }
