@@ -14,8 +14,9 @@
 //! turns at going first. Unless skipped, each run also measures lookups over
 //! a larger registry (`phases::large`), heartbeats in every mode
 //! (`phases::heartbeats`; the PostgreSQL+Dragonfly mode needs a Dragonfly,
-//! see `dragonfly`), the rate limiter's cost (`phases::limiter`) and the
-//! request metrics' cost (`phases::metrics`); with `--peers`, etcd and
+//! see `dragonfly`), the rate limiter's cost (`phases::limiter`), the
+//! request metrics' cost (`phases::metrics`) and watch streams' delivery
+//! latency (`phases::watch`); with `--peers`, etcd and
 //! r-nacos are measured with the same load generator (`peers`). The medians
 //! over the runs are compared with the targets of the issues (`summary`).
 //!
@@ -50,7 +51,7 @@ use crate::bench::options::{Options, USAGE};
 use crate::bench::pg::postgres_admin;
 use crate::bench::phases::core::{one_run, pg_run};
 use crate::bench::phases::heartbeats::{self, HeartbeatResult};
-use crate::bench::phases::{events, fairness, large, limiter, metrics};
+use crate::bench::phases::{events, fairness, large, limiter, metrics, watch};
 use crate::bench::servers::Server;
 use crate::bench::summary::{RunResult, run_table, summary};
 
@@ -123,6 +124,7 @@ async fn bench(options: &Options, binary: &Path, log_dir: &Path) -> anyhow::Resu
         report("large registry: skipped (--skip-large-registry)\n");
     }
     let mut runs = Vec::with_capacity(options.runs);
+    let mut watches = Vec::with_capacity(options.runs);
     for run in 1..=options.runs {
         let log_path = log_dir.join(format!("server-run{run}.log"));
         progress(&format!(
@@ -255,6 +257,12 @@ async fn bench(options: &Options, binary: &Path, log_dir: &Path) -> anyhow::Resu
         } else {
             None
         };
+        if options.watch {
+            let result = watch::run(options, admin.as_ref(), binary, log_dir, run)
+                .await
+                .with_context(|| format!("run {run}, watch phase"))?;
+            watches.push(result);
+        }
         let result = RunResult {
             phases,
             peak_rss_kib,
@@ -271,6 +279,9 @@ async fn bench(options: &Options, binary: &Path, log_dir: &Path) -> anyhow::Resu
         runs.push(result);
     }
     report(&summary(&runs, options.pg_pool));
+    if options.watch {
+        report(&watch::summary_lines(&watches));
+    }
     drop(brokers);
     Ok(())
 }

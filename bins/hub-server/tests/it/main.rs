@@ -26,3 +26,4 @@ mod support;
 mod timeouts;
 mod validation;
 mod walkthrough;
+mod watch;

@@ -57,11 +57,10 @@ impl Drop for WatchPermit {
     }
 }
 
-fn release<K: std::hash::Hash + Eq + ?Sized, Q: std::hash::Hash + Eq + Clone>(
-    map: &mut HashMap<Q, u32>,
-    key: &K,
-) where
-    Q: std::borrow::Borrow<K>,
+fn release<K, Q>(map: &mut HashMap<Q, u32>, key: &K)
+where
+    K: std::hash::Hash + Eq + ?Sized,
+    Q: std::hash::Hash + Eq + std::borrow::Borrow<K>,
 {
     if let Some(n) = map.get_mut(key) {
         *n = n.saturating_sub(1);

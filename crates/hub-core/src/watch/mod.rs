@@ -223,6 +223,7 @@ impl Drop for SubscriberGuard {
 pub struct WatchStats {
     delivered: AtomicU64,
     lagged: AtomicU64,
+    waiting: AtomicU64,
 }
 
 /// A copy of [`WatchStats`].
@@ -234,6 +235,8 @@ pub struct WatchFigures {
     pub delivered: u64,
     /// Streams cut off because their reader was too slow.
     pub lagged: u64,
+    /// Blocking queries waiting now.
+    pub waiting: u64,
 }
 
 #[derive(Debug)]
@@ -382,6 +385,7 @@ impl WatchHub {
             open: self.inner.limits.open(),
             delivered: self.inner.stats.delivered.load(Ordering::Relaxed),
             lagged: self.inner.stats.lagged.load(Ordering::Relaxed),
+            waiting: self.inner.stats.waiting.load(Ordering::Relaxed),
         }
     }
 
@@ -564,10 +568,7 @@ impl WatchHub {
     fn drain_pending(&self, feed: &Feed, mut state: MutexGuard<'_, FeedState>, skip_gap: bool) {
         let mut ready = Vec::new();
         let mut through = state.latest;
-        loop {
-            let Some((&next, _)) = state.pending.first_key_value() else {
-                break;
-            };
+        while let Some((&next, _)) = state.pending.first_key_value() {
             if next != through + 1 && !(skip_gap && ready.is_empty()) {
                 break;
             }
@@ -784,6 +785,7 @@ impl WatchHub {
         let feed = self.feed(tenant).await?;
         let mut wake = feed.wake.subscribe();
         let mut closed = self.closed();
+        let _waiting = Waiting::count(&self.inner.stats.waiting);
         let after = after.get();
         loop {
             {
@@ -804,6 +806,23 @@ impl WatchHub {
                 _ = closed.changed() => return Ok(()),
             }
         }
+    }
+}
+
+/// Counts a blocking query while it waits (also when its caller gives up
+/// and drops the wait).
+struct Waiting<'a>(&'a AtomicU64);
+
+impl<'a> Waiting<'a> {
+    fn count(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

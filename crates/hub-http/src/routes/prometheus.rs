@@ -124,6 +124,12 @@ pub fn watch_families(
     ))?;
     lagged.inc_by(figures.lagged);
     out.register(Box::new(lagged))?;
+    let waiting = IntGauge::with_opts(Opts::new(
+        "hub_blocking_queries_waiting",
+        "Blocking queries (?index=) waiting on this replica now",
+    ))?;
+    waiting.set(i64::try_from(figures.waiting).unwrap_or(i64::MAX));
+    out.register(Box::new(waiting))?;
     Ok(out.gather())
 }
 
