@@ -15,7 +15,9 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     pub(crate) fn new(min: Duration, max: Duration) -> Self {
-        let min = min.min(max);
+        // A cap below the first step would make every delay zero (a busy
+        // loop against a hub that is down): the first step wins.
+        let max = max.max(min);
         Self {
             min,
             max,
@@ -57,5 +59,7 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+        let mut zero_cap = Backoff::new(Duration::from_millis(100), Duration::ZERO);
+        assert!(zero_cap.next_delay() >= Duration::from_millis(50));
     }
 }

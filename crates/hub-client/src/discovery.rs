@@ -178,8 +178,10 @@ impl Shared {
 
 impl HubClient {
     /// Follows the instances of `service` with the default options (watch
-    /// stream first, only `passing` instances, round-robin). Must be called
-    /// within a tokio runtime: it spawns the task that feeds the cache.
+    /// stream first, only `passing` instances, round-robin).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime: it spawns the task that feeds the cache.
     pub fn discover(&self, service: impl Into<String>) -> Discovery {
         self.discover_with(service, DiscoverOptions::default())
     }
@@ -500,7 +502,8 @@ async fn run_queries(
         last_index = index;
         shared.replace(instances, revision, live);
         if !live {
-            tokio::time::sleep(options.poll_interval).await;
+            // At least 10 ms, so that a zero interval is no busy loop.
+            tokio::time::sleep(options.poll_interval.max(Duration::from_millis(10))).await;
         }
     }
 }

@@ -15,6 +15,10 @@ use crate::types::{HeartbeatRequest, Instance, RegistrationSpec};
 /// heartbeat interval.
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 
+/// The shortest heartbeat interval: a zero one would send heartbeats in a
+/// busy loop.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
 /// A registration kept alive by a background task.
 ///
 /// The task sends a heartbeat every [`RegistrationGuard::interval`] (a
@@ -68,12 +72,13 @@ impl HubClient {
 
     /// Like [`HubClient::register`], with heartbeats every `interval`
     /// instead of a third of the ttl (an interval at or above the ttl lets
-    /// the lease lapse between beats).
+    /// the lease lapse between beats; one under 100 ms is raised to it).
     pub async fn register_with_interval(
         &self,
         spec: RegistrationSpec,
         interval: Duration,
     ) -> Result<RegistrationGuard, HubError> {
+        let interval = interval.max(MIN_INTERVAL);
         let instance = self.register_once(&spec).await?;
         let state = Arc::new(Mutex::new(GuardState {
             instance,

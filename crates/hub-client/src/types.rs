@@ -273,11 +273,11 @@ pub struct Block {
 }
 
 impl Block {
-    /// The query pairs `index` and `wait` (whole seconds, at least one).
+    /// The query pairs `index` and `wait` (in milliseconds, at least one).
     pub(crate) fn pairs(&self) -> [(&'static str, String); 2] {
         [
             ("index", self.index.to_string()),
-            ("wait", format!("{}s", self.wait.as_secs().max(1))),
+            ("wait", format!("{}ms", self.wait.as_millis().max(1))),
         ]
     }
 }
