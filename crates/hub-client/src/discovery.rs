@@ -55,6 +55,10 @@ pub struct DiscoverOptions {
     /// The longest wait between reconnection attempts while the hub is
     /// unreachable (default 5 s; the first is 100 ms).
     pub max_backoff: Duration,
+    /// When the hub refuses a watch because the tenant or key has as many
+    /// open as allowed (429 `too_many_watchers`), discovery uses blocking
+    /// queries for this long, then tries the watch again (default 60 s).
+    pub watch_retry: Duration,
 }
 
 impl Default for DiscoverOptions {
@@ -66,6 +70,7 @@ impl Default for DiscoverOptions {
             blocking_wait: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
             max_backoff: Duration::from_secs(5),
+            watch_retry: Duration::from_secs(60),
         }
     }
 }
@@ -338,6 +343,11 @@ enum Ended {
     Failed(HubError),
     /// The stream ended in an orderly way (lagged): reconnect at once.
     Reconnect,
+    /// The hub refused the watch for its limit (429): blocking queries for
+    /// a while instead.
+    Busy,
+    /// The while is over: try the watch again.
+    RetryWatch,
 }
 
 /// The task behind a [`Discovery`]: runs the current source, falls back
@@ -346,13 +356,30 @@ async fn feed(client: HubClient, shared: Arc<Shared>) {
     let options = shared.options.clone();
     let mut backoff = Backoff::new(Duration::from_millis(100), options.max_backoff);
     let mut source = options.start_with;
+    // Until when queries stand in for a watch the hub refused (429).
+    let mut watch_again: Option<tokio::time::Instant> = None;
     loop {
         let ended = match source {
             Source::Watch => run_watch(&client, &shared, &mut backoff).await,
-            Source::Blocking => run_queries(&client, &shared, &mut backoff, true).await,
-            Source::Polling => run_queries(&client, &shared, &mut backoff, false).await,
+            Source::Blocking => {
+                run_queries(&client, &shared, &mut backoff, true, watch_again).await
+            }
+            Source::Polling => {
+                run_queries(&client, &shared, &mut backoff, false, watch_again).await
+            }
         };
         match ended {
+            Ended::Busy => {
+                tracing::info!(service = %shared.service, "the hub has as many watches as allowed: blocking queries for now");
+                watch_again = Some(tokio::time::Instant::now() + options.watch_retry);
+                source = Source::Blocking;
+                shared.lock().source = source;
+            }
+            Ended::RetryWatch => {
+                watch_again = None;
+                source = Source::Watch;
+                shared.lock().source = source;
+            }
             Ended::Unsupported => {
                 source = match source {
                     Source::Watch => Source::Blocking,
@@ -400,6 +427,7 @@ async fn run_watch(client: &HubClient, shared: &Shared, backoff: &mut Backoff) -
         Err(HubError::Api {
             status: 404 | 405, ..
         }) => return Ended::Unsupported,
+        Err(HubError::Api { status: 429, .. }) => return Ended::Busy,
         Err(e) => return Ended::Failed(e),
     };
     backoff.reset();
@@ -468,6 +496,7 @@ async fn run_queries(
     shared: &Shared,
     backoff: &mut Backoff,
     blocking: bool,
+    until: Option<tokio::time::Instant>,
 ) -> Ended {
     let options = &shared.options;
     // Each run starts with a plain query: after a failure the hub may be a
@@ -475,11 +504,18 @@ async fn run_queries(
     // old one would hold the query for the whole wait.
     let mut last_index: Option<u64> = None;
     loop {
+        // Standing in for a refused watch: no query is held past the time
+        // to try the watch again.
+        let mut wait = options.blocking_wait;
+        if let Some(until) = until {
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                return Ended::RetryWatch;
+            }
+            wait = wait.min(until - now);
+        }
         let block = if blocking {
-            last_index.map(|index| Block {
-                index,
-                wait: options.blocking_wait,
-            })
+            last_index.map(|index| Block { index, wait })
         } else {
             None
         };

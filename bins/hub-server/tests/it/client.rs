@@ -205,6 +205,12 @@ async fn the_guard_deregisters_when_dropped() {
 async fn discovery_follows_another_client(source: Source) {
     let hub = Hub::start(0).await;
     let watcher = hub.client();
+    // The tenant has a change behind it, so that blocking queries have an
+    // index to block on (at revision 0 the hub answers at once).
+    watcher
+        .register_once(&spec("other", "other-1", 3600))
+        .await
+        .unwrap();
     let discovery = watcher.discover_with(
         "billing",
         DiscoverOptions {
@@ -218,6 +224,13 @@ async fn discovery_follows_another_client(source: Source) {
         .expect("a first answer");
     assert!(discovery.instances().is_empty());
     assert!(discovery.staleness().is_some());
+    if source != Source::Polling {
+        // Live: a watch stream open, or a blocking query held by the hub.
+        eventually(5, || async {
+            (discovery.staleness() == Some(Duration::ZERO)).then_some(())
+        })
+        .await;
+    }
 
     let other = hub.client();
     let guard = other
@@ -824,4 +837,63 @@ async fn the_client_works_against_a_postgresql_hub() {
         discovery.instances().is_empty().then_some(())
     })
     .await;
+}
+
+/// A hub at its watch limit (429 `too_many_watchers`): discovery follows
+/// with blocking queries meanwhile, and goes back to the watch once a place
+/// is free.
+#[tokio::test]
+async fn a_hub_at_its_watch_limit_gets_blocking_queries_until_a_watch_is_free() {
+    let hub = Hub::start_with(
+        0,
+        &[
+            ("HUB_WATCH_MAX_PER_TENANT", "1"),
+            // The hub notices a closed stream when it next writes to it.
+            ("HUB_WATCH_KEEPALIVE_SECS", "1"),
+        ],
+    )
+    .await;
+    let client = hub.client();
+    // A tenant with a change behind it: at revision 0 there is nothing to
+    // block on (the hub answers index 0 at once, as Consul does), and
+    // discovery would poll at its interval until the first change.
+    client
+        .register_once(&spec("other", "other-1", 3600))
+        .await
+        .unwrap();
+    let taken = client.watch(&WatchFilter::new()).await.unwrap();
+    let e = client.watch(&WatchFilter::new()).await.unwrap_err();
+    assert_eq!(e.code(), Some("too_many_watchers"));
+
+    let discovery = client.discover_with(
+        "billing",
+        DiscoverOptions {
+            // Long enough that the checks below run before the first retry.
+            watch_retry: Duration::from_secs(2),
+            ..DiscoverOptions::default()
+        },
+    );
+    tokio::time::timeout(Duration::from_secs(5), discovery.ready())
+        .await
+        .expect("a first answer");
+    let guard = client
+        .register(spec("billing", "billing-1", 30))
+        .await
+        .unwrap();
+    let found = discovery.pick_within(Duration::from_secs(1)).await;
+    assert_eq!(found.map(|i| i.instance_id).as_deref(), Some("billing-1"));
+    assert_eq!(discovery.source(), Source::Blocking);
+
+    drop(taken);
+    eventually(10, || async {
+        (discovery.source() == Source::Watch && discovery.staleness() == Some(Duration::ZERO))
+            .then_some(())
+    })
+    .await;
+    guard.shutdown().await.unwrap();
+    eventually(2, || async {
+        discovery.instances().is_empty().then_some(())
+    })
+    .await;
+    hub.shut_down().await;
 }
