@@ -17,6 +17,20 @@ const FORBIDDEN_IN_CORE: [&str; 6] = [
     "rskafka",
 ];
 
+/// Crates hub-client must never depend on: it runs inside other services,
+/// so no server code (actix-web, the hub's own server crates, the drivers)
+/// and no aws-lc-sys (a C build; the `tls` feature uses ring).
+const FORBIDDEN_IN_CLIENT: [&str; 8] = [
+    "actix-web",
+    "hub-http",
+    "hub-store",
+    "hub-bus",
+    "tokio-postgres",
+    "fred",
+    "async-nats",
+    "aws-lc-sys",
+];
+
 pub fn run(extra: &[String]) -> anyhow::Result<()> {
     run_step("format", cargo().args(["fmt", "--all", "--check"]))?;
     run_step(
@@ -32,6 +46,24 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         ]),
     )?;
     layering()?;
+    client_layering()?;
+    // hub-client's `tls` feature is off in the workspace build (see its
+    // manifest), so it gets a lint and test run of its own.
+    run_step(
+        "hub-client with tls",
+        cargo().args([
+            "clippy",
+            "-p",
+            "hub-client",
+            "--features",
+            "tls",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
     json_features()?;
     tests(extra)?;
     eprintln!("\nall checks passed");
@@ -79,6 +111,23 @@ fn tests(extra: &[String]) -> anyhow::Result<()> {
         .args(extra)
         .envs(env.iter().cloned());
     let (mut passed, mut failed) = cargo_test("tests", &mut workspace)?;
+    if failed == 0 {
+        // hub-client's unit tests again with its `tls` feature (off in the
+        // workspace run), which adds the test that it speaks TLS.
+        let mut tls = cargo();
+        tls.args([
+            "test",
+            "--locked",
+            "-p",
+            "hub-client",
+            "--features",
+            "tls",
+            "--lib",
+        ]);
+        let (p, f) = cargo_test("hub-client with tls", &mut tls)?;
+        passed += p;
+        failed += f;
+    }
     if failed == 0 {
         let mut contract = cargo();
         contract
@@ -180,6 +229,46 @@ fn layering() -> anyhow::Result<()> {
     }
     if !offenders.is_empty() {
         bail!("hub-core depends on {offenders:?}: move that code to an adapter crate");
+    }
+    Ok(())
+}
+
+/// Like [`layering`] for hub-client, with its `tls` feature on (the
+/// largest graph it can have).
+fn client_layering() -> anyhow::Result<()> {
+    eprintln!("\n==> layering: hub-client must not depend on {FORBIDDEN_IN_CLIENT:?}");
+    let tree = |krate: &str| {
+        cargo()
+            .args([
+                "tree",
+                "--locked",
+                "-p",
+                "hub-client",
+                "--features",
+                "tls",
+                "-e",
+                "normal,build",
+                "-i",
+                krate,
+            ])
+            .output()
+    };
+    // Positive control, as in `layering`: a crate it does use is found.
+    let control = tree("rustls")?;
+    if !control.status.success() {
+        bail!(
+            "layering check is broken: `cargo tree -p hub-client -i rustls` failed: {}",
+            String::from_utf8_lossy(&control.stderr)
+        );
+    }
+    let mut offenders = Vec::new();
+    for krate in FORBIDDEN_IN_CLIENT {
+        if tree(krate)?.status.success() {
+            offenders.push(krate);
+        }
+    }
+    if !offenders.is_empty() {
+        bail!("hub-client depends on {offenders:?}: the client must carry no server code");
     }
     Ok(())
 }

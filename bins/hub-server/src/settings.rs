@@ -37,6 +37,8 @@ pub struct Settings {
     pub tenancy: TenancySettings,
     /// Usage per tenant (flush interval) and the admin audit's retention.
     pub usage: UsageSettings,
+    /// Watch streams and blocking queries.
+    pub watch: WatchSettings,
 }
 
 /// Usage per tenant per day, counted in memory and flushed to the tenant
@@ -115,6 +117,50 @@ impl TenancySettings {
         if self.key_use_flush_secs == 0 || self.key_use_flush_secs > 3600 {
             return Err(ConfigError::Message(
                 "HUB_KEY_USE_FLUSH_SECS must be between 1 and 3600".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Watch streams (`GET /api/v1/discovery/watch`) and blocking queries.
+#[derive(Debug, Deserialize)]
+pub struct WatchSettings {
+    /// `HUB_WATCH_KEEPALIVE_SECS`: a `: keep-alive` comment on idle streams
+    /// this often, so that proxies keep them open (15).
+    pub keepalive_secs: u64,
+    /// `HUB_WATCH_HISTORY`: events kept in memory per tenant for replay
+    /// (256). In embedded mode they are all a watch can resume from; in
+    /// PostgreSQL mode older ones are read from `coordination_history`.
+    pub history: usize,
+    /// `HUB_WATCH_BUFFER`: revisions queued per stream before a reader too
+    /// slow for them is cut off with `lagged` (1024).
+    pub buffer: usize,
+    /// `HUB_WATCH_MAX_PER_TENANT`: open watch streams per tenant (1000).
+    pub max_per_tenant: u32,
+    /// `HUB_WATCH_MAX_PER_KEY`: open watch streams per API key (1000).
+    pub max_per_key: u32,
+}
+
+impl WatchSettings {
+    /// The hub configuration these settings give.
+    pub fn config(&self) -> hub_core::watch::WatchConfig {
+        hub_core::watch::WatchConfig {
+            history: self.history,
+            buffer: self.buffer,
+            max_per_tenant: self.max_per_tenant,
+            max_per_key: self.max_per_key,
+        }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.keepalive_secs == 0
+            || self.buffer == 0
+            || self.max_per_tenant == 0
+            || self.max_per_key == 0
+        {
+            return Err(ConfigError::Message(
+                "HUB_WATCH_KEEPALIVE_SECS, HUB_WATCH_BUFFER, HUB_WATCH_MAX_PER_TENANT and HUB_WATCH_MAX_PER_KEY must be at least 1".into(),
             ));
         }
         Ok(())
@@ -596,6 +642,11 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("HUB_KEY_USE_FLUSH_SECS", "tenancy.key_use_flush_secs"),
     ("HUB_USAGE_FLUSH_SECS", "usage.flush_secs"),
     ("HUB_AUDIT_RETENTION_DAYS", "usage.audit_retention_days"),
+    ("HUB_WATCH_KEEPALIVE_SECS", "watch.keepalive_secs"),
+    ("HUB_WATCH_HISTORY", "watch.history"),
+    ("HUB_WATCH_BUFFER", "watch.buffer"),
+    ("HUB_WATCH_MAX_PER_TENANT", "watch.max_per_tenant"),
+    ("HUB_WATCH_MAX_PER_KEY", "watch.max_per_key"),
 ];
 
 impl Settings {
@@ -655,7 +706,12 @@ impl Settings {
             .set_default("tenancy.jwt_leeway_secs", 30)?
             .set_default("tenancy.key_use_flush_secs", 10)?
             .set_default("usage.flush_secs", 10)?
-            .set_default("usage.audit_retention_days", 90)?;
+            .set_default("usage.audit_retention_days", 90)?
+            .set_default("watch.keepalive_secs", 15)?
+            .set_default("watch.history", 256)?
+            .set_default("watch.buffer", 1024)?
+            .set_default("watch.max_per_tenant", 1000)?
+            .set_default("watch.max_per_key", 1000)?;
         if let Some(path) = env.get("HUB_CONFIG").filter(|p| !p.is_empty()) {
             builder = builder.add_source(File::new(path, FileFormat::Toml).required(true));
         }
@@ -714,6 +770,7 @@ impl Settings {
                 "HUB_METRICS_MAX_TENANTS must be at least 1".into(),
             ));
         }
+        settings.watch.check()?;
         settings.dragonfly.client_config()?;
         settings.rate_limits.policy()?;
         if settings.leases.reap_interval_ms == 0 {

@@ -13,7 +13,7 @@ use hub_http::HttpDeps;
 use crate::settings::Settings;
 use crate::tasks::{Tasks, follower, metrics, reaper};
 use crate::wiring::{
-    auth, buses, dragonfly, events, http, leases, limits, monitor, store, tenants,
+    auth, buses, dragonfly, events, http, leases, limits, monitor, store, tenants, watch,
 };
 
 /// A built, bound, not yet running server.
@@ -23,6 +23,7 @@ pub struct Application {
     registry: Registry,
     bus: InProcessBus,
     replica_id: String,
+    watch: hub_core::watch::WatchHub,
     tasks: Tasks,
 }
 
@@ -38,12 +39,16 @@ impl std::fmt::Debug for Application {
 #[derive(Debug, Clone)]
 pub struct StopHandle {
     server: ServerHandle,
+    watch: hub_core::watch::WatchHub,
 }
 
 impl StopHandle {
     /// Stops accepting connections, lets in-flight requests finish (up to the
     /// shutdown timeout), then lets `run_until_stopped` stop the background tasks.
     pub async fn stop(&self) {
+        // Watch streams never end by themselves: they are closed first, so
+        // that the graceful stop does not wait its whole timeout for them.
+        self.watch.close();
         self.server.stop(true).await;
     }
 }
@@ -88,9 +93,16 @@ impl Application {
             &bus,
             &mut tasks,
         );
-        // Every replica's changes reach this one's lookup cache from
-        // PostgreSQL itself, with or without NATS.
-        store::listen(&stores, &settings.postgres, &replica_id, &mut tasks);
+        let watch = watch::build(&settings.watch, &stores, &mut tasks);
+        // Every replica's changes reach this one's lookup cache and watch
+        // hub from PostgreSQL itself, with or without NATS.
+        store::listen(
+            &stores,
+            &settings.postgres,
+            &replica_id,
+            &watch.hub,
+            &mut tasks,
+        );
         // Replicas follow each other: another replica's changes drop this
         // one's cached lookups and reach its in-process watchers.
         if stores.outbox.is_some()
@@ -124,8 +136,12 @@ impl Application {
         // HTTP layer counts requests into; both are flushed to the directory.
         let tenancy = tenants::build(&stores);
         let registry = leases::wire(
-            Registry::new(stores.registry.clone(), events.sink, clock)
-                .with_usage(tenancy.usage.clone()),
+            Registry::new(
+                stores.registry.clone(),
+                watch::sink(events.sink, &watch),
+                clock,
+            )
+            .with_usage(tenancy.usage.clone()),
             &stores,
             dragonfly.as_ref(),
             &settings.leases,
@@ -160,6 +176,7 @@ impl Application {
                 )?),
                 tenancy: http_tenancy,
                 jwt,
+                watch: watch.deps.clone(),
             },
         )?;
         tasks.spawn(
@@ -177,6 +194,7 @@ impl Application {
             registry,
             bus,
             replica_id,
+            watch: watch.hub,
             tasks,
         })
     }
@@ -202,6 +220,11 @@ impl Application {
         &self.bus
     }
 
+    /// The watch hub (streams and blocking queries).
+    pub fn watch(&self) -> &hub_core::watch::WatchHub {
+        &self.watch
+    }
+
     /// This replica's name in the `hub-origin` header of its events.
     pub fn replica_id(&self) -> &str {
         &self.replica_id
@@ -211,6 +234,7 @@ impl Application {
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle {
             server: self.server.handle(),
+            watch: self.watch.clone(),
         }
     }
 

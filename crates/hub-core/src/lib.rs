@@ -44,6 +44,7 @@ pub mod ports;
 pub mod ratelimit;
 pub mod registry;
 pub mod tenancy;
+pub mod watch;
 
 pub use counters::{ChangeCounters, ChangeCounts, ChangeKind};
 pub use domain::context::ChangeContext;

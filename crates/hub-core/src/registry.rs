@@ -305,6 +305,17 @@ impl Registry {
         })
     }
 
+    /// The instances of one service and the tenant's revision they were read
+    /// at: empty (not an error) when the tenant has no such service, so that
+    /// a blocking query can say which revision its 404 reflects.
+    pub async fn service_snapshot(
+        &self,
+        tenant: &TenantId,
+        service: &ServiceName,
+    ) -> Result<crate::ports::ServiceSnapshot, RegistryError> {
+        self.store.service(tenant, service).await
+    }
+
     /// Renews an instance's lease (the instance id defaults to the service
     /// name, like registration). `NotFound` means the client must register again.
     pub async fn heartbeat(

@@ -6,6 +6,7 @@
 pub mod access;
 pub mod admin_dto;
 pub mod auth;
+pub mod blocking;
 mod cache;
 mod context;
 pub mod dto;
@@ -58,6 +59,8 @@ pub struct HttpDeps {
     /// Verifies `Authorization: Bearer` tokens; `None` when no `HUB_JWT_*`
     /// key is configured (a bearer token is then 401 `invalid_token`).
     pub jwt: Option<jwt::JwtVerifier>,
+    /// The watch hub and its keep-alive (watch streams and blocking queries).
+    pub watch: routes::watch::WatchDeps,
 }
 
 async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
@@ -90,6 +93,7 @@ pub fn app(
         .app_data(web::Data::new(deps.events))
         .app_data(web::Data::from(deps.limits))
         .app_data(web::Data::new(deps.monitor))
+        .app_data(web::Data::new(deps.watch))
         .app_data(web::Data::new(metrics::WorkerMetrics {
             shard: deps.metrics.shard(),
             metrics: deps.metrics.clone(),

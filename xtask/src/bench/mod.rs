@@ -15,7 +15,8 @@
 //! a larger registry (`phases::large`), heartbeats in every mode
 //! (`phases::heartbeats`; the PostgreSQL+Dragonfly mode needs a Dragonfly,
 //! see `dragonfly`), the rate limiter's cost (`phases::limiter`), the
-//! request metrics' cost (`phases::metrics`) and, in PostgreSQL mode, what
+//! request metrics' cost (`phases::metrics`), watch streams' delivery
+//! latency (`phases::watch`) and, in PostgreSQL mode, what
 //! authentication costs (`phases::auth`: env key, database key, JWTs); with
 //! `--peers`, etcd and r-nacos are measured with the same load generator
 //! (`peers`). The medians
@@ -52,7 +53,7 @@ use crate::bench::options::{Options, USAGE};
 use crate::bench::pg::postgres_admin;
 use crate::bench::phases::core::{one_run, pg_run};
 use crate::bench::phases::heartbeats::{self, HeartbeatResult};
-use crate::bench::phases::{auth, events, fairness, large, limiter, metrics};
+use crate::bench::phases::{auth, events, fairness, large, limiter, metrics, watch};
 use crate::bench::servers::Server;
 use crate::bench::summary::{RunResult, run_table, summary};
 
@@ -125,6 +126,7 @@ async fn bench(options: &Options, binary: &Path, log_dir: &Path) -> anyhow::Resu
         report("large registry: skipped (--skip-large-registry)\n");
     }
     let mut runs = Vec::with_capacity(options.runs);
+    let mut watches = Vec::with_capacity(options.runs);
     for run in 1..=options.runs {
         let log_path = log_dir.join(format!("server-run{run}.log"));
         progress(&format!(
@@ -266,6 +268,12 @@ async fn bench(options: &Options, binary: &Path, log_dir: &Path) -> anyhow::Resu
             }
             _ => None,
         };
+        if options.watch {
+            let result = watch::run(options, admin.as_ref(), binary, log_dir, run)
+                .await
+                .with_context(|| format!("run {run}, watch phase"))?;
+            watches.push(result);
+        }
         let result = RunResult {
             phases,
             peak_rss_kib,
@@ -283,6 +291,9 @@ async fn bench(options: &Options, binary: &Path, log_dir: &Path) -> anyhow::Resu
         runs.push(result);
     }
     report(&summary(&runs, options.pg_pool));
+    if options.watch {
+        report(&watch::summary_lines(&watches));
+    }
     drop(brokers);
     Ok(())
 }

@@ -27,6 +27,8 @@ options:
   --skip-auth         skip the auth checks' cost (PostgreSQL-mode lookups of one tenant with the
                       env key, a database key made through the admin API, and JWTs, HS256 and
                       ES256; one server, alternating 1 s slices, --duration-secs slices each)
+  --skip-watch        skip the watch phase (1,000 SSE streams over 100 tenants while registrations
+                      arrive at --event-rate for --event-secs; embedded and PostgreSQL mode)
   --skip-dragonfly    leave out the PostgreSQL+Dragonfly mode of the heartbeat and limiter phases
   --skip-large-registry  skip the lookups over the larger registry (10,000 services: 100 tenants x
                       100 services, 100,000 instances), embedded and PostgreSQL mode; it costs two
@@ -100,6 +102,8 @@ pub(crate) struct Options {
     pub(crate) dragonfly: bool,
     /// Whether the lookups over the larger registry run (not `--skip-large-registry`).
     pub(crate) large_registry: bool,
+    /// Whether the watch phase runs (not `--skip-watch`).
+    pub(crate) watch: bool,
     /// Whether the peers (etcd, r-nacos) are measured (`--peers`).
     pub(crate) peers: bool,
     /// Length of the fixed-rate event latency phase.
@@ -139,6 +143,7 @@ impl Options {
         let mut skip_auth = false;
         let mut skip_dragonfly = false;
         let mut skip_large_registry = false;
+        let mut skip_watch = false;
         let mut peers = false;
         let mut event_secs = None;
         let mut event_rate = None;
@@ -163,6 +168,7 @@ impl Options {
                 "--skip-auth" => skip_auth = true,
                 "--skip-dragonfly" => skip_dragonfly = true,
                 "--skip-large-registry" => skip_large_registry = true,
+                "--skip-watch" => skip_watch = true,
                 "--peers" => peers = true,
                 "--event-secs" => event_secs = Some(positive(flag, &value()?)?),
                 "--event-rate" => event_rate = Some(positive(flag, &value()?)?),
@@ -205,6 +211,7 @@ impl Options {
             auth: !skip_auth,
             dragonfly: !skip_dragonfly,
             large_registry: !skip_large_registry,
+            watch: !skip_watch,
             peers,
             event_duration: Duration::from_secs(u64::try_from(event_secs)?),
             event_rate: event_rate.unwrap_or(EVENT_RATE),

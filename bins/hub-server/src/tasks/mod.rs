@@ -9,6 +9,7 @@ pub(crate) mod outbox;
 pub(crate) mod reaper;
 pub(crate) mod sampler;
 pub(crate) mod usage;
+pub(crate) mod watch_feed;
 
 use std::future::Future;
 

@@ -12,3 +12,4 @@ pub(crate) mod postgres;
 pub(crate) mod store;
 pub(crate) mod tenancy;
 pub(crate) mod tenants;
+pub(crate) mod watch;

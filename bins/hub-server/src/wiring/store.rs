@@ -5,6 +5,7 @@ use std::sync::Arc;
 use hub_core::cache::{CacheLimits, CachedStore};
 use hub_core::memory::MemoryStore;
 use hub_core::ports::{Clock, Outbox, RegistryStore};
+use hub_core::watch::WatchHub;
 use hub_core::{MassExpiry, Sinks};
 use hub_store::{PgConfig, PgStore};
 
@@ -80,31 +81,39 @@ pub(crate) async fn build(
     })
 }
 
-/// Starts the change listener of a PostgreSQL-mode cache, unless
-/// `HUB_LOOKUP_CACHE_LISTEN_MS` is 0 (then the cache keeps answers for
-/// `HUB_LOOKUP_CACHE_MS` only). Until it first connects, and after every
-/// loss until it reconnects, that short time applies too.
+/// Starts the change listener in PostgreSQL mode: it feeds the watch hub
+/// and the lookup cache. The cache listens unless `HUB_LOOKUP_CACHE_LISTEN_MS`
+/// is 0 (then it keeps answers for `HUB_LOOKUP_CACHE_MS` only); until the
+/// listener first connects, and after every loss until it reconnects, that
+/// short time applies too.
 pub(crate) fn listen(
     stores: &Stores,
     settings: &PostgresSettings,
     replica_id: &str,
+    watch: &WatchHub,
     tasks: &mut Tasks,
 ) {
-    let (Some(cache), Some(config)) = (&stores.cache, &stores.pg_config) else {
+    let Some(config) = &stores.pg_config else {
         return;
     };
-    if settings.lookup_cache_listen_ms == 0 {
+    let cache = stores
+        .cache
+        .clone()
+        .filter(|_| settings.lookup_cache_listen_ms != 0);
+    if stores.cache.is_some() && cache.is_none() {
         tracing::info!(
-            "HUB_LOOKUP_CACHE_LISTEN_MS=0: no change listener; cached lookups last HUB_LOOKUP_CACHE_MS"
+            "HUB_LOOKUP_CACHE_LISTEN_MS=0: the lookup cache does not follow the change listener; cached lookups last HUB_LOOKUP_CACHE_MS"
         );
-        return;
     }
     tasks.spawn(
         "change listener",
         listener::run(
             config.clone(),
             replica_id.to_owned(),
-            cache.clone(),
+            Arc::new(listener::Changes {
+                cache,
+                watch: watch.clone(),
+            }),
             tasks.stop_signal(),
         ),
     );

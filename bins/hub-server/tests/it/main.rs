@@ -3,6 +3,7 @@
 
 mod auth;
 mod cli;
+mod client;
 mod concurrency;
 mod containment;
 mod differential;
@@ -27,3 +28,4 @@ mod timeouts;
 mod usage;
 mod validation;
 mod walkthrough;
+mod watch;

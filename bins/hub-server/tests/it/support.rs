@@ -194,6 +194,12 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
+    /// Stops the server gracefully (and waits for it to stop serving).
+    #[allow(dead_code)]
+    pub async fn stop(&self) {
+        self.stop.stop().await;
+    }
+
     /// A request with the operator key and the given tenant header (if any).
     pub fn request(&self, method: Method, path: &str, tenant: Option<&str>) -> RequestBuilder {
         let mut r = self

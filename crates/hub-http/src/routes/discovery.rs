@@ -9,6 +9,10 @@ use hub_core::{
     RegistrationInput, Registry, RegistryError, ServiceName,
 };
 
+use actix_web::ResponseError;
+use actix_web::http::header::{HeaderName, HeaderValue};
+
+use crate::blocking::{Blocking, index_header};
 use crate::cache::ServiceBodyCache;
 use crate::dto::{
     DeregisteredBody, HeartbeatBody, HeartbeatRequest, InstanceBody, ListBody, RegisterRequest,
@@ -16,6 +20,7 @@ use crate::dto::{
 };
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Change, JsonBody, Tenant};
+use crate::routes::watch::WatchDeps;
 
 /// Query-string pairs; repeated keys (such as `tag`) are kept.
 fn query_pairs(req: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
@@ -89,9 +94,14 @@ pub(crate) async fn register(
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 10000,
             description = "Page size, 1-10000, default 1000 (a page also ends at 4 MiB)."),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page."),
+        ("index" = Option<u64>, Query, minimum = 0,
+            description = "Blocking query: wait until the revision passes this `X-Hub-Index` (0, or one older than the current revision, answers at once)."),
+        ("wait" = Option<String>, Query,
+            description = "How long a blocking query waits: `10s`, `5m`, `500ms` or plain seconds; default 5m, at most 10m, plus up to 1/16 jitter."),
     ),
     responses(
         (status = 200, description = "One page of instances; `next_cursor` when another follows.", body = ListBody,
+            headers(("X-Hub-Index" = u64, description = "The tenant revision this answer reflects.")),
             example = json!({"services": [], "count": 0, "revision": 0})),
         (status = 422, description = "`validation_failed`: a query parameter broke a rule; the message names it.", body = ErrorBody),
     ),
@@ -99,14 +109,19 @@ pub(crate) async fn register(
 pub(crate) async fn list(
     Tenant(tenant): Tenant,
     registry: web::Data<Registry>,
+    watch: web::Data<WatchDeps>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
+    let mut blocking = Blocking::default();
     let mut service_name = None;
     let mut tags = Vec::new();
     let mut status = None;
     let mut limit = None;
     let mut cursor = None;
     for (key, value) in query_pairs(&req)? {
+        if blocking.take(&key, &value)? {
+            continue;
+        }
         match key.as_str() {
             "service_name" => service_name = Some(ServiceName::parse(value)?),
             "tag" => tags.push(value),
@@ -125,9 +140,17 @@ pub(crate) async fn list(
         }
     }
     let query = ListQuery::new(service_name, tags, status, limit, cursor)?;
-    let page = registry.list(&tenant, &query).await?;
+    let mut page = registry.list(&tenant, &query).await?;
+    if blocking
+        .wait(&watch.hub, &tenant, None, page.revision)
+        .await?
+    {
+        page = registry.list(&tenant, &query).await?;
+    }
     let services: Vec<InstanceBody<'_>> = page.instances.iter().map(InstanceBody::from).collect();
-    Ok(HttpResponse::Ok().json(ListBody {
+    let mut response = HttpResponse::Ok();
+    index_header(&mut response, page.revision);
+    Ok(response.json(ListBody {
         count: services.len(),
         services,
         revision: page.revision,
@@ -143,9 +166,16 @@ pub(crate) async fn list(
     tag = "discovery",
     operation_id = "get_service",
     summary = "The instances of one service",
-    params(("service_name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$", description = "The service's name.")),
+    params(
+        ("service_name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$", description = "The service's name."),
+        ("index" = Option<u64>, Query, minimum = 0,
+            description = "Blocking query: wait until this service changes after this `X-Hub-Index` (0, or one older than the current revision, answers at once)."),
+        ("wait" = Option<String>, Query,
+            description = "How long a blocking query waits: `10s`, `5m`, `500ms` or plain seconds; default 5m, at most 10m, plus up to 1/16 jitter."),
+    ),
     responses(
-        (status = 200, description = "The service and its instances.", body = ServiceBody),
+        (status = 200, description = "The service and its instances.", body = ServiceBody,
+            headers(("X-Hub-Index" = u64, description = "The tenant revision this answer reflects."))),
         (status = 404, description = "`not_found`: the tenant has no such service.", body = ErrorBody,
             example = json!({"error": {"code": "not_found", "message": "service 'api-gateway-tenant1' not found", "request_id": "5b0f3c52-4c1e-4a0e-9a57-2f7e1c1d0b6e"}})),
         (status = 422, description = "`validation_failed`: the name broke a rule.", body = ErrorBody),
@@ -155,13 +185,35 @@ pub(crate) async fn get_service(
     Tenant(tenant): Tenant,
     registry: web::Data<Registry>,
     cache: web::Data<ServiceBodyCache>,
+    watch: web::Data<WatchDeps>,
     path: web::Path<String>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let service = path_service(&path)?;
-    let found = registry.get(&tenant, &service).await?;
+    let mut blocking = Blocking::default();
+    for (key, value) in query_pairs(&req)? {
+        blocking.take(&key, &value)?;
+    }
+    let mut found = registry.service_snapshot(&tenant, &service).await?;
+    if blocking
+        .wait(&watch.hub, &tenant, Some(&service), found.revision)
+        .await?
+    {
+        found = registry.service_snapshot(&tenant, &service).await?;
+    }
+    if found.instances.is_empty() && found.skipped == 0 {
+        let mut response = ApiError::from(RegistryError::not_found(format!("service '{service}'")))
+            .error_response();
+        if let Ok(value) = HeaderValue::from_str(&found.revision.get().to_string()) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static("x-hub-index"), value);
+        }
+        return Ok(response);
+    }
     let render = || {
         serde_json::to_vec(&ServiceBody {
-            service_name: found.service_name.as_str(),
+            service_name: service.as_str(),
             instances: found.instances.iter().map(InstanceBody::from).collect(),
             revision: found.revision,
             skipped: found.skipped,
@@ -176,9 +228,9 @@ pub(crate) async fn get_service(
     } else {
         cache.get_or_render(&tenant, &service, found.revision, &found.instances, render)?
     };
-    Ok(HttpResponse::Ok()
-        .content_type(ContentType::json())
-        .body(body))
+    let mut response = HttpResponse::Ok();
+    index_header(&mut response, found.revision);
+    Ok(response.content_type(ContentType::json()).body(body))
 }
 
 /// Deregisters every instance of a service, or one with `?instance_id=`.

@@ -13,6 +13,7 @@ pub mod dashboard_health;
 pub mod discovery;
 pub mod health;
 pub mod prometheus;
+pub mod watch;
 
 use actix_web::http::Method;
 use actix_web::{Route, web};
@@ -95,6 +96,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             web::to(discovery::get_service),
         ),
         endpoint(discovery::__path_deregister, web::to(discovery::deregister)),
+        endpoint(watch::__path_watch, web::to(watch::watch)),
         endpoint(dashboard::__path_metrics, web::to(dashboard::metrics)),
         endpoint(
             dashboard_health::__path_health,

@@ -76,6 +76,7 @@ pub(crate) async fn scrape(
     limits: web::Data<Limits>,
     events: web::Data<Events>,
     monitor: web::Data<Monitor>,
+    watch: web::Data<crate::routes::watch::WatchDeps>,
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&req)?;
     let sinks = events.sinks(None).await?;
@@ -85,7 +86,8 @@ pub(crate) async fn scrape(
         instances: &instances,
         backends: &monitor.snapshot(),
     };
-    let families = gather(&requests, &registry, &limits, &scraped).map_err(|e| internal(&e))?;
+    let mut families = gather(&requests, &registry, &limits, &scraped).map_err(|e| internal(&e))?;
+    families.extend(watch_families(&watch.hub).map_err(|e| internal(&e))?);
     let mut body = Vec::new();
     let encoder = TextEncoder::new();
     encoder
@@ -96,6 +98,39 @@ pub(crate) async fn scrape(
         response.headers_mut().insert(header::CONTENT_TYPE, value);
     }
     Ok(response)
+}
+
+/// The watch hub's series: open streams, events delivered, lagged cut-offs.
+pub fn watch_families(
+    hub: &hub_core::watch::WatchHub,
+) -> Result<Vec<MetricFamily>, prometheus::Error> {
+    let figures = hub.figures();
+    let out = prometheus::Registry::new();
+    let open = IntGauge::with_opts(Opts::new(
+        "hub_watch_streams_open",
+        "Watch streams (SSE) open on this replica now",
+    ))?;
+    open.set(i64::try_from(figures.open).unwrap_or(i64::MAX));
+    out.register(Box::new(open))?;
+    let delivered = IntCounter::with_opts(Opts::new(
+        "hub_watch_events_delivered_total",
+        "Events this replica wrote to watch streams since it started",
+    ))?;
+    delivered.inc_by(figures.delivered);
+    out.register(Box::new(delivered))?;
+    let lagged = IntCounter::with_opts(Opts::new(
+        "hub_watch_lagged_total",
+        "Watch streams this replica ended because their reader fell behind its buffer, since it started",
+    ))?;
+    lagged.inc_by(figures.lagged);
+    out.register(Box::new(lagged))?;
+    let waiting = IntGauge::with_opts(Opts::new(
+        "hub_blocking_queries_waiting",
+        "Blocking queries (?index=) waiting on this replica now",
+    ))?;
+    waiting.set(i64::try_from(figures.waiting).unwrap_or(i64::MAX));
+    out.register(Box::new(waiting))?;
+    Ok(out.gather())
 }
 
 /// What a scrape reads from the store and the monitor before rendering.

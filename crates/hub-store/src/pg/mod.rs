@@ -2,6 +2,7 @@
 
 mod advisory;
 mod batch;
+mod changes;
 mod config;
 mod dashboard;
 pub mod diagnose;

@@ -111,7 +111,11 @@ fn pending_row(row: &tokio_postgres::Row) -> Result<Pending, RegistryError> {
 }
 
 /// Rebuilds the event of one row of `hub_outbox_pending`, or says why not.
-fn entry(seq: i64, tenant: &str, row: &tokio_postgres::Row) -> Result<RegistryEvent, String> {
+pub(super) fn entry(
+    seq: i64,
+    tenant: &str,
+    row: &tokio_postgres::Row,
+) -> Result<RegistryEvent, String> {
     let column = |e: tokio_postgres::Error| format!("outbox row {seq}: {}", chain(&e));
     let domain = |e: RegistryError| format!("outbox row {seq}: {}", chain(&e));
     let tenant = TenantId::parse(tenant.to_owned())

@@ -100,24 +100,29 @@ const UPSERT: &str = "WITH rev AS ( \
                              last_heartbeat = EXCLUDED.last_heartbeat, \
                              lease_expires_at = EXCLUDED.lease_expires_at, revision = EXCLUDED.revision \
                          RETURNING registered_at, (xmax = 0) AS created, revision \
+                     ), ids AS ( \
+                         SELECT gen_random_uuid() AS event_id \
                      ), audit AS ( \
                          INSERT INTO coordination_history (tenant_id, revision, event_type, service_name, \
-                             instance_id, actor, request_id, occurred_at, payload) \
+                             instance_id, actor, request_id, occurred_at, payload, event_id, \
+                             registered_at, last_heartbeat) \
                          SELECT $1, up.revision, CASE WHEN up.created THEN 'service.registered' \
                                               ELSE 'service.updated' END, \
-                                $2, $3, $14::varchar, $15::varchar, $12, $16::jsonb \
-                         FROM up \
+                                $2, $3, $14::varchar, $15::varchar, $12, $16::jsonb, ids.event_id, \
+                                up.registered_at, $12 \
+                         FROM up, ids \
                      ), event AS ( \
                          SELECT nextval('hub_outbox_id_seq') AS id, up.revision, up.created, \
-                                up.registered_at \
-                         FROM up WHERE cardinality($18::smallint[]) > 0 \
+                                up.registered_at, ids.event_id \
+                         FROM up, ids WHERE cardinality($18::smallint[]) > 0 \
                      ), outbox AS ( \
                          INSERT INTO hub_outbox (id, tenant_id, revision, event_type, service_name, \
                              instance_id, occurred_at, previous_status, payload, registered_at, \
-                             last_heartbeat, origin) \
+                             last_heartbeat, origin, event_id) \
                          SELECT e.id, $1, e.revision, CASE WHEN e.created THEN 'service.registered' \
                                               ELSE 'service.updated' END, \
-                                $2, $3, $12, NULL, $16::jsonb, e.registered_at, $12, $17::varchar \
+                                $2, $3, $12, NULL, $16::jsonb, e.registered_at, $12, $17::varchar, \
+                                e.event_id \
                          FROM event e \
                      ), due AS ( \
                          INSERT INTO hub_outbox_due (sink, id, tenant_id) \
@@ -573,22 +578,25 @@ pub(super) async fn record(
     scoped
         .execute(
             "WITH u AS ( \
-                 SELECT * FROM unnest($2::bigint[], $3::varchar[], $4::varchar[], $5::varchar[], \
+                 SELECT u.*, gen_random_uuid() AS event_id \
+                 FROM unnest($2::bigint[], $3::varchar[], $4::varchar[], $5::varchar[], \
                      $6::jsonb[], $12::varchar[], $13::timestamptz[], $14::timestamptz[]) \
                      AS u(revision, kind, service, instance, payload, previous, registered, heartbeat) \
              ), audit AS ( \
                  INSERT INTO coordination_history \
-                     (tenant_id, revision, event_type, service_name, instance_id, actor, request_id, occurred_at, payload) \
-                 SELECT $1, u.revision, u.kind, u.service, u.instance, $7, $8, $9, u.payload FROM u \
+                     (tenant_id, revision, event_type, service_name, instance_id, actor, request_id, occurred_at, \
+                      payload, event_id, previous_status, registered_at, last_heartbeat) \
+                 SELECT $1, u.revision, u.kind, u.service, u.instance, $7, $8, $9, u.payload, \
+                     u.event_id, u.previous, u.registered, u.heartbeat FROM u \
              ) \
              , event AS ( \
                  SELECT nextval('hub_outbox_id_seq') AS id, u.* FROM u \
                  WHERE cardinality($11::smallint[]) > 0 \
              ), outbox AS ( \
                  INSERT INTO hub_outbox (id, tenant_id, revision, event_type, service_name, instance_id, \
-                     occurred_at, previous_status, payload, registered_at, last_heartbeat, origin) \
+                     occurred_at, previous_status, payload, registered_at, last_heartbeat, origin, event_id) \
                  SELECT e.id, $1, e.revision, e.kind, e.service, e.instance, $9, e.previous, e.payload, \
-                     e.registered, e.heartbeat, $10 \
+                     e.registered, e.heartbeat, $10, e.event_id \
                  FROM event e \
              ) \
              INSERT INTO hub_outbox_due (sink, id, tenant_id) \

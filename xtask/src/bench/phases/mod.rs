@@ -9,3 +9,4 @@ pub(crate) mod large;
 pub(crate) mod limiter;
 pub(crate) mod metrics;
 pub(crate) mod prepare;
+pub(crate) mod watch;

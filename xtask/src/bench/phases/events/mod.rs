@@ -26,4 +26,5 @@ mod run;
 
 pub(crate) use buses::brokers;
 pub(crate) use lines::{run_lines, summary_lines, targets};
+pub(crate) use paced::paced;
 pub(crate) use run::{EventsResult, REGISTER_ROW, pg_events_run};

@@ -23,13 +23,13 @@ pub(super) const LEAD: Duration = Duration::from_millis(50);
 
 /// What the open-loop sender measured.
 #[derive(Debug)]
-pub(super) struct Paced {
+pub(crate) struct Paced {
     /// When the 2xx answer to registration `i` was read.
-    pub(super) acks: Vec<Option<Instant>>,
+    pub(crate) acks: Vec<Option<Instant>>,
     pub(super) http: Histogram<u64>,
-    pub(super) late: usize,
+    pub(crate) late: usize,
     pub(super) max_lag: Duration,
-    pub(super) errors: u64,
+    pub(crate) errors: u64,
     pub(super) first_error: Option<String>,
 }
 
@@ -51,7 +51,7 @@ pub(super) struct PacedTask {
 /// tasks one is always waiting for the next slot, so the server's answers do
 /// not pace the sends; a send that starts more than `LATE` behind its slot
 /// is counted.
-pub(super) async fn paced(
+pub(crate) async fn paced(
     addr: SocketAddr,
     connections: usize,
     workload: Arc<Workload>,
