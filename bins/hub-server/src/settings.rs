@@ -54,6 +54,9 @@ pub struct WatchSettings {
     pub max_per_tenant: u32,
     /// `HUB_WATCH_MAX_PER_KEY`: open watch streams per API key (1000).
     pub max_per_key: u32,
+    /// `HUB_BLOCKING_MAX_WAIT_SECS`: the longest a blocking query waits
+    /// (600; the default wait is 300 s or this, whichever is shorter).
+    pub max_wait_secs: u64,
 }
 
 impl WatchSettings {
@@ -551,6 +554,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("HUB_WATCH_BUFFER", "watch.buffer"),
     ("HUB_WATCH_MAX_PER_TENANT", "watch.max_per_tenant"),
     ("HUB_WATCH_MAX_PER_KEY", "watch.max_per_key"),
+    ("HUB_BLOCKING_MAX_WAIT_SECS", "watch.max_wait_secs"),
 ];
 
 impl Settings {
@@ -609,7 +613,8 @@ impl Settings {
             .set_default("watch.history", 256)?
             .set_default("watch.buffer", 1024)?
             .set_default("watch.max_per_tenant", 1000)?
-            .set_default("watch.max_per_key", 1000)?;
+            .set_default("watch.max_per_key", 1000)?
+            .set_default("watch.max_wait_secs", 600)?;
         if let Some(path) = env.get("HUB_CONFIG").filter(|p| !p.is_empty()) {
             builder = builder.add_source(File::new(path, FileFormat::Toml).required(true));
         }
