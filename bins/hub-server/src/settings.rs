@@ -44,7 +44,7 @@ pub struct WatchSettings {
     /// this often, so that proxies keep them open (15).
     pub keepalive_secs: u64,
     /// `HUB_WATCH_HISTORY`: events kept in memory per tenant for replay
-    /// (256). In embedded mode they are all a watch can resume from; in
+    /// (64: 100 tenants of 64 events of about 0.6 KiB each, a few MiB). In embedded mode they are all a watch can resume from; in
     /// PostgreSQL mode older ones are read from `coordination_history`.
     pub history: usize,
     /// `HUB_WATCH_BUFFER`: revisions queued per stream before a reader too
@@ -610,7 +610,7 @@ impl Settings {
             .set_default("monitor.interval_ms", 10_000)?
             .set_default("monitor.timeout_ms", 2_000)?
             .set_default("watch.keepalive_secs", 15)?
-            .set_default("watch.history", 256)?
+            .set_default("watch.history", 64)?
             .set_default("watch.buffer", 1024)?
             .set_default("watch.max_per_tenant", 1000)?
             .set_default("watch.max_per_key", 1000)?
