@@ -75,9 +75,10 @@ impl WatchSettings {
             || self.buffer == 0
             || self.max_per_tenant == 0
             || self.max_per_key == 0
+            || self.max_wait_secs == 0
         {
             return Err(ConfigError::Message(
-                "HUB_WATCH_KEEPALIVE_SECS, HUB_WATCH_BUFFER, HUB_WATCH_MAX_PER_TENANT and HUB_WATCH_MAX_PER_KEY must be at least 1".into(),
+                "HUB_WATCH_KEEPALIVE_SECS, HUB_WATCH_BUFFER, HUB_WATCH_MAX_PER_TENANT, HUB_WATCH_MAX_PER_KEY and HUB_BLOCKING_MAX_WAIT_SECS must be at least 1".into(),
             ));
         }
         Ok(())
@@ -1135,5 +1136,37 @@ mod tests {
     fn secrets_are_not_printed() {
         let s = Settings::load(&env(&[("CENTRAL_HUB_API_KEYS", "very-secret")])).unwrap();
         assert!(!format!("{s:?}").contains("very-secret"));
+    }
+
+    #[test]
+    fn watch_settings_have_documented_defaults_and_refuse_zero() {
+        let s = Settings::load(&env(&[])).unwrap();
+        let w = &s.watch;
+        assert_eq!(
+            (
+                w.keepalive_secs,
+                w.history,
+                w.buffer,
+                w.max_per_tenant,
+                w.max_per_key,
+                w.max_wait_secs
+            ),
+            (15, 64, 1024, 1000, 1000, 600)
+        );
+        let s = Settings::load(&env(&[
+            ("HUB_WATCH_HISTORY", "0"),
+            ("HUB_WATCH_MAX_PER_KEY", "7"),
+        ]))
+        .unwrap();
+        assert_eq!((s.watch.history, s.watch.max_per_key), (0, 7));
+        for var in [
+            "HUB_WATCH_KEEPALIVE_SECS",
+            "HUB_WATCH_BUFFER",
+            "HUB_WATCH_MAX_PER_TENANT",
+            "HUB_WATCH_MAX_PER_KEY",
+            "HUB_BLOCKING_MAX_WAIT_SECS",
+        ] {
+            assert!(Settings::load(&env(&[(var, "0")])).is_err(), "{var}=0");
+        }
     }
 }
