@@ -130,7 +130,7 @@ pub struct WatchSettings {
     /// this often, so that proxies keep them open (15).
     pub keepalive_secs: u64,
     /// `HUB_WATCH_HISTORY`: events kept in memory per tenant for replay
-    /// (256). In embedded mode they are all a watch can resume from; in
+    /// (64: 100 tenants of 64 events of about 0.6 KiB each, a few MiB). In embedded mode they are all a watch can resume from; in
     /// PostgreSQL mode older ones are read from `coordination_history`.
     pub history: usize,
     /// `HUB_WATCH_BUFFER`: revisions queued per stream before a reader too
@@ -140,6 +140,9 @@ pub struct WatchSettings {
     pub max_per_tenant: u32,
     /// `HUB_WATCH_MAX_PER_KEY`: open watch streams per API key (1000).
     pub max_per_key: u32,
+    /// `HUB_BLOCKING_MAX_WAIT_SECS`: the longest a blocking query waits
+    /// (600; the default wait is 300 s or this, whichever is shorter).
+    pub max_wait_secs: u64,
 }
 
 impl WatchSettings {
@@ -158,9 +161,10 @@ impl WatchSettings {
             || self.buffer == 0
             || self.max_per_tenant == 0
             || self.max_per_key == 0
+            || self.max_wait_secs == 0
         {
             return Err(ConfigError::Message(
-                "HUB_WATCH_KEEPALIVE_SECS, HUB_WATCH_BUFFER, HUB_WATCH_MAX_PER_TENANT and HUB_WATCH_MAX_PER_KEY must be at least 1".into(),
+                "HUB_WATCH_KEEPALIVE_SECS, HUB_WATCH_BUFFER, HUB_WATCH_MAX_PER_TENANT, HUB_WATCH_MAX_PER_KEY and HUB_BLOCKING_MAX_WAIT_SECS must be at least 1".into(),
             ));
         }
         Ok(())
@@ -647,6 +651,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("HUB_WATCH_BUFFER", "watch.buffer"),
     ("HUB_WATCH_MAX_PER_TENANT", "watch.max_per_tenant"),
     ("HUB_WATCH_MAX_PER_KEY", "watch.max_per_key"),
+    ("HUB_BLOCKING_MAX_WAIT_SECS", "watch.max_wait_secs"),
 ];
 
 impl Settings {
@@ -708,10 +713,11 @@ impl Settings {
             .set_default("usage.flush_secs", 10)?
             .set_default("usage.audit_retention_days", 90)?
             .set_default("watch.keepalive_secs", 15)?
-            .set_default("watch.history", 256)?
+            .set_default("watch.history", 64)?
             .set_default("watch.buffer", 1024)?
             .set_default("watch.max_per_tenant", 1000)?
-            .set_default("watch.max_per_key", 1000)?;
+            .set_default("watch.max_per_key", 1000)?
+            .set_default("watch.max_wait_secs", 600)?;
         if let Some(path) = env.get("HUB_CONFIG").filter(|p| !p.is_empty()) {
             builder = builder.add_source(File::new(path, FileFormat::Toml).required(true));
         }
@@ -1288,5 +1294,37 @@ mod tests {
     fn secrets_are_not_printed() {
         let s = Settings::load(&env(&[("CENTRAL_HUB_API_KEYS", "very-secret")])).unwrap();
         assert!(!format!("{s:?}").contains("very-secret"));
+    }
+
+    #[test]
+    fn watch_settings_have_documented_defaults_and_refuse_zero() {
+        let s = Settings::load(&env(&[])).unwrap();
+        let w = &s.watch;
+        assert_eq!(
+            (
+                w.keepalive_secs,
+                w.history,
+                w.buffer,
+                w.max_per_tenant,
+                w.max_per_key,
+                w.max_wait_secs
+            ),
+            (15, 64, 1024, 1000, 1000, 600)
+        );
+        let s = Settings::load(&env(&[
+            ("HUB_WATCH_HISTORY", "0"),
+            ("HUB_WATCH_MAX_PER_KEY", "7"),
+        ]))
+        .unwrap();
+        assert_eq!((s.watch.history, s.watch.max_per_key), (0, 7));
+        for var in [
+            "HUB_WATCH_KEEPALIVE_SECS",
+            "HUB_WATCH_BUFFER",
+            "HUB_WATCH_MAX_PER_TENANT",
+            "HUB_WATCH_MAX_PER_KEY",
+            "HUB_BLOCKING_MAX_WAIT_SECS",
+        ] {
+            assert!(Settings::load(&env(&[(var, "0")])).is_err(), "{var}=0");
+        }
     }
 }

@@ -3,17 +3,18 @@
 use std::time::Duration;
 
 use actix_web::HttpResponseBuilder;
-use hub_core::watch::WatchHub;
 use hub_core::{Revision, ServiceName, TenantId, ValidationError};
 
 use crate::error::ApiError;
+use crate::routes::watch::WatchDeps;
 
 /// The header every list and service answer carries: the revision it reflects.
 pub const INDEX_HEADER: &str = "X-Hub-Index";
 
 /// How long a blocking query waits without `wait` (Consul's default).
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(5 * 60);
-/// The longest wait honoured; longer ones are cut to it (as Consul does).
+/// The longest wait honoured by default (`HUB_BLOCKING_MAX_WAIT_SECS`);
+/// longer ones are cut to it, as Consul does.
 pub const MAX_WAIT: Duration = Duration::from_secs(10 * 60);
 
 /// `?index=N&wait=D` of a request; `index` absent means no blocking.
@@ -55,11 +56,11 @@ impl Blocking {
     /// Waits, if asked to, until the tenant's revision (with `service`: a
     /// change of that service) passes the index, or the wait (plus up to a
     /// sixteenth of jitter, so that many clients do not all come back at
-    /// once) ends. Answers at once when the index is 0 or older than
+    /// once) ends, cut to `deps.max_wait`. Answers at once when the index is 0 or older than
     /// `current`, the revision the caller just read.
     pub async fn wait(
         &self,
-        hub: &WatchHub,
+        deps: &WatchDeps,
         tenant: &TenantId,
         service: Option<&ServiceName>,
         current: Revision,
@@ -70,7 +71,8 @@ impl Blocking {
         if index == Revision::ZERO || index < current {
             return Ok(false);
         }
-        let wait = self.wait.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT);
+        let hub = &deps.hub;
+        let wait = self.wait.unwrap_or(DEFAULT_WAIT).min(deps.max_wait);
         let jitter = wait.mul_f64(random_fraction() / 16.0);
         match tokio::time::timeout(wait + jitter, hub.wait(tenant, service, index)).await {
             Ok(result) => result?,

@@ -221,6 +221,13 @@ fn common_headers() -> BTreeMap<String, RefOr<Header>> {
                 "`ApiKey`, or for a refused bearer token `Bearer error=\"invalid_token\", error_description=\"...\"`.",
             ),
         ),
+        (
+            crate::blocking::INDEX_HEADER.to_owned(),
+            header(
+                integer_schema(0.0),
+                "The tenant revision the answer reflects; pass it as `?index=` to wait for the next change (a blocking query).",
+            ),
+        ),
     ])
 }
 
@@ -409,6 +416,12 @@ fn describe_middleware(
                     .headers
                     .entry(name.to_owned())
                     .or_insert_with(|| header_ref(name));
+            }
+            // A handler names `X-Hub-Index` in its annotation; the document
+            // describes it once, as a component.
+            let index = crate::blocking::INDEX_HEADER;
+            if response.headers.contains_key(index) {
+                response.headers.insert(index.to_owned(), header_ref(index));
             }
         }
     }

@@ -59,6 +59,7 @@ pub(crate) fn build(settings: &WatchSettings, stores: &Stores, tasks: &mut Tasks
         deps: WatchDeps {
             hub: hub.clone(),
             keepalive: Duration::from_secs(settings.keepalive_secs),
+            max_wait: Duration::from_secs(settings.max_wait_secs),
         },
         hub,
     }

@@ -56,7 +56,7 @@ pub struct WatchConfig {
 impl Default for WatchConfig {
     fn default() -> Self {
         Self {
-            history: 256,
+            history: 64,
             buffer: 1024,
             max_per_tenant: 1000,
             max_per_key: 1000,

@@ -141,10 +141,7 @@ pub(crate) async fn list(
     }
     let query = ListQuery::new(service_name, tags, status, limit, cursor)?;
     let mut page = registry.list(&tenant, &query).await?;
-    if blocking
-        .wait(&watch.hub, &tenant, None, page.revision)
-        .await?
-    {
+    if blocking.wait(&watch, &tenant, None, page.revision).await? {
         page = registry.list(&tenant, &query).await?;
     }
     let services: Vec<InstanceBody<'_>> = page.instances.iter().map(InstanceBody::from).collect();
@@ -177,6 +174,7 @@ pub(crate) async fn list(
         (status = 200, description = "The service and its instances.", body = ServiceBody,
             headers(("X-Hub-Index" = u64, description = "The tenant revision this answer reflects."))),
         (status = 404, description = "`not_found`: the tenant has no such service.", body = ErrorBody,
+            headers(("X-Hub-Index" = u64, description = "The tenant revision this answer reflects.")),
             example = json!({"error": {"code": "not_found", "message": "service 'api-gateway-tenant1' not found", "request_id": "5b0f3c52-4c1e-4a0e-9a57-2f7e1c1d0b6e"}})),
         (status = 422, description = "`validation_failed`: the name broke a rule.", body = ErrorBody),
     ),
@@ -196,7 +194,7 @@ pub(crate) async fn get_service(
     }
     let mut found = registry.service_snapshot(&tenant, &service).await?;
     if blocking
-        .wait(&watch.hub, &tenant, Some(&service), found.revision)
+        .wait(&watch, &tenant, Some(&service), found.revision)
         .await?
     {
         found = registry.service_snapshot(&tenant, &service).await?;

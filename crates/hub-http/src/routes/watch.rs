@@ -44,6 +44,8 @@ pub struct WatchDeps {
     pub hub: WatchHub,
     /// How often an idle stream gets a `: keep-alive` comment.
     pub keepalive: Duration,
+    /// The longest a blocking query waits (`HUB_BLOCKING_MAX_WAIT_SECS`).
+    pub max_wait: Duration,
 }
 
 /// Groups written per wake-up of a stream: what a burst puts in one write.
