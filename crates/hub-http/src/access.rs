@@ -52,9 +52,12 @@ pub fn decision(method: &Method, path: &str) -> Option<Access> {
     let m = method.as_str();
     Some(match (m, path) {
         ("GET", "/health" | "/health/ready") => Public,
-        ("GET", "/api/v1/discovery/services" | "/api/v1/discovery/services/{service_name}") => {
-            Scoped(Scope::Read)
-        }
+        (
+            "GET",
+            "/api/v1/discovery/services"
+            | "/api/v1/discovery/services/{service_name}"
+            | "/api/v1/discovery/watch",
+        ) => Scoped(Scope::Read),
         ("POST", "/api/v1/discovery/register" | "/api/v1/discovery/heartbeat")
         | ("DELETE", "/api/v1/discovery/services/{service_name}") => Scoped(Scope::Write),
         (

@@ -467,6 +467,17 @@ async fn watches_over_the_limit_get_429(backend: Backend) {
         .await
         .unwrap();
     assert!(metrics.contains("hub_watch_streams_open 3"), "{metrics}");
+    // A tenant's own `max_watchers` (its record, issue 12) replaces the
+    // configured per-tenant limit, here downwards.
+    app.create_tenant(json!({"tenant_id": "tenant3", "limits": {"max_watchers": 1}}))
+        .await;
+    let _only = watch(&app, "tenant3", "").await;
+    let r = app
+        .request(Method::GET, WATCH, Some("tenant3"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::TOO_MANY_REQUESTS, "too_many_watchers").await;
 }
 
 async fn a_slow_reader_is_cut_off_with_lagged(backend: Backend) {

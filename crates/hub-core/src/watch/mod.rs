@@ -704,6 +704,18 @@ impl WatchHub {
             return Ok(subscription);
         };
         let after = requested.get();
+        // Without a store history (embedded mode) this hub has seen every
+        // revision of the tenant, so one ahead of the latest was handed out
+        // by an earlier process (a restart lost the registry): the client's
+        // state is of another history and must be replaced, like etcd's
+        // answer to a revision of a compacted past.
+        if after > latest && self.inner.log.is_none() {
+            subscription.compacted = Some(Compacted {
+                requested,
+                oldest_retained: Revision::new(floor),
+            });
+            return Ok(subscription);
+        }
         if after >= floor {
             subscription.replay = groups(&ring_replay);
             return Ok(subscription);

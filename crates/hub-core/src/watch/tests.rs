@@ -88,6 +88,26 @@ async fn a_replay_from_the_middle_gives_exactly_the_missing_events() {
 }
 
 #[tokio::test]
+async fn a_resume_point_ahead_of_the_latest_revision_is_a_reset() {
+    // An embedded hub that restarted: the client's revision 9 belongs to a
+    // registry that is gone, so it must replace its state, not wait.
+    let hub = WatchHub::embedded(config(16, 16));
+    let t = tenant("t1");
+    hub.publish(&[event("t1", "a", 1)]);
+    let sub = hub
+        .subscribe(&t, WatchFilter::default(), Start::After(Revision::new(9)))
+        .await
+        .unwrap();
+    assert_eq!(sub.compacted.map(|c| c.requested), Some(Revision::new(9)));
+    let current = hub
+        .subscribe(&t, WatchFilter::default(), Start::After(Revision::new(1)))
+        .await
+        .unwrap();
+    assert!(current.compacted.is_none());
+    assert!(current.replay.is_empty());
+}
+
+#[tokio::test]
 async fn a_replay_older_than_the_ring_is_compacted() {
     let hub = WatchHub::embedded(config(3, 16));
     let t = tenant("t1");

@@ -153,9 +153,15 @@ pub(crate) async fn watch(
         .extensions()
         .get::<Principal>()
         .and_then(|p| p.fingerprint().map(str::to_owned));
+    // The tenant's own `max_watchers`, from its record as the authorization
+    // middleware admitted it, replaces the configured per-tenant limit.
+    let tenant_limit = req
+        .extensions()
+        .get::<std::sync::Arc<hub_core::tenancy::Tenant>>()
+        .and_then(|t| t.limits.max_watchers);
     let permit = deps
         .hub
-        .acquire(&tenant, fingerprint.as_deref(), None)
+        .acquire(&tenant, fingerprint.as_deref(), tenant_limit)
         .map_err(|e| limit_error(&e))?;
     let start = query.since.map_or(Start::Now, Start::After);
     let subscription = deps
