@@ -88,7 +88,12 @@ fn expected_kind(method: &str, path: &str) -> Option<Kind> {
     use Kind::*;
     Some(match (method, path) {
         ("GET", "/health" | "/health/ready") => Public,
-        ("GET", "/api/v1/discovery/services" | "/api/v1/discovery/services/{service_name}") => Read,
+        (
+            "GET",
+            "/api/v1/discovery/services"
+            | "/api/v1/discovery/services/{service_name}"
+            | "/api/v1/discovery/watch",
+        ) => Read,
         ("POST", "/api/v1/discovery/register" | "/api/v1/discovery/heartbeat")
         | ("DELETE", "/api/v1/discovery/services/{service_name}") => Write,
         (
