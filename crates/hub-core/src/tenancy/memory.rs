@@ -9,7 +9,6 @@ use chrono::{DateTime, NaiveDate, Utc};
 use super::{
     ApiKeyRecord, AuditEntry, KeyGrant, KeyId, NewKey, Tenant, TenantDirectory, TenantPatch,
     TenantSpec, TenantState, UsageCounts, UsageDay, UsageDelta, UsageNotStored,
-    validate_display_name,
 };
 use crate::{ChangeContext, RegistryError, TenantId};
 
@@ -72,10 +71,7 @@ impl TenantDirectory for MemoryTenants {
         spec: TenantSpec,
         ctx: &ChangeContext,
     ) -> Result<Tenant, RegistryError> {
-        spec.limits.validate()?;
-        if let Some(name) = &spec.display_name {
-            validate_display_name(name)?;
-        }
+        spec.validate()?;
         let mut state = self.lock();
         if state.tenants.contains_key(id) {
             return Err(RegistryError::Conflict(format!(
@@ -134,12 +130,7 @@ impl TenantDirectory for MemoryTenants {
         patch: TenantPatch,
         ctx: &ChangeContext,
     ) -> Result<Tenant, RegistryError> {
-        if let Some(limits) = &patch.limits {
-            limits.validate()?;
-        }
-        if let Some(name) = &patch.display_name {
-            validate_display_name(name)?;
-        }
+        patch.validate()?;
         let mut state = self.lock();
         let tenant = state.tenants.get_mut(id).ok_or_else(|| not_found(id))?;
         let before = tenant.state;

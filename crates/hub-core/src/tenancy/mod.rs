@@ -146,6 +146,16 @@ pub struct TenantSpec {
     pub limits: TenantLimits,
 }
 
+impl TenantSpec {
+    /// Checks the display name and limits; every adapter calls it first.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        self.limits.validate()?;
+        self.display_name
+            .as_deref()
+            .map_or(Ok(()), validate_display_name)
+    }
+}
+
 /// A change to a tenant: each `Some` replaces that part (limits as a whole).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TenantPatch {
@@ -155,6 +165,18 @@ pub struct TenantPatch {
     pub state: Option<TenantState>,
     /// New limits, replacing all four.
     pub limits: Option<TenantLimits>,
+}
+
+impl TenantPatch {
+    /// Checks the display name and limits; every adapter calls it first.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if let Some(limits) = &self.limits {
+            limits.validate()?;
+        }
+        self.display_name
+            .as_deref()
+            .map_or(Ok(()), validate_display_name)
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use hub_core::tenancy::{
     ApiKeyRecord, AuditEntry, KeyGrant, KeyId, NewKey, Scopes, Tenant, TenantDirectory,
     TenantLimits, TenantPatch, TenantSpec, TenantState, UsageCounts, UsageDay, UsageDelta,
-    UsageNotStored, validate_display_name,
+    UsageNotStored,
 };
 use hub_core::{ChangeContext, RegistryError, TenantId};
 use serde_json::{Value, json};
@@ -165,10 +165,7 @@ impl TenantDirectory for PgTenants {
         spec: TenantSpec,
         ctx: &ChangeContext,
     ) -> Result<Tenant, RegistryError> {
-        spec.limits.validate()?;
-        if let Some(name) = &spec.display_name {
-            validate_display_name(name)?;
-        }
+        spec.validate()?;
         let name = spec.display_name.unwrap_or_else(|| id.to_string());
         let state = spec.state.unwrap_or(TenantState::Active);
         let limits = spec.limits;
@@ -272,12 +269,7 @@ impl TenantDirectory for PgTenants {
         patch: TenantPatch,
         ctx: &ChangeContext,
     ) -> Result<Tenant, RegistryError> {
-        if let Some(limits) = &patch.limits {
-            limits.validate()?;
-        }
-        if let Some(name) = &patch.display_name {
-            validate_display_name(name)?;
-        }
+        patch.validate()?;
         let limits = patch.limits.unwrap_or_default();
         let sql = format!(
             "UPDATE hub_tenants SET display_name = coalesce($2, display_name, tenant_id), \

@@ -629,7 +629,11 @@ async fn the_upgrade_from_v5_keeps_every_tenant() {
         .await
         .unwrap();
     let applied = migrate::run(&db.owner).await.unwrap();
-    assert_eq!(applied, ["V6__tenants_keys_usage"]);
+    // V6 first, then whatever later migrations exist (V8 and on).
+    assert_eq!(
+        applied.first().map(|v| v.as_ref()),
+        Some("V6__tenants_keys_usage")
+    );
     let dir = PgTenants::new(&PgStore::new(&db.app).unwrap());
     let tenants = dir.tenants().await.unwrap();
     assert_eq!(tenants.len(), 2);
