@@ -94,7 +94,7 @@ impl TenantDirectory for MemoryTenants {
             "tenant.created",
             id.as_str(),
             ctx,
-            serde_json::json!({"display_name": tenant.display_name, "state": tenant.state, "limits": tenant.limits}),
+            tenant.audit_details(),
         );
         Ok(tenant)
     }
@@ -145,18 +145,14 @@ impl TenantDirectory for MemoryTenants {
         }
         tenant.updated_at = Utc::now();
         let updated = tenant.clone();
-        let action = match (before, updated.state) {
-            (TenantState::Active, TenantState::Suspended) => "tenant.suspended",
-            (TenantState::Suspended, TenantState::Active) => "tenant.reactivated",
-            _ => "tenant.updated",
-        };
+        let action = updated.state.update_action(before);
         audit(
             &mut state,
             id,
             action,
             id.as_str(),
             ctx,
-            serde_json::json!({"display_name": patch.display_name, "state": patch.state, "limits": patch.limits}),
+            patch.audit_details(),
         );
         Ok(updated)
     }

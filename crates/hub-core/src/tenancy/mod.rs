@@ -49,6 +49,16 @@ impl TenantState {
         }
     }
 
+    /// The audit action of a change from `before` to `self`: every
+    /// directory adapter names its audit rows with this one rule.
+    pub fn update_action(self, before: TenantState) -> &'static str {
+        match (before, self) {
+            (TenantState::Active, TenantState::Suspended) => "tenant.suspended",
+            (TenantState::Suspended, TenantState::Active) => "tenant.reactivated",
+            _ => "tenant.updated",
+        }
+    }
+
     /// Parses the stored and wire spelling.
     pub fn parse(text: &str) -> Result<Self, ValidationError> {
         match text {
@@ -167,7 +177,19 @@ pub struct TenantPatch {
     pub limits: Option<TenantLimits>,
 }
 
+impl Tenant {
+    /// The audit details of its creation.
+    pub fn audit_details(&self) -> serde_json::Value {
+        serde_json::json!({"display_name": self.display_name, "state": self.state, "limits": self.limits})
+    }
+}
+
 impl TenantPatch {
+    /// The audit details of this change.
+    pub fn audit_details(&self) -> serde_json::Value {
+        serde_json::json!({"display_name": self.display_name, "state": self.state, "limits": self.limits})
+    }
+
     /// Checks the display name and limits; every adapter calls it first.
     pub fn validate(&self) -> Result<(), ValidationError> {
         if let Some(limits) = &self.limits {

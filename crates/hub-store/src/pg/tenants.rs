@@ -201,7 +201,7 @@ impl TenantDirectory for PgTenants {
                 "tenant.created",
                 id.as_str(),
                 ctx,
-                json!({"display_name": tenant.display_name, "state": tenant.state, "limits": tenant.limits}),
+                tenant.audit_details(),
             )
             .await?;
             Ok(tenant)
@@ -307,20 +307,9 @@ impl TenantDirectory for PgTenants {
                 )
                 .await?;
             let tenant = tenant_of(&row)?;
-            let action = match (before.as_str(), tenant.state) {
-                ("active", TenantState::Suspended) => "tenant.suspended",
-                ("suspended", TenantState::Active) => "tenant.reactivated",
-                _ => "tenant.updated",
-            };
-            audit(
-                scoped,
-                id,
-                action,
-                id.as_str(),
-                ctx,
-                json!({"display_name": patch.display_name, "state": patch.state, "limits": patch.limits}),
-            )
-            .await?;
+            let before = TenantState::parse(&before).map_err(|e| corrupt("tenant state", e))?;
+            let action = tenant.state.update_action(before);
+            audit(scoped, id, action, id.as_str(), ctx, patch.audit_details()).await?;
             Ok(tenant)
         })
     }
